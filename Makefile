@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Each builds .venv on its own first.
+# On a machine without a GPU the CPU build of torch is installed before the project,
+# so pip never pulls the multi-GB CUDA wheels.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_CPU := torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test install lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+ifneq ($(HAS_GPU),1)
+	$(BIN)/pip install -q $(TORCH_CPU)
+endif
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rlhf-stack run recipes/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check rlhf_stack data_tools tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,280 @@
+"""Typed configs shared by every stage; YAML loading with `key.path=value` overrides.
+
+Configs are pydantic models (typed dataclasses with validation). Each field is documented by the
+docstring under it; that text is also what `rlhf-stack config show` prints. Unknown keys, wrong
+types and missing required fields raise `ConfigError` naming the key path (and the YAML line when
+the value came from a file) plus the keys allowed there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rlhf_stack.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class Config(BaseModel):
+    """Base for every config: unknown keys are errors, field docstrings are the docs."""
+
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, protected_namespaces=()
+    )
+
+
+class LoraSettings(Config):
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (effective scale alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters: a list of names, or `all-linear` (every linear layer but the head)."""
+    last_n_layers: int | None = None
+    """Put adapters only on the last N transformer blocks (None: all). On CPU this also cuts the
+    backward pass short, since nothing below the lowest adapter needs gradients."""
+
+
+class ModelConfig(Config):
+    name_or_path: str
+    """Hub id, local directory, checkpoint from an earlier stage, or an alias (`smollm2-135m-instruct`)."""
+    tokenizer: str | None = None
+    """Tokenizer to load when it differs from the model's (default: the model's own)."""
+    chat_template: str | None = None
+    """Jinja chat template to use instead of the tokenizer's (a default is set when it has none)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype. `auto` = float32 on CPU (bf16 matmul is very slow there), bfloat16 on CUDA."""
+    tuning: Literal["full", "lora", "freeze"] = "lora"
+    """`full`: train every weight; `lora`: peft adapters; `freeze`: train only the last N blocks + head."""
+    lora: LoraSettings = LoraSettings()
+    """Adapter settings, used when tuning is `lora`."""
+    freeze_trainable_layers: int = 2
+    """With tuning `freeze`: how many of the last transformer blocks stay trainable."""
+    trust_remote_code: bool = False
+    """Allow model code from the Hub repository (only for models you trust)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+
+
+class DataConfig(Config):
+    path: str
+    """A JSONL file in our format, or a `datasets` name / local dataset directory."""
+    split: str = "train"
+    """Split to read when `path` is a `datasets` name."""
+    columns: dict[str, str] = {}
+    """Rename source columns to ours, e.g. `{prompt: question, response: answer}`."""
+    eval_path: str | None = None
+    """A separate eval file; when empty, `eval_fraction` of the rows are held out by prompt hash."""
+    eval_fraction: float = 0.05
+    """Share of prompts held out for evaluation when no `eval_path` is given (0 disables eval)."""
+    max_rows: int | None = None
+    """Read at most this many training rows (quick experiments)."""
+
+
+class TrainingConfig(Config):
+    """Optimisation settings common to the trainer-based stages (SFT, reward model)."""
+
+    epochs: float = 1.0
+    """Passes over the training data."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: use `epochs`)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (LoRA usually wants ~1e-4..3e-4, full fine-tuning ~1e-5)."""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
+    warmup_ratio: float = 0.03
+    """Share of steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 8
+    """Examples per device per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    logging_steps: int = 10
+    """Log train metrics every N optimizer steps."""
+    eval_every_steps: int | None = None
+    """Evaluate (and checkpoint) every N steps; None = once per epoch."""
+    early_stopping_patience: int | None = 3
+    """Stop after N evaluations without improvement of the stage's metric (None: never stop early)."""
+    save_total_limit: int = 2
+    """Intermediate checkpoints kept in `output_dir/checkpoints` (the best is always kept)."""
+    report_to: list[str] = ["none"]
+    """Trackers: none, tensorboard, wandb, trackio."""
+    seed: int = 42
+    """Seed for data order and initialisation."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What every stage returns: the checkpoint directory and its final metrics."""
+
+    checkpoint: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML: 3, true, [x, y], null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Return a copy of `data` with each `key.path=value` applied (creating nested dicts)."""
+    data = _deep_copy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(path[:-1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """Read a YAML mapping; return it with the line number of every key path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    lines: dict[str, int] = {}
+    _collect_lines(node, "", lines)
+    return data, lines
+
+
+def load_config(cls: type[C], source: str | Path | dict | None = None, overrides=(), *, origin: str = "") -> C:
+    """Build `cls` from a YAML file or dict plus overrides; raise ConfigError on any problem."""
+    lines: dict[str, int] = {}
+    if source is None:
+        data = {}
+    elif isinstance(source, dict):
+        data = source
+    else:
+        data, lines = read_yaml(source)
+        origin = str(source)
+    data = apply_overrides(data, list(overrides))
+    return validate(cls, data, origin=origin, lines=lines)
+
+
+def validate(cls: type[C], data: dict, *, origin: str = "", lines: dict[str, int] | None = None) -> C:
+    """Validate a plain dict against `cls`, turning pydantic errors into one readable ConfigError."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(cls, exc, origin, lines or {})) from None
+
+
+def format_validation_error(cls: type[BaseModel], exc: ValidationError, origin: str, lines: dict) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+        key = ".".join(_strip_union_tags(loc))
+        where = f"{origin}:{lines[key]}: " if origin and key in lines else (f"{origin}: " if origin else "")
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(allowed_keys(cls, _strip_union_tags(loc)[:-1]))
+            messages.append(f"{where}unknown key '{key}' (allowed here: {allowed})")
+        elif err["type"] == "missing":
+            messages.append(f"{where}missing required key '{key}'")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            messages.append(f"{where}{key}: {err['msg']}{got_s}")
+    return "\n".join(messages)
+
+
+def allowed_keys(cls: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the (nested) config class found at `path` under `cls`."""
+    model: Any = cls
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = _config_class(fields[part].annotation)
+    return sorted(getattr(model, "model_fields", {}) or [])
+
+
+def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, doc) for every field, nested sections expanded: the option docs."""
+    rows = []
+    for name, info in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = _config_class(info.annotation)
+        if sub is not None and isinstance(info.default, BaseModel | type(None)):
+            rows.append((key, sub.__name__, "", info.description or ""))
+            rows.extend(describe(sub, key + "."))
+            continue
+        default = "(required)" if info.is_required() else repr(info.default)
+        type_name = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        rows.append((key, type_name, default, info.description or ""))
+    return rows
+
+
+def config_to_dict(cfg: BaseModel) -> dict:
+    """JSON-safe dict of a config (for stage.json and hashing)."""
+    return cfg.model_dump(mode="json")
+
+
+def _config_class(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _strip_union_tags(loc: list[str]) -> list[str]:
+    # pydantic inserts the union member name ("LoraSettings", "str") into locations; drop those.
+    return [p for p in loc if not (p[:1].isupper() or p in {"str", "int", "float", "list[str]", "bool"})]
+
+
+def _collect_lines(node, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key + ".", out)
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

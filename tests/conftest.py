@@ -1,0 +1,53 @@
+"""Shared fixtures: the tiny model, small data files, offline settings."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_MODEL = FIXTURES / "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return TINY_MODEL
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def instructions_file(tmp_path) -> Path:
+    topics = ["cats", "dogs", "the sky", "bread", "python", "the moon", "water", "plants"]
+    rows = [{"prompt": f"Tell me about {t} ({i}).", "response": f"{t.capitalize()} are nice. Fact {i}."}
+            for i in range(6) for t in topics]
+    return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+@pytest.fixture
+def rankings_file(tmp_path) -> Path:
+    rows = []
+    for i in range(24):
+        rows.append({"prompt": f"Question {i}: name a fruit.",
+                     "completions": ["Apple.", "Banana is a fruit.", "no no no no", "I do not know."],
+                     "ranks": [1, 2, 4, 3], "annotator": "a"})
+    return write_jsonl(tmp_path / "rankings.jsonl", rows)
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something nice {i}."} for i in range(32)])
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "corpus.jsonl", [{"text": f"The moon orbits the earth. Line {i}."} for i in range(32)])
