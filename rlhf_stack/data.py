@@ -29,6 +29,7 @@ Kind = Literal["instructions", "rankings", "prompts", "corpus"]
 KINDS: tuple[str, ...] = ("instructions", "rankings", "prompts", "corpus")
 MAX_REPORTED_ERRORS = 20
 ROLES = ("system", "user", "assistant", "tool")
+LINE_KEY = "_line"  # added by load_rows(keep_lines=True): where a row came from
 
 
 class RowError(ValueError):
@@ -195,8 +196,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
                 yield lineno, RowError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}")
 
 
-def validate_file(path: str | Path, kind: str, max_errors: int = MAX_REPORTED_ERRORS) -> tuple[list[dict], list[str]]:
-    """All rows of a JSONL file checked; returns (good rows, ["path:line: problem", ...])."""
+def validate_file(path: str | Path, kind: str, max_errors: int = MAX_REPORTED_ERRORS,
+                  keep_lines: bool = False) -> tuple[list[dict], list[str]]:
+    """All rows of a JSONL file checked; returns (good rows, ["path:line: problem", ...]).
+
+    keep_lines: add `LINE_KEY` (the 1-based line number) to each row, for later `path:line` errors.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -212,6 +217,8 @@ def validate_file(path: str | Path, kind: str, max_errors: int = MAX_REPORTED_ER
                 if key in seen:
                     raise RowError(f"duplicate of line {seen[key]} (same prompt, completions and annotator)")
                 seen[key] = lineno
+            if keep_lines:
+                row[LINE_KEY] = lineno
             rows.append(row)
         except RowError as exc:
             n_errors += 1
@@ -225,21 +232,22 @@ def validate_file(path: str | Path, kind: str, max_errors: int = MAX_REPORTED_ER
 
 
 def load_rows(source: str | Path, kind: str, *, columns: dict[str, str] | None = None, split: str = "train",
-              max_rows: int | None = None) -> list[dict]:
+              max_rows: int | None = None, keep_lines: bool = False) -> list[dict]:
     """Read and validate a JSONL file (or a `datasets` name/dir); raise DataError listing bad rows."""
     if kind not in CHECKS:
         raise DataError(f"unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".json", ".ndjson") and not columns:
-        rows, errors = validate_file(path, kind)
+        rows, errors = validate_file(path, kind, keep_lines=keep_lines)
     else:
-        rows, errors = _load_dataset_rows(str(source), kind, columns or {}, split)
+        rows, errors = _load_dataset_rows(str(source), kind, columns or {}, split, keep_lines)
     if errors:
         raise DataError("\n".join(errors))
     return rows[:max_rows] if max_rows else rows
 
 
-def _load_dataset_rows(source: str, kind: str, columns: dict[str, str], split: str) -> tuple[list[dict], list[str]]:
+def _load_dataset_rows(source: str, kind: str, columns: dict[str, str], split: str,
+                       keep_lines: bool = False) -> tuple[list[dict], list[str]]:
     """Rows from a local json/parquet file or a `datasets` name, with our<-theirs column mapping."""
     import datasets
 
@@ -262,7 +270,10 @@ def _load_dataset_rows(source: str, kind: str, columns: dict[str, str], split: s
     for n, record in enumerate(ds, start=1):
         obj = {rename.get(k, k): v for k, v in record.items()}
         try:
-            rows.append(check_row(obj, kind))
+            row = check_row(obj, kind)
+            if keep_lines:
+                row[LINE_KEY] = n
+            rows.append(row)
         except RowError as exc:
             if len(errors) < MAX_REPORTED_ERRORS:
                 errors.append(f"{source}:{n}: {exc}")
@@ -273,7 +284,7 @@ def load_rankings(source: str | Path, **kwargs) -> list[Ranking]:
     """Read a rankings file into `Ranking` objects (validated)."""
     out = []
     for row in load_rows(source, "rankings", **kwargs):
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "completions", "ranks", "annotator", "id")}
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "completions", "ranks", "annotator", "id", LINE_KEY)}
         out.append(Ranking(row["prompt"], row["completions"], row["ranks"], row.get("annotator"), row.get("id"), extra))
     return out
 

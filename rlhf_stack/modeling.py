@@ -80,7 +80,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if path.is_dir():
         if not any((path / f).is_file() for f in ("config.json", ADAPTER_FILE)):
             raise ModelNotFoundError(f"{path} is a directory but holds no config.json or {ADAPTER_FILE}")
-        return str(path)
+        return str(path.resolve())  # absolute, so adapters saved on top of it reload from any cwd
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelNotFoundError(f"model path {name_or_path} does not exist")
     from rlhf_stack import provision

@@ -1,0 +1,152 @@
+"""Stage 1: supervised instruction tuning (and continued pretraining on a corpus).
+
+`train_sft(SFTConfig) -> StageResult`, built on TRL's SFTTrainer: the chat template is applied,
+the loss covers response tokens only (prompt tokens carry label -100), eval loss drives early
+stopping and the best checkpoint is kept. With `data_kind: corpus` the same stage is
+self-supervised continued pretraining (loss on every token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
+from rlhf_stack.data import LINE_KEY, load_rows, split_train_eval
+from rlhf_stack.errors import DataError
+
+
+class SFTConfig(Config):
+    """Supervised fine-tuning: instructions -> a policy (InstructGPT step 1)."""
+
+    model: ModelConfig
+    """The model to tune: base LM (hub id, local dir, alias) and tuning method."""
+    data: DataConfig
+    """Training data: `instructions` rows, or `corpus` rows when data_kind is corpus."""
+    data_kind: Literal["instructions", "corpus"] = "instructions"
+    """`instructions`: prompt -> response pairs (loss on responses). `corpus`: plain text (loss on all)."""
+    train: TrainingConfig = TrainingConfig()
+    """Optimisation settings."""
+    output_dir: str = "outputs/sft"
+    """Where the checkpoint goes (model/adapter + tokenizer + stage.json; resume states inside)."""
+    max_length: int = 512
+    """Tokens per example (prompt + response); longer examples are truncated and counted."""
+    completion_only_loss: bool = True
+    """Loss on response tokens only. False trains on the prompt tokens too."""
+    packing: bool = False
+    """Pack several examples into one max_length row (faster on GPU; needs flash attention to be exact)."""
+    eval_before_training: bool = True
+    """Measure the eval loss of the untuned model first, so the gain is reported in stage.json."""
+    keep_checkpoints: bool = False
+    """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
+
+
+def train_sft(cfg: SFTConfig) -> StageResult:
+    """Run SFT; return the checkpoint directory and its metrics (also stored in stage.json)."""
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from rlhf_stack import modeling, training
+
+    output_dir = Path(cfg.output_dir)
+    # 1. data: validated rows -> TRL conversational prompt/completion (or text) records
+    tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.chat_template)
+    train_rows, eval_rows = _load_splits(cfg)
+    lengths = _check_lengths(cfg, tokenizer, train_rows)
+    train_ds, eval_ds = _to_dataset(train_rows, cfg.data_kind), _to_dataset(eval_rows, cfg.data_kind)
+
+    # 2. model + tuning method (LoRA / freeze / full)
+    training.begin_stage(output_dir)
+    model = modeling.apply_tuning(modeling.load_causal_lm(cfg.model), cfg.model, "CAUSAL_LM")
+
+    # 3. TRL SFTTrainer with early stopping on eval loss and the best checkpoint kept
+    args = TRLSFTConfig(
+        **training.trainer_arguments(cfg.train, output_dir, has_eval=eval_ds is not None,
+                                     metric="eval_loss", greater_is_better=False),
+        max_length=cfg.max_length, packing=cfg.packing,
+        completion_only_loss=cfg.completion_only_loss if cfg.data_kind == "instructions" else None,
+        dataset_kwargs={}, model_init_kwargs=None,
+    )
+    callbacks = []
+    if eval_ds is not None and cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, callbacks=callbacks)
+
+    # 4. train (resuming from the newest checkpoint in output_dir when there is one)
+    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), **lengths}
+    resume = training.last_trainer_checkpoint(output_dir)
+    if eval_ds is not None and cfg.eval_before_training and resume is None:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
+                   train_samples_per_s=result.metrics["train_samples_per_second"], resumed_from=resume,
+                   steps=trainer.state.global_step)
+    metrics["train_tokens_per_s"] = lengths["tokens"] * cfg.train.epochs / max(result.metrics["train_runtime"], 1e-9)
+
+    # 5. final eval (on the best model) and the checkpoint with stage.json
+    if eval_ds is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        if "eval_loss_before" in metrics:
+            metrics["eval_loss_drop"] = metrics["eval_loss_before"] - metrics["eval_loss"]
+    training.write_log(output_dir, trainer.state.log_history)
+    fingerprints = training.data_fingerprints(cfg.data)
+    record = training.stage_record("sft", cfg, cfg.model, model, fingerprints, metrics)
+    training.finish_stage(trainer.model, tokenizer, output_dir, record, cfg.keep_checkpoints)
+    return StageResult(output_dir, metrics)
+
+
+def _load_splits(cfg: SFTConfig) -> tuple[list[dict], list[dict]]:
+    data = cfg.data
+    rows = load_rows(data.path, cfg.data_kind, columns=data.columns, split=data.split, max_rows=data.max_rows,
+                     keep_lines=True)
+    if data.eval_path:
+        return rows, load_rows(data.eval_path, cfg.data_kind, keep_lines=True)
+    train, held = split_train_eval(rows, data.eval_fraction, seed=cfg.train.seed)
+    return train, held
+
+
+def to_prompt_completion(row: dict) -> dict:
+    """Our instruction row -> TRL's conversational prompt/completion record."""
+    if "messages" in row:
+        # Multi-turn: the loss covers the last assistant turn; earlier turns are context.
+        return {"prompt": row["messages"][:-1], "completion": [row["messages"][-1]]}
+    prompt = row["prompt"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": row["response"]}]}
+
+
+def _to_dataset(rows: list[dict], kind: str):
+    from datasets import Dataset
+
+    if not rows:
+        return None
+    if kind == "corpus":
+        return Dataset.from_list([{"text": r["text"]} for r in rows])
+    return Dataset.from_list([to_prompt_completion(r) for r in rows])
+
+
+def _check_lengths(cfg: SFTConfig, tokenizer, rows: list[dict]) -> dict:
+    """Token counts; a prompt that leaves no room for its response is an error naming its line."""
+    total, truncated, problems = 0, 0, []
+    for row in rows:
+        if cfg.data_kind == "corpus":
+            n_prompt, n_all = 0, len(tokenizer(row["text"])["input_ids"])
+        else:
+            record = to_prompt_completion(row)
+            n_prompt = len(tokenizer.apply_chat_template(record["prompt"], add_generation_prompt=True,
+                                                         tokenize=True, return_dict=True)["input_ids"])
+            n_all = len(tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=True,
+                                                      return_dict=True)["input_ids"])
+            if n_prompt >= cfg.max_length and len(problems) < 10:
+                problems.append(f"{cfg.data.path}:{row.get(LINE_KEY, '?')}: the prompt is {n_prompt} tokens, "
+                                f"max_length is {cfg.max_length}: no room for the response")
+        total += min(n_all, cfg.max_length)
+        truncated += n_all > cfg.max_length
+    if problems:
+        raise DataError("\n".join(problems) + "\n(raise max_length or shorten these prompts)")
+    if truncated:
+        print(f"[sft] {truncated} of {len(rows)} examples are longer than max_length={cfg.max_length} "
+              "and will be truncated")
+    return {"tokens": total, "n_truncated": truncated}

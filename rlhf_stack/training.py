@@ -1,0 +1,137 @@
+"""What the Trainer-based stages (SFT, reward model) share: arguments, resume, logs, stage.json.
+
+A stage's `output_dir` is its checkpoint: model files + tokenizer + `stage.json` (written last, the
+commit marker), with Trainer states for resume under `output_dir/checkpoints/` and the training log
+under `output_dir/logs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_stack.config import DataConfig, ModelConfig, TrainingConfig, config_to_dict
+from rlhf_stack.data import fingerprint
+from rlhf_stack.modeling import STAGE_FILE, count_parameters, read_stage_info, save_checkpoint
+
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"
+RESERVED = {CHECKPOINTS_DIR, LOGS_DIR}
+
+
+def trainer_arguments(train: TrainingConfig, output_dir: Path, *, has_eval: bool, metric: str,
+                      greater_is_better: bool, **extra) -> dict[str, Any]:
+    """Keyword arguments for transformers.TrainingArguments (and TRL configs built on it)."""
+    cuda = torch.cuda.is_available()
+    strategy = ("steps" if train.eval_every_steps else "epoch") if has_eval else "no"
+    return dict(
+        output_dir=str(output_dir / CHECKPOINTS_DIR),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=train.weight_decay,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        max_grad_norm=train.max_grad_norm,
+        logging_steps=train.logging_steps,
+        eval_strategy=strategy,
+        eval_steps=train.eval_every_steps,
+        save_strategy=strategy if has_eval else "steps",
+        save_steps=train.eval_every_steps or 500,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model=metric if has_eval else None,
+        greater_is_better=greater_is_better if has_eval else None,
+        report_to=[r for r in train.report_to if r != "none"] or "none",
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        gradient_checkpointing=False,  # applied by modeling.apply_tuning from ModelConfig
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def last_trainer_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` under output_dir/checkpoints that holds a trainer state."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    found = [p for p in root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not found:
+        return None
+    return str(max(found, key=lambda p: int(p.name.rsplit("-", 1)[-1])))
+
+
+def begin_stage(output_dir: Path) -> None:
+    """Mark the directory unfinished (drop stage.json) before anything in it changes."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / STAGE_FILE).unlink(missing_ok=True)
+
+
+def clear_model_files(output_dir: Path) -> None:
+    """Remove the previous run's model files (keep resume states and logs)."""
+    for item in output_dir.iterdir():
+        if item.name in RESERVED:
+            continue
+        shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+
+def write_log(output_dir: Path, log_history: list[dict], name: str = "train_log.jsonl") -> Path:
+    logs = output_dir / LOGS_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / name
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in log_history))
+    return path
+
+
+def data_fingerprints(*data: DataConfig | None) -> dict[str, str]:
+    out = {}
+    for cfg in data:
+        if cfg is None:
+            continue
+        out[cfg.path] = fingerprint(cfg.path)
+        if cfg.eval_path:
+            out[cfg.eval_path] = fingerprint(cfg.eval_path)
+    return out
+
+
+def stage_record(stage: str, cfg, model_cfg: ModelConfig, model, fingerprints: dict, metrics: dict) -> dict:
+    """The content of stage.json: enough to know what produced a checkpoint and how it did."""
+    trainable, total = count_parameters(model)
+    import transformers
+
+    return {
+        "stage": stage,
+        "base_model": model_cfg.name_or_path,
+        "tuning": model_cfg.tuning,
+        "config": config_to_dict(cfg),
+        "data": fingerprints,
+        "metrics": metrics,
+        "parameters": {"trainable": trainable, "total": total},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def finish_stage(model, tokenizer, output_dir: Path, record: dict, keep_checkpoints: bool) -> Path:
+    """Write the final model + tokenizer, then stage.json (commit marker); drop resume states."""
+    clear_model_files(output_dir)
+    staging = output_dir / CHECKPOINTS_DIR / "final"
+    save_checkpoint(model, tokenizer, staging, record)
+    for item in staging.iterdir():
+        if item.name != STAGE_FILE:
+            item.rename(output_dir / item.name)
+    (staging / STAGE_FILE).rename(output_dir / STAGE_FILE)  # last: the directory is now finished
+    shutil.rmtree(staging, ignore_errors=True)
+    if not keep_checkpoints:
+        shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    assert read_stage_info(output_dir) is not None
+    return output_dir
