@@ -191,8 +191,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
             try:
                 yield lineno, json.loads(text)
             except json.JSONDecodeError as exc:
-                truncated = not raw.endswith(b"\n") and exc.pos >= len(text.rstrip()) - 1
-                hint = " (the last line looks truncated)" if truncated else ""
+                # A final line without its newline that fails to parse was most likely cut off.
+                hint = " (the last line looks truncated)" if not raw.endswith(b"\n") else ""
                 yield lineno, RowError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}")
 
 

@@ -43,13 +43,43 @@ class SFTConfig(Config):
 
 def train_sft(cfg: SFTConfig) -> StageResult:
     """Run SFT; return the checkpoint directory and its metrics (also stored in stage.json)."""
+    from rlhf_stack import training
+
+    output_dir = Path(cfg.output_dir)
+    # 1-3. data, model + tuning method, TRL trainer (see build_sft_trainer)
+    trainer, metrics = build_sft_trainer(cfg)
+
+    # 4. train (resuming from the newest checkpoint in output_dir when there is one)
+    resume = training.last_trainer_checkpoint(output_dir)
+    if trainer.eval_dataset is not None and cfg.eval_before_training and resume is None:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    result = trainer.train(resume_from_checkpoint=resume)
+    runtime = max(result.metrics["train_runtime"], 1e-9)
+    tokens_seen = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+    metrics.update(train_loss=result.training_loss, train_runtime_s=runtime, resumed_from=resume,
+                   train_samples_per_s=result.metrics["train_samples_per_second"],
+                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step)
+
+    # 5. final eval (on the best model) and the checkpoint with stage.json
+    if trainer.eval_dataset is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        if "eval_loss_before" in metrics:
+            metrics["eval_loss_drop"] = metrics["eval_loss_before"] - metrics["eval_loss"]
+    training.write_log(output_dir, trainer.state.log_history)
+    record = training.stage_record("sft", cfg, cfg.model, trainer.model, training.data_fingerprints(cfg.data),
+                                   metrics)
+    training.finish_stage(trainer.model, trainer.processing_class, output_dir, record, cfg.keep_checkpoints)
+    return StageResult(output_dir, metrics)
+
+
+def build_sft_trainer(cfg: SFTConfig):
+    """(TRL SFTTrainer ready to train, metrics so far). Marks output_dir unfinished."""
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     from rlhf_stack import modeling, training
 
-    output_dir = Path(cfg.output_dir)
     # 1. data: validated rows -> TRL conversational prompt/completion (or text) records
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.chat_template)
     train_rows, eval_rows = _load_splits(cfg)
@@ -57,44 +87,22 @@ def train_sft(cfg: SFTConfig) -> StageResult:
     train_ds, eval_ds = _to_dataset(train_rows, cfg.data_kind), _to_dataset(eval_rows, cfg.data_kind)
 
     # 2. model + tuning method (LoRA / freeze / full)
-    training.begin_stage(output_dir)
+    training.begin_stage(Path(cfg.output_dir))
     model = modeling.apply_tuning(modeling.load_causal_lm(cfg.model), cfg.model, "CAUSAL_LM")
 
     # 3. TRL SFTTrainer with early stopping on eval loss and the best checkpoint kept
     args = TRLSFTConfig(
-        **training.trainer_arguments(cfg.train, output_dir, has_eval=eval_ds is not None,
+        **training.trainer_arguments(cfg.train, Path(cfg.output_dir), has_eval=eval_ds is not None,
                                      metric="eval_loss", greater_is_better=False),
         max_length=cfg.max_length, packing=cfg.packing,
         completion_only_loss=cfg.completion_only_loss if cfg.data_kind == "instructions" else None,
-        dataset_kwargs={}, model_init_kwargs=None,
     )
     callbacks = []
     if eval_ds is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=callbacks)
-
-    # 4. train (resuming from the newest checkpoint in output_dir when there is one)
-    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), **lengths}
-    resume = training.last_trainer_checkpoint(output_dir)
-    if eval_ds is not None and cfg.eval_before_training and resume is None:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
-                   train_samples_per_s=result.metrics["train_samples_per_second"], resumed_from=resume,
-                   steps=trainer.state.global_step)
-    metrics["train_tokens_per_s"] = lengths["tokens"] * cfg.train.epochs / max(result.metrics["train_runtime"], 1e-9)
-
-    # 5. final eval (on the best model) and the checkpoint with stage.json
-    if eval_ds is not None:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-        if "eval_loss_before" in metrics:
-            metrics["eval_loss_drop"] = metrics["eval_loss_before"] - metrics["eval_loss"]
-    training.write_log(output_dir, trainer.state.log_history)
-    fingerprints = training.data_fingerprints(cfg.data)
-    record = training.stage_record("sft", cfg, cfg.model, model, fingerprints, metrics)
-    training.finish_stage(trainer.model, tokenizer, output_dir, record, cfg.keep_checkpoints)
-    return StageResult(output_dir, metrics)
+    return trainer, {"n_train": len(train_rows), "n_eval": len(eval_rows), **lengths}
 
 
 def _load_splits(cfg: SFTConfig) -> tuple[list[dict], list[dict]]:
