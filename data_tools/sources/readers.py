@@ -86,11 +86,15 @@ def _parse_slowly(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         return RowError(f"not valid UTF-8 (byte {exc.start})")
     try:
-        return json.loads(text)
+        return json.loads(text.rstrip("\r\n"))  # so an error at the end points into the line
     except json.JSONDecodeError as exc:
-        truncated = not raw.endswith(b"\n") and exc.pos >= len(text.rstrip()) - 1
-        hint = " (the last line looks truncated)" if truncated else ""
-        return RowError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}")
+        # Only the file's last line can lack its newline: a parse error there means a cut-off write.
+        hint = " (the last line looks truncated)" if not raw.endswith(b"\n") else ""
+        return RowError(f"invalid JSON: {_json_problem(exc)}{hint}")
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
 
 
 def _iter_json_array(path: Path, opener) -> Records:
@@ -121,8 +125,9 @@ def _iter_json_array(path: Path, opener) -> Records:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             where = line + text.count("\n", counted_to, exc.pos)
-            truncated = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) - 1 else ""
-            yield where, RowError(f"invalid JSON: {exc.msg} at column {exc.colno}{truncated}")
+            # An error in the last record of an array that is never closed: a cut-off file.
+            truncated = " (the file looks truncated)" if not text.rstrip().endswith("]") else ""
+            yield where, RowError(f"invalid JSON: {_json_problem(exc)}{truncated}")
             return
         yield line, record
         pos = _WHITESPACE.match(text, pos).end()

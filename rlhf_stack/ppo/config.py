@@ -1,0 +1,157 @@
+"""PPOConfig: every setting of stage 3 (PPO / PPO-ptx), each documented where it is declared.
+
+Defaults follow InstructGPT (Ouyang et al. 2022) and "The N+ Implementation Details of RLHF with
+PPO" (Huang et al. 2024) where those agree, scaled down so the quickstart runs on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rlhf_stack.config import Config, DataConfig, ModelConfig
+from rlhf_stack.rewards import RewardSourceConfig
+
+
+class PPOConfig(Config):
+    """Stage 3: PPO (and PPO-ptx) of the SFT policy against reward sources (InstructGPT step 3)."""
+
+    # ---- models and data ---------------------------------------------------------------------
+    policy: ModelConfig
+    """The policy init and reference: the SFT checkpoint (the runner puts `@sft` here). `tuning:
+    lora` shares one base between policy, reference and value; `full` keeps separate copies."""
+    prompts: DataConfig
+    """Prompts to roll out on (`prompts` format). Held-out prompts (eval_path / eval_fraction) are
+    scored once at the end (`eval_score`)."""
+    rewards: list[RewardSourceConfig] = []
+    """Reward sources combined by weight: the trained RM (`@reward`), classifiers, Python functions
+    (`module:function`). May be empty when `train_ppo` is given `reward_fns`."""
+    value_init: str | None = None
+    """Checkpoint to initialise the value function from (`@reward`: the RM, as InstructGPT). It is
+    used when its tokenizer matches the policy's; otherwise, or when None, the value starts from the
+    policy base with a zero head."""
+    ptx_data: DataConfig | None = None
+    """Pretraining corpus (`corpus` format) for PPO-ptx; needed when ptx_coef > 0."""
+    ptx_coef: float = Field(0.0, ge=0.0)
+    """Weight of the LM loss on ptx_data added to every update (InstructGPT eq. 2 gamma); 0 = plain PPO."""
+    ptx_max_length: int = Field(256, ge=8)
+    """Tokens per corpus text in the ptx batch (longer texts are truncated)."""
+
+    # ---- sampling ----------------------------------------------------------------------------
+    temperature: float = Field(1.0, gt=0.0)
+    """Sampling temperature; logprobs are computed from logits divided by it (Huang et al. 2024)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (1.0 = off). Anything but 1.0 makes samples off-policy for PPO."""
+    top_k: int = Field(0, ge=0)
+    """Sample among the k most likely tokens (0 = off)."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Longest response; generation stops earlier at the tokenizer's EOS."""
+    max_prompt_length: int = Field(256, ge=1)
+    """Longest prompt in tokens after the chat template; longer prompts are a data error naming the line."""
+
+    # ---- batch sizes and schedule --------------------------------------------------------------
+    steps: int = Field(100, ge=1)
+    """Total PPO steps (one step = one batch of rollouts + ppo_epochs of updates on it)."""
+    batch_size: int = Field(16, ge=2)
+    """Prompts (= rollouts) per step per process."""
+    mini_batch_size: int = Field(8, ge=1)
+    """Rollouts per optimizer update; batch_size must be a multiple of it."""
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro-batches per mini-batch (micro-batch = mini_batch_size / grad_accum_steps rollouts);
+    the micro-batch is also the batch size of the rollout's forward passes."""
+    ppo_epochs: int = Field(2, ge=1)
+    """Passes over each rollout batch (each pass in a fresh random mini-batch order)."""
+
+    # ---- optimisation --------------------------------------------------------------------------
+    learning_rate: float = Field(1e-5, gt=0.0)
+    """Peak learning rate of the policy (LoRA usually wants ~1e-4, full fine-tuning ~1e-6..1e-5)."""
+    value_learning_rate: float | None = Field(None, gt=0.0)
+    """Learning rate of the value function (None: same as learning_rate)."""
+    lr_scheduler: str = "constant"
+    """transformers scheduler name over all updates: constant, linear, cosine, ..."""
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the updates spent warming the learning rate up from 0."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the gradient norm of policy + value parameters (None: no clipping)."""
+    vf_coef: float = Field(0.1, ge=0.0)
+    """Weight of the value loss in the total loss (TRL and Huang et al. 2024 use 0.1)."""
+
+    # ---- PPO ------------------------------------------------------------------------------------
+    clip_range: float = Field(0.2, gt=0.0)
+    """Policy ratio clip epsilon (Schulman 2017)."""
+    clip_range_value: float = Field(0.2, gt=0.0)
+    """How far one update may move a value estimate from its rollout-time value."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount factor; 1.0 as in all RLHF work (the episode is one response)."""
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE lambda (Schulman 2016)."""
+    whiten_advantages: bool = True
+    """Normalise advantages per rollout batch to zero mean, unit variance."""
+
+    # ---- reward shaping -------------------------------------------------------------------------
+    kl_coef: float = Field(0.05, ge=0.0)
+    """KL penalty coefficient beta (the initial value when adaptive_kl is on)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator in the reward: k1 = log pi - log pi_ref (InstructGPT), k3 >= 0 (Schulman 2020)."""
+    adaptive_kl: bool = False
+    """Steer kl_coef toward kl_target (Ziegler et al. 2019) instead of keeping it fixed."""
+    kl_target: float = Field(6.0, gt=0.0)
+    """Target KL per response (nats) of the adaptive controller."""
+    kl_horizon: int = Field(10000, ge=1)
+    """Horizon of the adaptive controller, in rollouts (Ziegler et al. 2019 use 10000)."""
+    score_norm: Literal["none", "running", "rm_bias"] = "none"
+    """Score normalisation before use: `running` = (score - running mean) / running std over all
+    rollouts so far; `rm_bias` = subtract the bias the reward sources stored at training time."""
+    score_clip: float | None = Field(None, gt=0.0)
+    """Clamp (normalised) scores into [-score_clip, score_clip] (None: no clipping)."""
+    missing_eos_penalty: float = Field(0.0, ge=0.0)
+    """Subtracted from the score of a response that hit max_new_tokens without EOS."""
+
+    # ---- run, logs, checkpoints -----------------------------------------------------------------
+    output_dir: str = "outputs/ppo"
+    """The final checkpoint (policy adapter or full model + tokenizer + stage.json); resume states
+    under output_dir/checkpoints/, logs under output_dir/logs/."""
+    seed: int = 42
+    """Seed for data order, value head and sampling (process i samples with seed + i)."""
+    save_every_steps: int | None = Field(25, ge=1)
+    """Write a resumable checkpoint every N steps (None: only the final checkpoint)."""
+    resume: bool = True
+    """Continue from the newest checkpoint in output_dir/checkpoints when there is one."""
+    keep_checkpoints: bool = False
+    """Keep output_dir/checkpoints after a successful run."""
+    sample_every_steps: int = Field(10, ge=1)
+    """Append a table of sample (prompt, response, score) rows to logs/samples.jsonl every N steps."""
+    samples_per_log: int = Field(4, ge=1)
+    """Rows in each sample table."""
+    log_file: str | None = None
+    """Per-step JSONL log (None: output_dir/logs/ppo_log.jsonl)."""
+    report_to: list[str] = ["none"]
+    """Trackers through accelerate: none, tensorboard, wandb, trackio."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on the main process."""
+    eval_max_prompts: int = Field(64, ge=0)
+    """Held-out prompts scored at the end for `eval_score` (0: skip)."""
+    merge_lora_for_generation: bool = False
+    """Fold LoRA into the base weights while generating (then unfold). Measured on SmolLM2-135M on
+    2 CPU cores it is not faster overall (see benchmarks/RESULTS.md), and unfolding leaves rounding
+    drift in the shared base (= the reference), so it is off by default; float32 only."""
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> PPOConfig:
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
+                             f"({self.mini_batch_size})")
+        if self.mini_batch_size % self.grad_accum_steps:
+            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of "
+                             f"grad_accum_steps ({self.grad_accum_steps})")
+        if self.ptx_coef > 0 and self.ptx_data is None:
+            raise ValueError("ptx_coef > 0 needs ptx_data (a corpus file)")
+        return self
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Rollouts per forward/backward pass."""
+        return self.mini_batch_size // self.grad_accum_steps

@@ -1,0 +1,277 @@
+"""Policy, reference and value function for PPO, assembled from the SFT checkpoint (and the RM).
+
+With LoRA, ONE copy of the base weights serves all three (DESIGN "Tuning methods"):
+  - policy    = peft adapter "default" (trainable; starts equal to the SFT model),
+  - reference = the SFT model: a frozen copy of the SFT adapter ("ref") when the SFT checkpoint is
+                itself an adapter over base B, else the base with adapters disabled,
+  - value     = its own adapter "value" on the same base + a scalar head.
+The reward model is the only other base copy (loaded by the reward sources), where TRL's PPO
+held four models. With full fine-tuning, policy, reference and value are separate models.
+The final policy is saved as a plain adapter over B (or a full model) that any HF user reloads.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhf_stack import modeling
+from rlhf_stack.config import ModelConfig
+
+POLICY, REF, VALUE = "default", "ref", "value"  # "default": peft saves it as a top-level adapter
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding; `(b, T) -> (b, T)`, as generate() computes them."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+class ValueHead(nn.Module):
+    """Scalar value V(s_t) from the last hidden state; `(b, t, H) -> (b, t)`."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        # Zero init: V = 0 everywhere at the start, so early advantages are the rewards themselves.
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden).squeeze(-1)
+
+
+class ActorCritic(nn.Module):
+    """Holds policy, value (and reference) and runs each; `forward` is the training pass.
+
+    `forward` runs policy and value in one call so that DDP (accelerate) sees a single forward and
+    one backward per micro-batch. Sequences are `[left-padded prompt | right-padded response]`;
+    every method returns tensors for the last `n_response` positions only.
+    """
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead, *, value_backbone: nn.Module | None = None,
+                 ref_model: nn.Module | None = None, ref_adapter: str | None = None) -> None:
+        super().__init__()
+        self.policy = policy  # causal LM, or PeftModel whose adapter POLICY is the policy
+        self.value_head = value_head
+        self.value_backbone = value_backbone  # None: the policy's base with adapter VALUE
+        self.ref_model = ref_model  # None: the policy's base with `ref_adapter` (or adapters disabled)
+        self.ref_adapter = ref_adapter
+        self.shared = value_backbone is None
+        self.policy_params: list[nn.Parameter] = []
+        self.value_params: list[nn.Parameter] = []
+
+    def set_trainable(self, policy_params: list[nn.Parameter], value_params: list[nn.Parameter]) -> None:
+        """Fix the trainable set once; adapter switches restore it (peft's set_adapter changes it)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.policy_params, self.value_params = policy_params, value_params
+        self._restore_trainable()
+
+    @contextmanager
+    def adapter(self, name: str):
+        """Run the shared base with adapter `name` active (no-op for separate models)."""
+        if not self.shared or name == POLICY:
+            yield
+            return
+        tuner = self.policy.base_model
+        tuner.set_adapter(name, inference_mode=True)
+        self._restore_trainable()
+        try:
+            yield
+        finally:
+            tuner.set_adapter(POLICY, inference_mode=True)
+            self._restore_trainable()
+
+    def _restore_trainable(self) -> None:
+        for p in self.policy_params + self.value_params:
+            p.requires_grad_(True)
+
+    def policy_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+        """Logits predicting each response token; `(b, T) -> (b, n_response, V)`."""
+        # logits_to_keep skips the LM head on prompt positions: position i predicts token i + 1.
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask),
+                          logits_to_keep=n_response + 1, use_cache=False)
+        return out.logits[:, :-1]
+
+    @torch.no_grad()
+    def ref_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+        """Reference-policy logits for the response tokens; `(b, T) -> (b, n_response, V)`."""
+        if self.ref_model is not None:
+            out = self.ref_model(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids_from_mask(attention_mask),
+                                 logits_to_keep=n_response + 1, use_cache=False)
+            return out.logits[:, :-1]
+        context = self.adapter(self.ref_adapter) if self.ref_adapter else self.policy.disable_adapter()
+        with context:
+            return self.policy_logits(input_ids, attention_mask, n_response)
+
+    def values(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+        """V(s_t) for each response position t (state = prompt + response[:t]); `(b, n_response)`."""
+        backbone = self.value_backbone if not self.shared else self.policy.get_base_model().base_model
+        with self.adapter(VALUE):
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+        return self.value_head(hidden[:, -n_response - 1:-1])
+
+    def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None):
+        """Training pass: (policy logits `(b, t, V)`, values `(b, t)`, ptx logits `(b_ptx, T_ptx, V)` | None)."""
+        logits = self.policy_logits(input_ids, attention_mask, n_response)
+        values = self.values(input_ids, attention_mask, n_response)
+        ptx_logits = None
+        if ptx_input_ids is not None:
+            ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask,
+                                     use_cache=False).logits
+        return logits, values, ptx_logits
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """How the models were assembled (recorded in stage.json)."""
+
+    layout: str  # "lora-shared-base" | "separate-models"
+    reference: str  # "sft-adapter-copy" | "adapters-disabled" | "frozen-copy"
+    value_init: str  # "reward-model" | "policy-base"
+    base_model: str  # what the saved policy needs to reload (adapter base or the full model)
+
+
+def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCritic, ModelInfo]:
+    """Policy/ref/value for `cfg` (a PPOConfig), on `device`, every module in eval mode (no dropout)."""
+    path = modeling.resolve_model_path(cfg.policy.name_or_path)
+    value_source = _usable_value_init(cfg.value_init, tokenizer)
+    if cfg.policy.tuning == "lora":
+        model, info = _build_shared(cfg, path, value_source, device)
+    else:
+        model, info = _build_separate(cfg, path, value_source, device)
+    model.eval()  # dropout off: rollout and update must see the same function (Huang et al. 2024)
+    return model, info
+
+
+def _build_shared(cfg, path: str, value_source: str | None, device) -> tuple[ActorCritic, ModelInfo]:
+    from peft import PeftModel
+
+    if modeling.is_adapter_dir(path):
+        # SFT = B + adapter: load B once; the SFT adapter twice, "ref" frozen and POLICY trainable.
+        base_path = modeling.adapter_base(path)
+        base = modeling.load_causal_lm(_with_path(cfg.policy, base_path), merge=True, device=device)
+        peft_model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
+        peft_model.load_adapter(path, adapter_name=REF, is_trainable=False)
+        ref_adapter, reference = REF, "sft-adapter-copy"
+    else:
+        # SFT = full model B: the policy is a new adapter; B itself (adapters disabled) is the reference.
+        base_path = path
+        peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
+        ref_adapter, reference = None, "adapters-disabled"
+    value_state, head_weight = _rm_adapter_state(value_source, base_path)
+    rm_adapter = value_source if value_state is not None else None
+    peft_model.add_adapter(VALUE, _value_lora_config(cfg.policy, rm_adapter, peft_model.get_base_model()))
+    head = ValueHead(peft_model.get_base_model().config.hidden_size)
+    value_init = "policy-base"
+    if value_state is not None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(peft_model, value_state, adapter_name=VALUE)
+        head.summary.weight.data.copy_(head_weight)
+        value_init = "reward-model"
+    peft_model.base_model.set_adapter(POLICY, inference_mode=True)
+    model = ActorCritic(peft_model, head.to(device), ref_adapter=ref_adapter)
+    named = list(peft_model.named_parameters())
+    model.set_trainable([p for n, p in named if f".{POLICY}." in n],
+                        [p for n, p in named if f".{VALUE}." in n] + list(model.value_head.parameters()))
+    return model, ModelInfo("lora-shared-base", reference, value_init, base_path)
+
+
+def _build_separate(cfg, path: str, value_source: str | None, device) -> tuple[ActorCritic, ModelInfo]:
+    policy = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, merge=True, device=device), cfg.policy)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    ref = modeling.load_causal_lm(cfg.policy, merge=True, device=device).requires_grad_(False)
+    if value_source is not None:
+        rm = modeling.load_sequence_classifier(_with_path(cfg.policy, value_source), merge=True, device=device)
+        backbone, head = rm.base_model, ValueHead(rm.config.hidden_size)
+        head.summary.weight.data.copy_(rm.score.weight.data[:1])  # InstructGPT: value starts as the RM
+        value_init = "reward-model"
+    else:
+        backbone = modeling.load_causal_lm(cfg.policy, merge=True, device=device).base_model
+        head, value_init = ValueHead(backbone.config.hidden_size), "policy-base"
+    model = ActorCritic(policy, head.to(device), value_backbone=backbone, ref_model=ref)
+    model.set_trainable(trainable, list(backbone.parameters()) + list(model.value_head.parameters()))
+    return model, ModelInfo("separate-models", "frozen-copy", value_init, path)
+
+
+def _usable_value_init(value_init: str | None, tokenizer) -> str | None:
+    """The RM path when its tokenizer equals the policy's (values are per policy token), else None."""
+    if not value_init:
+        return None
+    path = modeling.resolve_model_path(value_init)
+    if modeling.load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+        print(f"[ppo] value_init {value_init}: its tokenizer differs from the policy's; "
+              "the value function starts from the policy base instead")
+        return None
+    return path
+
+
+def _rm_adapter_state(value_source: str | None, base_path: str):
+    """(adapter state, score weight) of an RM that is a LoRA adapter over the same base, else (None, None).
+
+    Only then can the shared base host the RM's exact weights as the value adapter; an RM with a
+    different base would need a third base copy, so the value starts from the policy base instead.
+    """
+    if value_source is None:
+        return None, None
+    same_base = (modeling.is_adapter_dir(value_source)
+                 and modeling.resolve_model_path(modeling.adapter_base(value_source))
+                 == modeling.resolve_model_path(base_path))
+    if not same_base:
+        print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base {base_path}; "
+              "with a shared base the value function starts from the policy base")
+        return None, None
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(value_source) / "adapter_model.safetensors"))
+    head_keys = [k for k in state if k.endswith("score.weight")]
+    head_weight = state[head_keys[0]][:1] if head_keys else None
+    lora_state = {k: v for k, v in state.items() if "lora_" in k}
+    if head_weight is None or not lora_state:
+        return None, None
+    return lora_state, head_weight
+
+
+def _value_lora_config(model_cfg: ModelConfig, rm_adapter: str | None, base_model: nn.Module):
+    """LoraConfig of the value adapter: the RM's own (to load its weights) or the policy's settings."""
+    from peft import LoraConfig
+
+    if rm_adapter is not None:
+        rm_config = LoraConfig.from_pretrained(rm_adapter)
+        return LoraConfig(r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=rm_config.lora_dropout,
+                          target_modules=rm_config.target_modules, task_type="CAUSAL_LM",
+                          layers_to_transform=rm_config.layers_to_transform)
+    lora, layers, targets = model_cfg.lora, None, model_cfg.lora.target_modules
+    if lora.last_n_layers:  # as modeling.apply_tuning: explicit names together with layers_to_transform
+        n_layers = base_model.config.num_hidden_layers
+        layers = list(range(max(0, n_layers - lora.last_n_layers), n_layers))
+        if targets == "all-linear":  # the base already holds LoRA layers; their leaves are adapter names
+            targets = [n for n in modeling.linear_module_names(base_model) if n not in (POLICY, REF, VALUE)]
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      task_type="CAUSAL_LM", layers_to_transform=layers)
+
+
+def _with_path(model_cfg: ModelConfig, name_or_path: str) -> ModelConfig:
+    return model_cfg.model_copy(update={"name_or_path": name_or_path})
+
+
+class PolicySaver:
+    """What finish_stage saves: only the policy (adapter POLICY at top level, or the full model)."""
+
+    def __init__(self, actor_critic: ActorCritic) -> None:
+        self.actor_critic = actor_critic
+
+    def save_pretrained(self, out_dir, **kwargs) -> None:
+        policy = self.actor_critic.policy
+        if self.actor_critic.shared:
+            policy.save_pretrained(out_dir, selected_adapters=[POLICY], **kwargs)
+        else:
+            policy.save_pretrained(out_dir, **kwargs)

@@ -1,0 +1,183 @@
+"""Rollouts: prompts -> sampled responses -> the tensors PPO needs, in one frozen dataclass.
+
+Sequences are laid out `[left-padded prompt | right-padded response]`: left padding lets a
+batch of prompts generate together with a KV cache, right padding after EOS keeps every
+response starting at the same column, so response tensors are plain `(b, t)` slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from rlhf_stack.errors import DataError
+from rlhf_stack.ppo import functional as PF
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One batch of experience. b = rollouts, p = prompt width, t = response width."""
+
+    query_ids: Tensor  # (b, p) prompt token ids, left-padded with pad_token_id
+    query_mask: Tensor  # (b, p) 1 for real prompt tokens
+    response_ids: Tensor  # (b, t) sampled tokens a_t, pad after the first EOS
+    response_mask: Tensor  # (b, t) float, 1 for real response tokens (EOS included)
+    has_eos: Tensor  # (b,) bool, the response ended with EOS (not cut by max_new_tokens)
+    logprobs: Tensor  # (b, t) log pi_old(a_t | s_t), the policy that sampled (temperature-scaled)
+    ref_logprobs: Tensor  # (b, t) log pi_ref(a_t | s_t), the SFT model
+    values: Tensor  # (b, t) V_old(s_t), value estimate before each response token
+    scores: Tensor | None = None  # (b,) processed sequence score (after norm, clip, EOS penalty)
+    rewards: Tensor | None = None  # (b, t) per-token reward: -kl_coef * kl_t, + score at the last token
+    advantages: Tensor | None = None  # (b, t) GAE advantages (whitened when configured)
+    returns: Tensor | None = None  # (b, t) value targets = GAE advantages + values
+
+    @property
+    def input_ids(self) -> Tensor:
+        """(b, p + t) prompt and response."""
+        return torch.cat([self.query_ids, self.response_ids], 1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """(b, p + t) 1 on real prompt and response tokens."""
+        return torch.cat([self.query_mask, self.response_mask.long()], 1)
+
+    def trimmed(self) -> Rollout:
+        """Drop prompt columns that are padding in every row (left) and response columns past the
+        longest response (right): a micro-batch's forward pass then costs only its real width."""
+        first = int((self.query_mask.sum(0) > 0).long().argmax())
+        width = max(int(self.response_mask.sum(1).max()), 1)
+        query = {"query_ids": self.query_ids[:, first:], "query_mask": self.query_mask[:, first:]}
+        response = {f.name: getattr(self, f.name)[:, :width] for f in fields(self)
+                    if f.name not in ("query_ids", "query_mask") and getattr(self, f.name) is not None
+                    and getattr(self, f.name).dim() == 2}
+        return replace(self, **query, **response)
+
+    def select(self, index: Tensor) -> Rollout:
+        """The rollouts at `index` (a mini/micro-batch); tensors are sliced on dim 0."""
+        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
+
+# ---- prompts ------------------------------------------------------------------------------------
+
+
+def encode_prompts(rows: list[dict], tokenizer, max_prompt_length: int, source: str) -> list[list[int]]:
+    """Token ids of each prompt with the chat template's generation prompt; too-long prompts are errors."""
+    encoded, problems = [], []
+    for n, row in enumerate(rows, start=1):
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        if len(ids) > max_prompt_length and len(problems) < 10:
+            problems.append(f"{source}:{row.get('_line', n)}: the prompt is {len(ids)} tokens, "
+                            f"max_prompt_length is {max_prompt_length}")
+        encoded.append(list(ids))
+    if problems:
+        raise DataError("\n".join(problems) + "\n(raise max_prompt_length or shorten these prompts)")
+    return encoded
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(ids, mask), both `(b, max_len)`, padded on the left (generation continues on the right)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[i, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+
+def generation_config(cfg, tokenizer):
+    """Sampling settings of `cfg` (a PPOConfig) as a transformers GenerationConfig.
+
+    Every knob that reshapes the distribution is set explicitly: an unset one falls back to the
+    checkpoint's generation_config.json or transformers' defaults (top_k=50!), and PPO needs
+    samples from exactly the policy whose logprobs it computes.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, typical_p=1.0,
+        max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, use_cache=True,
+    )
+
+
+@torch.no_grad()
+def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False) -> Tensor:
+    """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
+
+    merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
+    and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
+    """
+    merged = merge_lora and hasattr(policy, "merge_adapter")
+    if merged:
+        policy.merge_adapter()
+    try:
+        out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config)
+    finally:
+        if merged:
+            policy.unmerge_adapter()
+    return out[:, query_ids.shape[1]:]
+
+
+def truncate_at_eos(response_ids: Tensor, eos_id: int, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(response_ids, response_mask, has_eos): tokens after the first EOS become padding.
+
+    response_ids `(b, t)`; the mask keeps the EOS itself (the score lands on it). The width is
+    cut to the longest kept response.
+    """
+    is_eos = response_ids == eos_id
+    has_eos = is_eos.any(1)
+    first_eos = torch.where(has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, response_ids.shape[1] - 1,
+                                                                               dtype=torch.long))
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device).unsqueeze(0)
+    mask = positions <= first_eos.unsqueeze(1)
+    width = int(mask.sum(1).max())
+    ids = torch.where(mask, response_ids, torch.full_like(response_ids, pad_id))
+    return ids[:, :width], mask[:, :width].float(), has_eos
+
+
+# ---- forward passes over a generated batch ------------------------------------------------------
+
+
+@torch.no_grad()
+def score_with_models(actor_critic, query_ids, query_mask, response_ids, response_mask, *,
+                      temperature: float, micro_batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(logprobs, ref_logprobs, values), each `(b, t)`, in micro-batches; 0 at padding."""
+    input_ids = torch.cat([query_ids, response_ids], 1)
+    attention_mask = torch.cat([query_mask, response_mask.long()], 1)
+    n_response = response_ids.shape[1]
+    logprobs, ref_logprobs, values = [], [], []
+    for start in range(0, input_ids.shape[0], micro_batch_size):
+        mb = slice(start, start + micro_batch_size)
+        mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
+        logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response) / temperature
+        logprobs.append(PF.logprobs_from_logits(logits, mb_response))
+        del logits
+        ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response) / temperature
+        ref_logprobs.append(PF.logprobs_from_logits(ref_logits, mb_response))
+        del ref_logits
+        values.append(actor_critic.values(mb_ids, mb_mask, n_response).float())
+    mask = response_mask
+    return torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask
+
+
+def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
+                    temperature: float, micro_batch_size: int, merge_lora: bool = False) -> Rollout:
+    """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value."""
+    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora)
+    response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
+    logprobs, ref_logprobs, values = score_with_models(
+        actor_critic, query_ids, query_mask, response_ids, response_mask,
+        temperature=temperature, micro_batch_size=micro_batch_size)
+    return Rollout(query_ids, query_mask, response_ids, response_mask, has_eos, logprobs, ref_logprobs, values)

@@ -1,0 +1,259 @@
+"""Stage 3: `train_ppo(cfg, reward_fns=None) -> StageResult`, the explicit PPO / PPO-ptx loop.
+
+Each step: 1. generate (and evaluate the samples under policy, reference and value) 2. score
+3. KL-penalised rewards 4. advantages 5. PPO epochs (+ ptx) 6. KL control, logs, checkpoint.
+The math is rlhf_stack.ppo.functional; this file only orders it (STYLE.md items 4 and 6).
+Runs on one CPU/GPU or under `accelerate launch` (DDP); sources: Ziegler et al. 2019,
+Ouyang et al. 2022 (InstructGPT), Huang et al. 2024 ("The N+ Implementation Details of RLHF").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from rlhf_stack.config import StageResult
+from rlhf_stack.ppo import functional as PF
+from rlhf_stack.ppo.config import PPOConfig
+from rlhf_stack.ppo.rollout import Rollout
+
+LOG_NAME, SAMPLES_NAME = "ppo_log.jsonl", "samples.jsonl"
+
+
+@dataclass
+class Run:
+    """What the loop works with, built once by `_setup`."""
+
+    accelerator: object
+    tokenizer: object
+    model: torch.nn.Module  # ActorCritic, wrapped by accelerate (DDP) when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    kl_ctl: object  # FixedKLController | AdaptiveKLController
+    moments: object  # RunningMoments of raw scores
+    reward: Callable  # CombinedReward: (prompts, responses) -> ((b,), {name: (b,)})
+    prompts: list  # training prompt rows
+    prompt_ids: list[list[int]]
+    prompt_stream: object  # IndexStream over prompts
+    eval_rows: list
+    ptx: object | None  # PtxBatches
+    gen_config: object
+    info: object  # models.ModelInfo
+    log: object  # state.RunLog (main process) or None
+    start_step: int
+    output_dir: Path
+
+
+def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> StageResult:
+    """Run PPO (PPO-ptx when cfg.ptx_coef > 0); return the policy checkpoint and final metrics."""
+    from tqdm.auto import tqdm
+
+    from rlhf_stack.ppo.rollout import collect_rollout, left_pad
+    from rlhf_stack.ppo.scoring import process_scores
+    from rlhf_stack.ppo.state import peak_memory_mb, save_checkpoint_state
+
+    run = _setup(cfg, reward_fns)
+    acc, tokenizer = run.accelerator, run.tokenizer
+    unwrapped = acc.unwrap_model(run.model)
+    kl_fn = PF.KL_ESTIMATORS[cfg.kl_estimator]  # chosen once (STYLE.md item 7)
+    world, rank = acc.num_processes, acc.process_index
+    bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
+               disable=not (acc.is_main_process and cfg.progress_bar))
+    started = time.perf_counter()
+    for step in range(run.start_step + 1, cfg.steps + 1):
+        t_start = time.perf_counter()
+        index = run.prompt_stream.take(((step - 1) * world + rank) * cfg.batch_size, cfg.batch_size)
+        prompts = [run.prompts[i]["prompt"] for i in index]
+        query_ids, query_mask = left_pad([run.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
+
+        # 1. generate, then evaluate the samples under policy (pi_old), reference and value
+        rollout = collect_rollout(unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
+                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                  temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
+                                  merge_lora=cfg.merge_lora_for_generation and unwrapped.shared)
+        t_generate = time.perf_counter()
+
+        # 2. score the decoded text, then normalise / clip / penalise missing EOS
+        responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        raw_scores, parts = run.reward(prompts, responses)
+        raw_scores = raw_scores.to(acc.device)
+        scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)
+        t_score = time.perf_counter()
+
+        # 3. KL-penalised per-token rewards (Ziegler 2019 eq. 2; InstructGPT eq. 2)
+        mask = rollout.response_mask
+        kl = kl_fn(rollout.logprobs, rollout.ref_logprobs) * mask  # (b, t)
+        kl_coef = run.kl_ctl.kl_coef
+        rewards = PF.kl_penalized_rewards(scores, kl, mask, kl_coef)
+
+        # 4. advantages and returns (GAE), advantages whitened over the batch
+        advantages, returns = PF.gae(rewards, rollout.values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages:
+            advantages = PF.masked_whiten(advantages, mask)
+        rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
+
+        # 5. PPO epochs over mini-batches (+ ptx_coef * LM loss on a corpus batch)
+        train_stats = _ppo_epochs(run, cfg, rollout, step)
+        t_train = time.perf_counter()
+
+        # 6. KL controller (on the mean KL of every process), logs, checkpoint
+        seq_kl = acc.reduce(kl.sum(1).mean(), "mean").item()
+        run.kl_ctl.update(seq_kl, cfg.batch_size * world)
+        n_tokens = mask.sum()
+        rollout_stats = {
+            "score": raw_scores.mean(), "score_processed": scores.mean(), "reward": rewards.sum(1).mean(),
+            "kl": kl.sum(1).mean(), "response_length": mask.sum(1).mean(), "eos_fraction": rollout.has_eos.float().mean(),
+            "value_mean": PF.masked_mean(rollout.values, mask), "return_mean": PF.masked_mean(returns, mask),
+            **{f"reward/{name}": v.to(acc.device).mean() for name, v in parts.items()},
+        }
+        record = {"step": step, **_mean_over_processes(acc, {**rollout_stats, **train_stats}), "kl_coef": kl_coef,
+                  "lr": run.scheduler.get_last_lr()[0],
+                  "time_generate_s": t_generate - t_start, "time_score_s": t_score - t_generate,
+                  "time_train_s": t_train - t_score, "time_step_s": t_train - t_start,
+                  "tokens_per_s": acc.reduce(n_tokens, "sum").item() / max(t_train - t_start, 1e-9),
+                  "peak_memory_mb": peak_memory_mb(acc.device)}
+        if acc.is_main_process:
+            run.log.write(record)
+            if step % cfg.sample_every_steps == 0 or step == cfg.steps:
+                run.log.write_samples(step, _sample_rows(prompts, responses, raw_scores, scores, cfg.samples_per_log))
+        if cfg.report_to != ["none"]:
+            acc.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        bar.update(1)
+        bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.3f}")
+        if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < cfg.steps:
+            save_checkpoint_state(run.output_dir / "checkpoints", step, model=unwrapped, optimizer=run.optimizer,
+                                  scheduler=run.scheduler, controllers=_controllers(run), accelerator=acc)
+    bar.close()
+    runtime = time.perf_counter() - started
+    return _finish(run, cfg, unwrapped, runtime)
+
+
+# ---- step 5: the PPO update ---------------------------------------------------------------------
+
+
+def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[str, torch.Tensor]:
+    """ppo_epochs passes over the batch in random mini-batches; one optimizer step per mini-batch."""
+    acc, model = run.accelerator, run.model
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    stats: dict[str, list[torch.Tensor]] = {}
+    micro_index = 0
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(cfg.batch_size).to(acc.device)
+        for mb_start in range(0, cfg.batch_size, cfg.mini_batch_size):
+            mb_order = order[mb_start:mb_start + cfg.mini_batch_size]
+            for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
+                micro = rollout.select(mb_order[micro_start:micro_start + cfg.micro_batch_size])
+                ptx_batch = run.ptx.batch(step, micro_index, acc) if run.ptx is not None else None
+                micro_index += 1
+                last = k == cfg.grad_accum_steps - 1
+                with nullcontext() if last else acc.no_sync(model):  # all-reduce once per mini-batch
+                    loss, micro_stats = _micro_batch_loss(model, micro, ptx_batch, cfg)
+                    acc.backward(loss / cfg.grad_accum_steps)
+                for name, value in micro_stats.items():
+                    stats.setdefault(name, []).append(value)
+            if cfg.max_grad_norm is not None:
+                stats.setdefault("grad_norm", []).append(acc.clip_grad_norm_(params, cfg.max_grad_norm).detach())
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    return {name: torch.stack([v.float() for v in values]).mean() for name, values in stats.items()}
+
+
+def _micro_batch_loss(model, mb: Rollout, ptx_batch, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
+    """PPO loss on one micro-batch: clipped policy loss + vf_coef * clipped value loss (+ ptx)."""
+    mb = mb.trimmed()
+    n_response = mb.response_ids.shape[1]
+    ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
+    logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask)
+    logits = logits / cfg.temperature
+    logprobs = PF.logprobs_from_logits(logits, mb.response_ids)
+    mask = mb.response_mask
+    policy_loss, policy_stats = PF.clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
+    value_loss, value_stats = PF.clipped_value_loss(values.float(), mb.values, mb.returns, mask, cfg.clip_range_value)
+    loss = policy_loss + cfg.vf_coef * value_loss
+    stats = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), **policy_stats, **value_stats}
+    if ptx_logits is not None:
+        # PPO-ptx: + gamma * E_pretrain[log pi(x)], as a loss (InstructGPT eq. 2)
+        ptx_loss = PF.lm_loss(ptx_logits, ptx_labels)
+        loss = loss + cfg.ptx_coef * ptx_loss
+        stats["ptx_loss"] = ptx_loss.detach()
+    with torch.no_grad():
+        stats["entropy"] = PF.masked_mean(PF.entropy_from_logits(logits.detach()), mask)
+    return loss, stats
+
+
+# ---- setup and finish ---------------------------------------------------------------------------
+
+
+def _setup(cfg: PPOConfig, reward_fns) -> Run:
+    from rlhf_stack import training
+    from rlhf_stack.ppo import models, setup
+    from rlhf_stack.ppo.state import RunLog
+
+    acc = setup.make_accelerator(cfg)
+    output_dir = Path(cfg.output_dir)
+    if acc.is_main_process:
+        training.begin_stage(output_dir)
+    torch.manual_seed(cfg.seed)  # the same adapter init on every process
+    tokenizer = setup.policy_tokenizer(cfg)
+    data = setup.load_data(cfg, tokenizer)
+    model, info = models.build_actor_critic(cfg, tokenizer, acc.device)
+    optimizer, scheduler = setup.optimizer_and_scheduler(cfg, model)
+    reward = setup.build_reward(cfg, reward_fns, acc.device)
+    model, optimizer = acc.prepare(model, optimizer)
+    kl_ctl, moments = setup.controllers(cfg)
+    run = Run(acc, tokenizer, model, optimizer, scheduler, kl_ctl, moments, reward, data.prompts, data.prompt_ids,
+              data.prompt_stream, data.eval_rows, data.ptx, None, info, None, 0, output_dir)
+    torch.manual_seed(cfg.seed + acc.process_index)  # each process samples different responses
+    run.start_step = setup.maybe_resume(cfg, run, _controllers(run))
+    run.gen_config = setup.generation_config(cfg, tokenizer)
+    if acc.is_main_process:
+        logs = output_dir / training.LOGS_DIR
+        run.log = RunLog(Path(cfg.log_file) if cfg.log_file else logs / LOG_NAME, logs / SAMPLES_NAME, run.start_step)
+    if cfg.report_to != ["none"]:
+        acc.init_trackers("rlhf_stack_ppo", config=cfg.model_dump(mode="json"))
+    return run
+
+
+def _controllers(run: Run) -> dict:
+    return {"kl_controller": run.kl_ctl, "score_moments": run.moments}
+
+
+def _mean_over_processes(acc, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One all-reduce for every statistic; plain floats for the log."""
+    names = sorted(stats)
+    stacked = torch.stack([torch.as_tensor(stats[n], dtype=torch.float32, device=acc.device) for n in names])
+    return dict(zip(names, acc.reduce(stacked, "mean").tolist(), strict=True))
+
+
+def _sample_rows(prompts, responses, raw_scores, scores, n: int) -> list[dict]:
+    from rlhf_stack.data import prompt_key
+
+    return [{"prompt": prompt_key(p), "response": r, "score": float(s), "score_processed": float(sp)}
+            for p, r, s, sp in list(zip(prompts, responses, raw_scores.tolist(), scores.tolist(), strict=True))[:n]]
+
+
+def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
+    from rlhf_stack import training
+    from rlhf_stack.ppo import setup
+    from rlhf_stack.ppo.models import PolicySaver
+
+    acc = run.accelerator
+    metrics = setup.summarize(run.log.records() if run.log else [], runtime, cfg.steps - run.start_step)
+    metrics.update(eval_score=setup.eval_score(run, cfg, unwrapped), resumed_from_step=run.start_step or None,
+                   models={"layout": run.info.layout, "reference": run.info.reference,
+                           "value_init": run.info.value_init, "policy_base": run.info.base_model},
+                   world_size=acc.num_processes)
+    if acc.is_main_process:
+        fingerprints = training.data_fingerprints(cfg.prompts, cfg.ptx_data)
+        record = training.stage_record("ppo", cfg, cfg.policy, unwrapped.policy, fingerprints, metrics)
+        training.finish_stage(PolicySaver(unwrapped), run.tokenizer, run.output_dir, record, cfg.keep_checkpoints)
+    acc.wait_for_everyone()
+    if cfg.report_to != ["none"]:
+        acc.end_training()
+    return StageResult(run.output_dir, metrics)

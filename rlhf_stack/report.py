@@ -1,0 +1,330 @@
+"""The run report: RUN_DIR/report.md + PNG plots, readable on GitHub (relative image links).
+
+Sections, each present only when its stage left something to show:
+stages (status, time, headline metric) · SFT train/eval loss · reward model eval accuracy and the
+reward-margin histogram · PPO score, KL and kl_coef, entropy and response length over steps ·
+evaluation table (baseline vs policy vs best-of-N: win rate, scores, KL, length, perplexity) ·
+sample responses to the same prompts side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from rlhf_stack.errors import RlhfStackError
+
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+N_SAMPLE_ROWS = 8
+CELL_CHARS = 400
+
+# PPO log keys, first present wins: the trainer's names, then common alternatives.
+PPO_SERIES = {
+    "score": ("score", "scores", "mean_score", "env/score"),
+    "reward": ("reward", "rewards", "mean_reward", "non_score_reward"),
+    "kl": ("kl", "mean_kl", "objective/kl"),
+    "kl_coef": ("kl_coef", "objective/kl_coef"),
+    "entropy": ("entropy", "mean_entropy", "objective/entropy"),
+    "response_length": ("response_length", "response_tokens", "mean_response_length"),
+}
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write RUN_DIR/report.md and RUN_DIR/plots/*.png from what the run left on disk."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+
+    run_dir = Path(run_dir)
+    manifest = _read_json(run_dir / "manifest.json")
+    if manifest is None and not any((run_dir / s).is_dir() for s in ("sft", "reward", "ppo", "eval")):
+        raise RlhfStackError(f"{run_dir} is not a run directory (no manifest.json and no stage directories)")
+    manifest = manifest or {"stages": {}}
+    (run_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    results = _read_json(run_dir / "eval" / "results.json")
+    parts = [
+        _header(run_dir, manifest),
+        _stages_section(manifest),
+        _sft_section(run_dir),
+        _reward_section(run_dir, results),
+        _ppo_section(run_dir),
+        _eval_section(run_dir, results),
+        _samples_section(run_dir, results),
+    ]
+    text = "\n\n".join(p for p in parts if p) + "\n"
+    path = run_dir / REPORT_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ---- readers ------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def series(log: list[dict], keys: tuple[str, ...] | str, step_key: str = "step") -> tuple[list, list]:
+    """(steps, values) of the first key in `keys` found in the log entries; entries without it skipped."""
+    keys = (keys,) if isinstance(keys, str) else keys
+    key = next((k for k in keys if any(k in e for e in log)), None)
+    if key is None:
+        return [], []
+    points: dict = {}  # step -> value; a step logged twice (e.g. the final re-evaluation) keeps the last
+    for n, entry in enumerate(log):
+        value = entry.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            points[entry.get(step_key, n)] = value
+    return list(points), list(points.values())
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: numbers to `digits` significant digits, None as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else f"{value:.{digits}g}"
+
+
+def cell(text, limit: int = CELL_CHARS) -> str:
+    """Text made safe for one Markdown table cell (pipes escaped, newlines as <br>)."""
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False) if not isinstance(text, int | float) else fmt(text)
+    text = text if len(text) <= limit else text[:limit].rstrip() + " …"
+    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+
+def line_plot(path: Path, panels: list[tuple[str, list[tuple[str, list, list]]]], xlabel: str = "step") -> bool:
+    """One row of panels; each panel (title, [(label, xs, ys), ...]). False when there is nothing to draw."""
+    import matplotlib.pyplot as plt
+
+    panels = [(title, [c for c in curves if c[1]]) for title, curves in panels]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels, strict=True):
+        for label, xs, ys in curves:
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def histogram(path: Path, values: list[float], title: str, xlabel: str) -> bool:
+    import matplotlib.pyplot as plt
+
+    if not values:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=min(40, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def scatter_plot(path: Path, points: list[tuple[str, float, float]], xlabel: str, ylabel: str) -> bool:
+    import matplotlib.pyplot as plt
+
+    points = [p for p in points if p[1] is not None and p[2] is not None]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, x, y in points:
+        ax.scatter([x], [y], s=40)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _image(run_dir: Path, name: str, alt: str) -> str:
+    return f"![{alt}]({PLOTS_DIR}/{name})"
+
+
+# ---- sections -----------------------------------------------------------------------------------
+
+HEADLINES = {
+    "sft": ("eval_loss_before", "eval_loss", "train_loss"),
+    "reward": ("eval_pairwise_accuracy", "pairwise_accuracy", "eval_accuracy", "accuracy", "eval_loss"),
+    "ppo": ("score", "mean_score", "reward", "kl", "steps"),
+    "eval": ("policy_win_rate", "policy_kl", "best_of_n_win_rate", "rm_pairwise_accuracy"),
+}
+
+
+def _header(run_dir: Path, manifest: dict) -> str:
+    title = Path(manifest["recipe"]).stem if manifest.get("recipe") else run_dir.name
+    versions = manifest.get("versions") or {}
+    lines = [f"# Run report: {title}", "",
+             f"Run directory `{run_dir}`" + (f", recipe `{manifest['recipe']}`" if manifest.get("recipe") else "")
+             + (f", last updated {manifest['updated_at']}." if manifest.get("updated_at") else ".")]
+    if versions:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return "\n".join(lines)
+
+
+def _stages_section(manifest: dict) -> str:
+    stages = manifest.get("stages") or {}
+    if not stages:
+        return ""
+    rows = []
+    for name, entry in stages.items():
+        metrics = entry.get("metrics") or {}
+        shown = [f"{k} {fmt(metrics[k])}" for k in HEADLINES.get(name, ()) if isinstance(metrics.get(k), int | float)]
+        duration = entry.get("duration_s")
+        rows.append([name, entry.get("status", "?"), f"{duration:.0f} s" if duration is not None else "—",
+                     ", ".join(shown) or "—"])
+    return "## Stages\n\n" + table(["stage", "status", "time", "headline metrics"], rows)
+
+
+def _sft_section(run_dir: Path) -> str:
+    log = read_jsonl(run_dir / "sft" / "logs" / "train_log.jsonl")
+    info = _read_json(run_dir / "sft" / "stage.json") or {}
+    metrics = info.get("metrics") or {}
+    if not log and not metrics:
+        return ""
+    out = ["## Stage 1: supervised fine-tuning"]
+    if "eval_loss" in metrics:
+        before = metrics.get("eval_loss_before")
+        out.append(f"Held-out loss {fmt(before)} before tuning, {fmt(metrics['eval_loss'])} after "
+                   f"({fmt(metrics.get('n_train'))} training examples, {fmt(metrics.get('steps'))} steps).")
+    drawn = line_plot(run_dir / PLOTS_DIR / "sft_loss.png", [
+        ("loss", [("train", *series(log, "loss")), ("eval", *series(log, "eval_loss"))])])
+    if drawn:
+        out.append(_image(run_dir, "sft_loss.png", "SFT train and eval loss"))
+    return "\n\n".join(out)
+
+
+def _reward_section(run_dir: Path, results: dict | None) -> str:
+    log = read_jsonl(run_dir / "reward" / "logs" / "train_log.jsonl")
+    metrics = (_read_json(run_dir / "reward" / "stage.json") or {}).get("metrics") or {}
+    rm_eval = (results or {}).get("reward_model") or {}
+    if not (log or metrics or rm_eval):
+        return ""
+    out = ["## Stage 2: reward model"]
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and ("acc" in k or "tau" in k or "f1" in k)}
+    if shown:
+        out.append(table(["held-out metric (stage 2)", "value"], [[k, v] for k, v in shown.items()]))
+    if rm_eval:
+        out.append(f"On `{rm_eval.get('rankings')}`: pairwise accuracy {fmt(rm_eval.get('pairwise_accuracy'))} "
+                   f"over {fmt(rm_eval.get('n_pairs'))} ordered pairs, top-1 accuracy "
+                   f"{fmt(rm_eval.get('top1_accuracy'))}, Kendall tau {fmt(rm_eval.get('kendall_tau'))}, "
+                   f"mean margin {fmt(rm_eval.get('mean_margin'))}.")
+    accuracy_key = next((k for e in log for k in e if k.startswith("eval_") and "accuracy" in k), None)
+    drawn = line_plot(run_dir / PLOTS_DIR / "reward_training.png", [
+        ("train loss", [("train", *series(log, "loss"))]),
+        ("eval accuracy", [(accuracy_key or "", *series(log, accuracy_key or "-"))]),
+    ])
+    if drawn:
+        out.append(_image(run_dir, "reward_training.png", "reward model loss and eval accuracy"))
+    if histogram(run_dir / PLOTS_DIR / "reward_margins.png", rm_eval.get("margins") or [],
+                 "reward margin, better - worse", "r(better) - r(worse)"):
+        out.append(_image(run_dir, "reward_margins.png", "reward margin histogram"))
+    return "\n\n".join(out)
+
+
+def _ppo_section(run_dir: Path) -> str:
+    log = read_jsonl(run_dir / "ppo" / "logs" / "ppo_log.jsonl")
+    if not log:
+        return ""
+    s = {name: series(log, keys) for name, keys in PPO_SERIES.items()}
+    out = ["## Stage 3: PPO"]
+    drawn = line_plot(run_dir / PLOTS_DIR / "ppo_reward_kl.png", [
+        ("score and reward", [("RM score", *s["score"]), ("reward (score - KL penalty)", *s["reward"])]),
+        ("KL(policy || reference)", [("kl", *s["kl"])]),
+        ("kl_coef", [("kl_coef", *s["kl_coef"])]),
+    ])
+    if drawn:
+        out.append(_image(run_dir, "ppo_reward_kl.png", "PPO score, reward, KL and kl_coef"))
+    if line_plot(run_dir / PLOTS_DIR / "ppo_policy.png", [
+        ("entropy", [("entropy", *s["entropy"])]),
+        ("response length (tokens)", [("length", *s["response_length"])]),
+    ]):
+        out.append(_image(run_dir, "ppo_policy.png", "PPO entropy and response length"))
+    return "\n\n".join(out)
+
+
+def _eval_section(run_dir: Path, results: dict | None) -> str:
+    if not results or not results.get("models"):
+        return ""
+    models = results["models"]
+    baseline = next((m["label"] for m in models if m["name"] == "baseline"), "baseline")
+    judge = results.get("judge", "judge")
+    rows = [[m["label"], m.get("win_rate"), m.get("judge_score"), m.get("rm_score"), m.get("kl"),
+             m.get("response_tokens"), m.get("perplexity")] for m in models]
+    out = ["## Evaluation", table(
+        ["model", f"win rate vs {baseline} ({judge} judge)", f"{judge} score", "RM score", "KL to reference (nats)",
+         "response tokens", "held-out perplexity"], rows)]
+    out.append(f"{results.get('n_prompts')} held-out prompts, one sample each (ties count 1/2). KL is summed over "
+               "response tokens and estimated on the model's own samples (k1); best-of-N's is the analytic "
+               "log N - (N-1)/N. Perplexity on the held-out corpus measures the alignment tax.")
+    policy = next((m for m in models if m["name"] == "policy"), None)
+    if policy and policy.get("win_rate") is not None:
+        out.append(f"**{policy['label']} wins {100 * policy['win_rate']:.0f}% against {baseline}** under the "
+                   f"{judge} judge, at KL {fmt(policy.get('kl'))} nats.")
+    if scatter_plot(run_dir / PLOTS_DIR / "eval_win_rate_kl.png",
+                    [(m["label"], m.get("kl"), m.get("win_rate")) for m in models if m["name"] != "baseline"],
+                    "KL to reference (nats)", f"win rate vs {baseline}"):
+        out.append(_image(run_dir, "eval_win_rate_kl.png", "win rate against KL"))
+    return "\n\n".join(out)
+
+
+def _samples_section(run_dir: Path, results: dict | None) -> str:
+    rows = read_jsonl(run_dir / "eval" / "samples.jsonl")[:N_SAMPLE_ROWS]
+    if not rows or not results:
+        return ""
+    labels = {m["name"]: m["label"] for m in results.get("models", [])}
+    sides = [name for name in ("baseline", "policy") if name in rows[0]]
+    header = ["prompt"] + [f"{labels.get(name, name)} (score)" for name in sides]
+    body = [[_prompt_text(r["prompt"])] + [f"{r[name]}\n\n*({fmt(r.get(name + '_judge'))})*" for name in sides]
+            for r in rows]
+    return "## Samples\n\nThe same held-out prompts, one sample from each model, with the judge's score.\n\n" + \
+        table(header, body)

@@ -1,0 +1,392 @@
+"""Stage 2: a reward model trained from K-wise human rankings (InstructGPT, Ouyang et al. 2022, §3.5).
+
+`train_reward(RewardConfig) -> StageResult`. A batch element is one whole ranking: its K
+completions are scored once each (K forward sequences, not the 2*C(K,2) of pairwise expansion)
+and all C(K,2) comparisons come from those K scores, so one prompt's comparisons never straddle
+batches. The outer loop is transformers' Trainer; this module plugs in a collator and
+`compute_loss`. The losses are pure functions in `reward_functional.py`.
+
+Initialisation (`init_from`):
+- None: the base model of `model.name_or_path` with a fresh score head;
+- a LoRA checkpoint (e.g. the SFT stage's) while this stage also uses LoRA: the SFT adapter keeps
+  training as a sequence-classification adapter on the ORIGINAL base, plus the new score head; the
+  reward checkpoint stays one plain adapter over that base (LoRA shape from the SFT adapter;
+  `model.lora.last_n_layers` then only limits which of its layers keep training);
+- any other checkpoint: loaded as a sequence classifier (a LoRA adapter merged first), then the
+  stage's tuning method is applied.
+
+After training, `normalize_with` sets a bias so the reward of a reference set of demonstrations
+has mean 0 (InstructGPT §3.5); it is stored in stage.json (`reward_bias`) and added by
+`rewards.RewardScorer` everywhere the RM is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
+from rlhf_stack.data import LINE_KEY, load_rows, row_prompt, split_train_eval
+from rlhf_stack.errors import ConfigError, DataError
+from rlhf_stack.reward_functional import (
+    center_penalty,
+    listwise_loss,
+    pairwise_accuracy,
+    ranking_loss,
+    to_ranking_matrix,
+)
+from rlhf_stack.rewards import BIAS_KEY, encode_conversation, forward_scores, pad_right, score_sequences
+
+BEST_METRIC = "eval_pairwise_accuracy"
+
+
+class RewardConfig(Config):
+    """Reward model from rankings (InstructGPT step 2)."""
+
+    model: ModelConfig
+    """Base model (hub id, local dir, alias) whose backbone gets a one-output score head; tuning method."""
+    data: DataConfig
+    """Rankings (`{prompt, completions, ranks}` rows; TRL `{prompt, chosen, rejected}` rows are K=2)."""
+    train: TrainingConfig = TrainingConfig()
+    """Optimisation settings. `batch_size` counts RANKINGS (each brings its K completions)."""
+    output_dir: str = "outputs/reward"
+    """Where the checkpoint goes (model/adapter + score head + tokenizer + stage.json)."""
+    init_from: str | None = None
+    """Checkpoint to start from instead of the base model, e.g. the SFT checkpoint (`@sft` in a
+    recipe): InstructGPT initialises its RM from the SFT model. See the module docstring for LoRA."""
+    max_length: int = 512
+    """Tokens per (prompt, completion) sequence; longer ones lose the start of the prompt."""
+    loss: Literal["pairwise", "listwise"] = "pairwise"
+    """`pairwise`: InstructGPT's mean -log sigmoid(r_i - r_j) over a ranking's pairs. `listwise`:
+    Plackett-Luce likelihood of the whole ranking (ties: Breslow)."""
+    margin: float = 0.0
+    """Pairwise only: a pair must win by margin * (rank gap) before its loss fades (0: no margin)."""
+    center_coef: float = 0.0
+    """Weight of the penalty (mean reward of a ranking)^2, keeping rewards centred (0: off; ~0.01)."""
+    micro_batch_completions: int | None = None
+    """Forward/backward at most this many completions at once (memory bound for large K); the loss
+    still sees whole rankings (gradients are cached per completion score, one extra forward).
+    None: a batch's completions go through in one pass."""
+    normalize_with: str | None = None
+    """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
+    reward 0. None: no bias."""
+    normalize_max_rows: int = 512
+    """Use at most this many rows of `normalize_with`."""
+    eval_before_training: bool = False
+    """Measure the untrained model's eval metrics first (reported with the suffix `_before`)."""
+    keep_checkpoints: bool = False
+    """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
+
+
+def train_reward(cfg: RewardConfig) -> StageResult:
+    """Train the reward model; return its checkpoint directory and metrics (also in stage.json)."""
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+
+    from rlhf_stack import modeling, training
+
+    output_dir = Path(cfg.output_dir)
+    # 1. data: validated rankings, all-tied rows kept out (counted), every completion tokenised once
+    train_rows, eval_rows, n_all_tied = _load_splits(cfg)
+    _check_init_from(cfg.init_from)
+    tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.init_from or cfg.model.name_or_path,
+                                        cfg.model.chat_template)
+    train_ds, n_truncated = _encode(train_rows, tokenizer, cfg.max_length)
+    eval_ds, _ = _encode(eval_rows, tokenizer, cfg.max_length)
+
+    # 2. model: sequence classifier with one output (random head), tuning method applied
+    training.begin_stage(output_dir)
+    set_seed(cfg.train.seed)
+    model = load_reward_model(cfg, tokenizer)
+
+    # 3. Trainer with the K-wise loss; early stopping on eval pairwise accuracy, best model kept
+    has_eval = bool(eval_ds)
+    args = TrainingArguments(**training.trainer_arguments(
+        cfg.train, output_dir, has_eval=has_eval, metric=BEST_METRIC, greater_is_better=True),
+        label_names=["ranks"], remove_unused_columns=False)
+    callbacks = []
+    if has_eval and cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = RankingTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
+        data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
+        compute_metrics=eval_metrics_fn() if has_eval else None,
+        objective=make_objective(cfg), micro_batch_completions=cfg.micro_batch_completions)
+
+    # 4. train, resuming from the newest checkpoint in output_dir when there is one
+    metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
+                     "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
+                     "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds)}
+    resume = training.last_trainer_checkpoint(output_dir)
+    if has_eval and cfg.eval_before_training and resume is None:
+        metrics.update({f"{k}_before": v for k, v in _eval(trainer).items()})
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
+                   train_rankings_per_s=result.metrics["train_samples_per_second"],
+                   steps=trainer.state.global_step, resumed_from=resume)
+
+    # 5. final eval (best model), normalisation bias, checkpoint + stage.json
+    if has_eval:
+        metrics.update(_eval(trainer))
+    model = trainer.model.eval()
+    norm = reward_normalization(model, tokenizer, cfg)
+    metrics["bias"] = norm["bias"]
+    training.write_log(output_dir, trainer.state.log_history)
+    fingerprints = training.data_fingerprints(cfg.data)
+    if cfg.normalize_with:
+        fingerprints.update(training.data_fingerprints(DataConfig(path=cfg.normalize_with)))
+    record = training.stage_record("reward", cfg, cfg.model, model, fingerprints, metrics)
+    record.update({BIAS_KEY: norm["bias"], "normalization": norm, "init_from": cfg.init_from})
+    training.finish_stage(model, tokenizer, output_dir, record, cfg.keep_checkpoints)
+    return StageResult(output_dir, metrics)
+
+
+# ---- 1. data ------------------------------------------------------------------------------------
+
+
+def _load_splits(cfg: RewardConfig) -> tuple[list[dict], list[dict], int]:
+    data = cfg.data
+    rows = load_rows(data.path, "rankings", columns=data.columns, split=data.split, max_rows=data.max_rows,
+                     keep_lines=True)
+    if data.eval_path:
+        train, held = rows, load_rows(data.eval_path, "rankings", keep_lines=True)
+    else:
+        train, held = split_train_eval(rows, data.eval_fraction, seed=cfg.train.seed)
+    # A ranking whose completions all tie states no preference: it holds no pair to learn from.
+    tied = [r for r in train + held if len(set(r["ranks"])) == 1]
+    if tied:
+        where = ", ".join(f"line {r.get(LINE_KEY, '?')}" for r in tied[:5])
+        print(f"[reward] {len(tied)} rankings with all completions tied are skipped ({where}"
+              f"{', ...' if len(tied) > 5 else ''})")
+    train = [r for r in train if len(set(r["ranks"])) > 1]
+    held = [r for r in held if len(set(r["ranks"])) > 1]
+    if not train:
+        raise DataError(f"{data.path}: no training ranking states a preference (all rows tied or held out)")
+    return train, held, len(tied)
+
+
+def _encode(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Rankings -> [{input_ids: K token lists, ranks: K ints, n_pairs}], and how many got truncated."""
+    items, truncated = [], 0
+    for row in rows:
+        encoded = [encode_conversation(tokenizer, row["prompt"], c, max_length) for c in row["completions"]]
+        truncated += sum(cut for _, cut in encoded)
+        ranks = list(row["ranks"])
+        n_pairs = sum(a < b for a in ranks for b in ranks)
+        items.append({"input_ids": [ids for ids, _ in encoded], "ranks": ranks, "n_pairs": n_pairs})
+    if truncated:
+        print(f"[reward] {truncated} completions are longer than max_length={max_length} with their prompt; "
+              "the start of the prompt is cut")
+    return items, truncated
+
+
+@dataclass
+class RankingCollator:
+    """A batch of rankings -> every completion as one padded row + the (B, K_max) ranks beside them.
+
+    input_ids / attention_mask: (sum of K, max_len), rankings laid end to end;
+    ranks: (B, K_max), 0 where a ranking has fewer than K_max completions.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_right([ids for item in items for ids in item["input_ids"]],
+                                              self.pad_token_id)
+        ranks = torch.zeros((len(items), max(len(item["ranks"]) for item in items)), dtype=torch.long)
+        for n, item in enumerate(items):
+            ranks[n, :len(item["ranks"])] = torch.as_tensor(item["ranks"])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks}
+
+
+# ---- 2. model -------------------------------------------------------------------------------------
+
+
+def load_reward_model(cfg: RewardConfig, tokenizer):
+    """One-output sequence classifier with the stage's tuning method (see module docstring)."""
+    from rlhf_stack import modeling
+
+    init = cfg.init_from
+    if init and cfg.model.tuning == "lora" and modeling.is_adapter_dir(init):
+        model = _continue_lora_adapter(init, cfg, tokenizer)
+    else:
+        source = cfg.model.model_copy(update={"name_or_path": init}) if init else cfg.model
+        model = modeling.load_sequence_classifier(source, merge=True)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model = modeling.apply_tuning(model, cfg.model, "SEQ_CLS")
+    return model
+
+
+def _check_init_from(init: str | None) -> None:
+    from rlhf_stack.errors import ModelNotFoundError
+    from rlhf_stack.modeling import resolve_model_path
+
+    try:
+        if init:
+            resolve_model_path(init)
+    except ModelNotFoundError as exc:
+        raise ConfigError(f"init_from: {exc} (run the SFT stage first, or fix the path)") from None
+
+
+def _continue_lora_adapter(init: str, cfg: RewardConfig, tokenizer):
+    """The SFT LoRA adapter re-opened as a SEQ_CLS adapter (+ trainable score head) on its base."""
+    import dataclasses
+
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    from rlhf_stack import modeling
+
+    base_cfg = cfg.model.model_copy(update={"name_or_path": modeling.adapter_base(init)})
+    base = modeling.load_sequence_classifier(base_cfg, merge=True)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    sft = LoraConfig.from_pretrained(init)
+    lora = dataclasses.replace(sft, task_type="SEQ_CLS", modules_to_save=["score"], inference_mode=False,
+                               lora_dropout=cfg.model.lora.dropout)
+    model = get_peft_model(base, lora)
+    state = get_peft_model_state_dict(model)  # fresh score head + empty adapters, in peft's saved naming
+    sft_weights = load_peft_weights(init)
+    unknown = sorted(set(sft_weights) - set(state))
+    if unknown:
+        raise ConfigError(f"init_from: {init}: adapter weights do not fit the base model ({unknown[:3]})")
+    set_peft_model_state_dict(model, {**state, **sft_weights})
+    keep = cfg.model.lora.last_n_layers
+    if keep:  # train only the top blocks' adapters: backward then stops at the lowest trainable block
+        blocks = modeling.transformer_blocks(model.get_base_model())
+        for block in blocks[:max(0, len(blocks) - keep)]:
+            block.requires_grad_(False)
+    return model
+
+
+# ---- 3. loss, trainer, metrics ----------------------------------------------------------------------
+
+
+def make_objective(cfg: RewardConfig):
+    """scores (B, K), ranks (B, K) -> scalar: the configured loss (+ centring penalty), chosen once."""
+    base = partial(ranking_loss, margin=cfg.margin) if cfg.loss == "pairwise" else listwise_loss
+    if cfg.loss == "listwise" and cfg.margin:
+        raise ConfigError("margin applies to the pairwise loss only; set margin: 0 with loss: listwise")
+    if not cfg.center_coef:
+        return base
+    return lambda scores, ranks: base(scores, ranks) + cfg.center_coef * center_penalty(scores, ranks)
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class _RankingTrainer(Trainer):
+        """transformers.Trainer whose batch is whole rankings and whose loss is K-wise."""
+
+        loss_is_scaled_for_ga = False  # our loss is a per-batch mean: the Trainer divides by GA steps
+
+        def __init__(self, *args, objective, micro_batch_completions: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.objective = objective
+            self.micro_batch_completions = micro_batch_completions
+            self._train_accuracy: list[float] = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            ranks = inputs["ranks"]
+            step = self.micro_batch_completions or inputs["input_ids"].shape[0]
+            chunks = list(zip(inputs["input_ids"].split(step), inputs["attention_mask"].split(step), strict=True))
+            if model.training and torch.is_grad_enabled() and len(chunks) > 1:
+                loss, flat = self._loss_with_cached_gradients(model, chunks, ranks)
+            else:
+                flat = torch.cat([forward_scores(model, ids, mask) for ids, mask in chunks])
+                loss = self.objective(to_ranking_matrix(flat, ranks), ranks)
+            scores = to_ranking_matrix(flat.detach(), ranks)
+            if model.training:
+                self._train_accuracy.append(float(pairwise_accuracy(scores, ranks)))
+            return (loss, {"scores": scores}) if return_outputs else loss
+
+        def _loss_with_cached_gradients(self, model, chunks, ranks):
+            # Gradient caching (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
+            # Memory Limited Setup"): score every chunk without a graph, take d loss / d score, then
+            # re-run each chunk with a graph and back-propagate score * grad. Memory holds one chunk's
+            # activations; the RNG is replayed so dropout masks match the first pass.
+            states, flat = [], []
+            with torch.no_grad():
+                for ids, mask in chunks:
+                    states.append(_rng_state())
+                    flat.append(forward_scores(model, ids, mask))
+            flat = torch.cat(flat).requires_grad_()
+            loss = self.objective(to_ranking_matrix(flat, ranks), ranks)
+            grads = torch.autograd.grad(loss, flat)[0].split([len(ids) for ids, _ in chunks])
+            scale = 1.0 / self.current_gradient_accumulation_steps  # what training_step applies to the loss
+            for (ids, mask), state, grad in zip(chunks[:-1], states[:-1], grads[:-1], strict=True):
+                _set_rng_state(state)
+                with self.accelerator.no_sync(model):  # DDP: gradients are reduced at the last backward
+                    self.accelerator.backward((forward_scores(model, ids, mask) * grad).sum() * scale)
+            _set_rng_state(states[-1])
+            last = (forward_scores(model, *chunks[-1]) * grads[-1]).sum()
+            # value = the loss; gradient = the last chunk's share (the Trainer runs this backward)
+            return loss.detach() + last - last.detach(), flat.detach()
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            if self._train_accuracy and "loss" in logs:
+                logs["train_pairwise_accuracy"] = sum(self._train_accuracy) / len(self._train_accuracy)
+                self._train_accuracy.clear()
+            super().log(logs, start_time)
+
+    return _RankingTrainer
+
+
+def RankingTrainer(*args, **kwargs):  # noqa: N802 - builds the class on first use (cheap imports)
+    """transformers.Trainer subclass with the K-wise `compute_loss` (see `_make_trainer_class`)."""
+    return _make_trainer_class()(*args, **kwargs)
+
+
+def eval_metrics_fn():
+    """compute_metrics for the Trainer: our `evaluate` modules on the gathered (B, K_max) scores/ranks."""
+    from rlhf_stack.metrics import RANKING_METRICS, load_metric
+
+    modules = [load_metric(name) for name in RANKING_METRICS]
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        scores, ranks = eval_pred.predictions, eval_pred.label_ids
+        keep = ranks > 0  # padding: 0 inside a batch, -100 between batches of different K_max
+        rows_s = [s[k].tolist() for s, k in zip(scores, keep, strict=True)]
+        rows_r = [r[k].tolist() for r, k in zip(ranks, keep, strict=True)]
+        out: dict[str, float] = {}
+        for module in modules:
+            out.update(module.compute(predictions=rows_s, references=rows_r))
+        return out
+
+    return compute_metrics
+
+
+def _eval(trainer) -> dict:
+    raw = trainer.evaluate()
+    return {k: v for k, v in raw.items() if not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
+
+
+# ---- 5. normalisation --------------------------------------------------------------------------------
+
+
+def reward_normalization(model, tokenizer, cfg: RewardConfig) -> dict:
+    """{bias, n, mean_before, std}: bias = -mean reward of the reference demonstrations (0 without)."""
+    if not cfg.normalize_with:
+        return {"bias": 0.0, "path": None}
+    rows = load_rows(cfg.normalize_with, "instructions", max_rows=cfg.normalize_max_rows)
+    seqs = []
+    for row in rows:
+        response = row["messages"][-1]["content"] if "messages" in row else row["response"]
+        seqs.append(encode_conversation(tokenizer, row_prompt(row), response, cfg.max_length)[0])
+    device = next(model.parameters()).device
+    scores = score_sequences(model, seqs, tokenizer.pad_token_id, cfg.train.batch_size * 4, device)
+    mean = float(scores.mean())
+    return {"bias": -mean, "path": cfg.normalize_with, "n": len(seqs), "mean_before": mean,
+            "std": float(scores.std()) if len(seqs) > 1 else 0.0}

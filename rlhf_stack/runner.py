@@ -1,0 +1,474 @@
+"""The stage runner: one recipe -> SFT, reward model, PPO, evaluation, report, resumable.
+
+`run_recipe(recipe, overrides)` composes the stage functions (STYLE item 1) and adds only what a
+chain of stages needs:
+
+- hand-off by reference: any string `@sft`, `@reward` or `@ppo` in a stage's config becomes that
+  stage's checkpoint directory before the stage runs (`ppo.policy.name_or_path: "@sft"`);
+- `RUN_DIR/manifest.json` (written atomically after every change): per stage its status, checkpoint,
+  timings, metrics, config hash, data fingerprints; plus package versions;
+- skip and resume: a stage's config hash covers its own config, its data files' fingerprints and
+  the hashes of the stages it references, so an upstream change invalidates what follows. A stage
+  whose hash and upstream checkpoints are unchanged and whose output is finished is reused; one that
+  was interrupted is called again on the same directory, where it resumes from its last checkpoint;
+  any other is started over in an emptied directory.
+
+Stages run in this process, or as `accelerate launch` subprocesses (`rlhf_stack.runner_stage`)
+when the recipe names an accelerate config. Each stage's output directory is RUN_DIR/<stage>, set
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from rlhf_stack.config import Config, DataConfig, StageResult, apply_overrides, read_yaml, validate
+from rlhf_stack.errors import ConfigError, RlhfStackError
+from rlhf_stack.evaluation import RESULTS_FILE, EvalConfig
+from rlhf_stack.ppo import PPOConfig
+from rlhf_stack.reward import RewardConfig
+from rlhf_stack.sft import SFTConfig
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+STAGE_FILE = "stage.json"  # = modeling.STAGE_FILE, repeated to keep this import light
+PACKAGES = ("rlhf-stack", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How the runner calls one stage."""
+
+    name: str  # stage name: manifest key, RUN_DIR/<name>, `--only` value
+    field: str  # the Recipe field holding its config
+    module: str  # module with the config class and the function
+    config_class: str
+    function: str  # cfg -> StageResult (training stages) or results dict (eval)
+    marker: str  # file whose presence in the output dir marks it finished
+
+
+STAGES: dict[str, StageSpec] = {
+    "sft": StageSpec("sft", "sft", "rlhf_stack.sft", "SFTConfig", "train_sft", STAGE_FILE),
+    "reward": StageSpec("reward", "reward", "rlhf_stack.reward", "RewardConfig", "train_reward", STAGE_FILE),
+    "ppo": StageSpec("ppo", "ppo", "rlhf_stack.ppo", "PPOConfig", "train_ppo", STAGE_FILE),
+    "eval": StageSpec("eval", "evaluation", "rlhf_stack.evaluation", "EvalConfig", "evaluate_from_config",
+                      RESULTS_FILE),
+}
+ORDER = tuple(STAGES)
+REFERABLE = ("sft", "reward", "ppo")  # stages whose checkpoint another stage may name as @stage
+
+
+class Recipe(Config):
+    """A whole pipeline in one file: the stages to run and how they hand checkpoints on."""
+
+    run_dir: str | None = None
+    """Where every stage writes (RUN_DIR/sft, /reward, /ppo, /eval, manifest.json, report.md).
+    Default: runs/<recipe file name>. `--run-dir` overrides it."""
+    seed: int = 42
+    """Seed for every stage whose own seed (`train.seed` / `seed`) the recipe leaves unset."""
+    sft: SFTConfig | None = None
+    """Stage 1 (its output_dir is set by the runner: RUN_DIR/sft)."""
+    reward: RewardConfig | None = None
+    """Stage 2; `init_from: "@sft"` starts the reward model from the SFT checkpoint."""
+    ppo: PPOConfig | None = None
+    """Stage 3; `policy.name_or_path: "@sft"`, reward sources with `path: "@reward"`."""
+    evaluation: EvalConfig | None = None
+    """Policy vs baseline after training (`policy: "@ppo"`, `baseline: "@sft"`); stage name `eval`."""
+    accelerate_config: str | None = None
+    """An accelerate config (recipes/accelerate/*.yaml): training stages then run under
+    `accelerate launch`. None: in this process."""
+    report: bool = True
+    """Write RUN_DIR/report.md and its plots at the end."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced."""
+
+    run_dir: Path
+    manifest: dict
+    stages: dict[str, StageResult]  # every finished stage: checkpoint (eval: its dir) + metrics
+    ran: list[str] = field(default_factory=list)  # stages executed by this call (started or resumed)
+    reused: list[str] = field(default_factory=list)  # stages skipped as up to date
+    report: Path | None = None
+
+
+# ---- loading and checking a recipe --------------------------------------------------------------
+
+
+def load_recipe(source: Recipe | str | Path | dict, overrides=()) -> tuple[Recipe, str]:
+    """(Recipe, origin) from a YAML file, a dict or a Recipe, with `key.path=value` overrides applied.
+
+    Beyond the schema, checks that no stage sets output_dir (the runner owns it) and that every
+    `@stage` reference names an earlier stage; errors carry the key path and YAML line.
+    """
+    lines: dict[str, int] = {}
+    origin = ""
+    if isinstance(source, Recipe):
+        data = source.model_dump(exclude_unset=True)
+    elif isinstance(source, dict):
+        data = source
+    else:
+        origin = str(source)
+        data, lines = read_yaml(source)
+    data = apply_overrides(data, list(overrides))
+    recipe = validate(Recipe, data, origin=origin, lines=lines)
+    problems = []
+    for spec in STAGES.values():
+        section = data.get(spec.field)
+        if not isinstance(section, dict):
+            continue
+        if "output_dir" in section:
+            problems.append((f"{spec.field}.output_dir", "is set by the runner (RUN_DIR/" + spec.name
+                             + "); remove it, or choose the run directory with run_dir / --run-dir"))
+        for key, ref in iter_references(section, spec.field):
+            if ref not in REFERABLE or ORDER.index(ref) >= ORDER.index(spec.name):
+                earlier = [s for s in REFERABLE if ORDER.index(s) < ORDER.index(spec.name)]
+                problems.append((key, f"'@{ref}' is not an earlier stage (allowed: "
+                                      f"{', '.join('@' + s for s in earlier) or 'none'})"))
+    if problems:
+        raise ConfigError("\n".join(f"{_where(origin, lines, key)}{key}: {msg}" for key, msg in problems))
+    return recipe, origin
+
+
+def _where(origin: str, lines: dict[str, int], key: str) -> str:
+    if not origin:
+        return ""
+    return f"{origin}:{lines[key]}: " if key in lines else f"{origin}: "
+
+
+def iter_references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(key path, stage name) for every `@stage` string in a nested dict/list."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from iter_references(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            yield from iter_references(value, f"{path}.{n}")
+    elif isinstance(node, str) and node.startswith("@"):
+        yield path, node[1:]
+
+
+def resolve_references(node: Any, checkpoints: dict[str, str]) -> Any:
+    """A copy of `node` with each `@stage` string replaced by `checkpoints[stage]`."""
+    if isinstance(node, dict):
+        return {k: resolve_references(v, checkpoints) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_references(v, checkpoints) for v in node]
+    if isinstance(node, str) and node.startswith("@"):
+        return checkpoints[node[1:]]
+    return node
+
+
+def stage_dict(recipe: Recipe, spec: StageSpec) -> dict:
+    """The stage's config as a plain dict, the recipe seed filled in where the stage left its own unset."""
+    cfg = getattr(recipe, spec.field)
+    data = cfg.model_dump(mode="json")
+    data.pop("output_dir", None)
+    if "seed" in type(cfg).model_fields and "seed" not in cfg.model_fields_set:
+        data["seed"] = recipe.seed
+    train = getattr(cfg, "train", None)
+    if isinstance(train, BaseModel) and "seed" in type(train).model_fields and "seed" not in train.model_fields_set:
+        data["train"]["seed"] = recipe.seed
+    return data
+
+
+# ---- hashes and fingerprints --------------------------------------------------------------------
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys): equal configs, equal hashes."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def data_files(cfg: BaseModel) -> list[str]:
+    """Every data file a stage config reads: DataConfig paths anywhere in it, and EvalConfig's files."""
+    found: list[str] = []
+    if isinstance(cfg, DataConfig):
+        return [p for p in (cfg.path, cfg.eval_path) if p]
+    if isinstance(cfg, EvalConfig):
+        found += [p for p in (cfg.prompts, cfg.corpus, cfg.rankings) if p]
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                found += data_files(item)
+    return found
+
+
+def config_hash(stage: str, config: dict, data: dict[str, str], upstream: dict[str, str], launcher: str) -> str:
+    """The key a finished stage is reused under: its config with `@stage` references unresolved,
+    its data fingerprints, the config hashes of the stages it references, and how it is launched."""
+    return stable_hash({"stage": stage, "config": config, "data": data, "upstream": upstream,
+                        "launcher": launcher})
+
+
+def checkpoint_id(stage_dir: Path, marker: str) -> str | None:
+    """Identity of a finished output: the hash of its marker file (stage.json records when it was
+    written), so a re-trained upstream with an unchanged config still invalidates what follows."""
+    file = stage_dir / marker
+    if not file.is_file():
+        return None
+    return "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()[:32]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---- the manifest -------------------------------------------------------------------------------
+
+
+def read_manifest(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    """Temp file + rename: a kill never leaves a half-written manifest."""
+    manifest["updated_at"] = _now()
+    tmp = run_dir / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(run_dir / MANIFEST_FILE)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """One runner per run directory; the OS drops the lock when the process dies (even SIGKILL)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RlhfStackError(f"another rlhf-stack run is using {run_dir}") from None
+        yield
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+
+def run_recipe(recipe: Recipe | str | Path | dict, overrides=(), *, run_dir: str | Path | None = None,
+               only: list[str] | None = None, from_stage: str | None = None, force: bool = False) -> RunResult:
+    """Run a recipe's stages in order with checkpoint hand-off, then the report.
+
+    only: run just these stages (others are used as they are). from_stage: run this stage and the
+    ones after it. force: start the selected stages over even when they are up to date.
+    """
+    recipe, origin = load_recipe(recipe, overrides)
+    run_dir = Path(run_dir or recipe.run_dir or default_run_dir(origin))
+    present = [name for name in ORDER if getattr(recipe, STAGES[name].field) is not None]
+    selected = select_stages(present, only, from_stage)
+    with run_lock(run_dir):
+        run = _Run(recipe, run_dir, _open_manifest(run_dir, recipe, origin, selected), force)
+        for name in present:
+            run.visit(STAGES[name], name in selected)
+        report = None
+        if recipe.report:
+            from rlhf_stack.report import write_report
+
+            report = write_report(run_dir)
+            run.manifest["report"] = report.name
+            write_manifest(run_dir, run.manifest)
+    return RunResult(run_dir, run.manifest, run.results, run.ran, run.reused, report)
+
+
+def default_run_dir(origin: str) -> str:
+    return f"runs/{Path(origin).stem}" if origin else "runs/recipe"
+
+
+def select_stages(present: list[str], only: list[str] | None, from_stage: str | None) -> list[str]:
+    """The stages this call runs, in pipeline order."""
+    for name in [*(only or []), *([from_stage] if from_stage else [])]:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage '{name}' (stages: {', '.join(ORDER)})")
+        if name not in present:
+            raise ConfigError(f"the recipe has no {STAGES[name].field} section, so stage '{name}' cannot run")
+    chosen = [s for s in present if not only or s in only]
+    if from_stage:
+        chosen = [s for s in chosen if ORDER.index(s) >= ORDER.index(from_stage)]
+    return chosen
+
+
+def _open_manifest(run_dir: Path, recipe: Recipe, origin: str, selected: list[str]) -> dict:
+    manifest = read_manifest(run_dir) or {"format": MANIFEST_FORMAT, "created_at": _now(), "stages": {}}
+    manifest.update(recipe=origin or None, run_dir=str(run_dir), versions=package_versions())
+    for name in selected:
+        entry = manifest["stages"].setdefault(name, {"status": "pending"})
+        if entry["status"] == "running":  # we hold the lock: that run was killed
+            entry.update(status="pending", note="interrupted; resumes from its last checkpoint")
+    _write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True),
+                                                         sort_keys=False))
+    write_manifest(run_dir, manifest)
+    return manifest
+
+
+class _Run:
+    """The state of one run_recipe call: the manifest and what has been done so far."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, manifest: dict, force: bool):
+        self.recipe, self.run_dir, self.manifest, self.force = recipe, run_dir, manifest, force
+        self.results: dict[str, StageResult] = {}
+        self.ran: list[str] = []
+        self.reused: list[str] = []
+
+    def visit(self, spec: StageSpec, selected: bool) -> None:
+        stage_dir = self.run_dir / spec.name
+        entry = self.manifest["stages"].setdefault(spec.name, {"status": "pending"})
+        try:
+            config, resolved, key, inputs, data = self.prepare(spec)
+        except ConfigError:
+            if selected:
+                raise
+            entry.update(status="skipped", note="not selected, and an upstream stage has no checkpoint")
+            return write_manifest(self.run_dir, self.manifest)
+        action = decide(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
+        if action == "reuse":
+            entry.update(status="done", metrics=read_metrics(spec, stage_dir))
+            entry.pop("note", None)
+            self.reused.append(spec.name)
+        elif not selected:
+            entry.update(status="skipped", note="not selected; out of date or unfinished")
+        else:
+            self.execute(spec, entry, resolved, key, inputs, data, fresh=action == "fresh")
+            self.ran.append(spec.name)
+        if entry["status"] == "done":
+            self.results[spec.name] = StageResult(stage_dir, entry["metrics"])
+        write_manifest(self.run_dir, self.manifest)
+
+    def prepare(self, spec: StageSpec) -> tuple[dict, dict, str, dict, dict]:
+        """(config, resolved config, config hash, upstream checkpoint ids, data fingerprints)."""
+        from rlhf_stack.data import fingerprint
+
+        config = stage_dict(self.recipe, spec)
+        upstream, inputs, checkpoints = {}, {}, {}
+        for key, ref in iter_references(config, spec.field):
+            ref_dir = self.run_dir / ref
+            ckpt = checkpoint_id(ref_dir, STAGES[ref].marker)
+            if ckpt is None:
+                raise ConfigError(f"{key}: '@{ref}' needs a finished {ref} checkpoint in {ref_dir}, and there is "
+                                  f"none (run the {ref} stage first, or give a path instead of @{ref})")
+            upstream[ref] = self.manifest["stages"].get(ref, {}).get("config_hash") or ckpt
+            inputs[ref], checkpoints[ref] = ckpt, str(ref_dir.resolve())
+        data = {path: fingerprint(path) for path in data_files(getattr(self.recipe, spec.field))}
+        key = config_hash(spec.name, config, data, upstream, self.launcher(spec))
+        resolved = {**resolve_references(config, checkpoints), "output_dir": str(self.run_dir / spec.name)}
+        return config, resolved, key, inputs, data
+
+    def launcher(self, spec: StageSpec) -> str:
+        from rlhf_stack.data import fingerprint
+
+        if self.recipe.accelerate_config and spec.name != "eval":
+            return "accelerate:" + fingerprint(self.recipe.accelerate_config)
+        return "in-process"
+
+    def execute(self, spec: StageSpec, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
+                fresh: bool) -> None:
+        stage_dir = self.run_dir / spec.name
+        if fresh:
+            # Emptied before the new hash is recorded: a kill in between leaves the old hash, so the
+            # next run starts over again rather than trusting files from another config.
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        config_file = self.run_dir / "configs" / f"{spec.name}.yaml"
+        _write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
+        entry.update(status="running", checkpoint=str(stage_dir), config_hash=key, inputs=inputs, data=data,
+                     config_file=str(config_file.relative_to(self.run_dir)), started_at=_now(),
+                     attempts=1 if fresh else entry.get("attempts", 0) + 1, error=None)
+        for stale in ("metrics", "finished_at", "duration_s", "note"):
+            entry.pop(stale, None)
+        write_manifest(self.run_dir, self.manifest)
+        print(f"[runner] {spec.name}: {'starting' if fresh else 'resuming'} in {stage_dir}", flush=True)
+        start = time.monotonic()
+        try:
+            self.launch(spec, resolved, config_file)
+            metrics = read_metrics(spec, stage_dir)
+        except BaseException as exc:
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            write_manifest(self.run_dir, self.manifest)
+            raise
+        entry.update(status="done", metrics=metrics, finished_at=_now(),
+                     duration_s=round(time.monotonic() - start, 2))
+
+    def launch(self, spec: StageSpec, resolved: dict, config_file: Path) -> None:
+        if self.launcher(spec).startswith("accelerate:"):
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(self.recipe.accelerate_config), "-m", "rlhf_stack.runner_stage", spec.name, str(config_file),
+                   str(self.recipe.seed)]
+            code = subprocess.run(cmd, check=False).returncode
+            if code != 0:
+                raise RlhfStackError(f"stage {spec.name} failed under accelerate launch (exit code {code}); "
+                                     "its output is above")
+            return
+        module = import_module(spec.module)
+        cfg = validate(getattr(module, spec.config_class), resolved, origin=spec.field)
+        seed_everything(self.recipe.seed)
+        getattr(module, spec.function)(cfg)
+
+
+def decide(entry: dict, key: str, inputs: dict, marker: Path, force: bool) -> str:
+    """`reuse` (finished, same config and inputs), `resume` (same, unfinished) or `fresh`."""
+    same = not force and entry.get("config_hash") == key and entry.get("inputs") == inputs
+    if same and marker.is_file():
+        return "reuse"
+    if same and marker.parent.is_dir():
+        return "resume"
+    return "fresh"
+
+
+def read_metrics(spec: StageSpec, stage_dir: Path) -> dict:
+    """Final metrics from a finished output: stage.json's `metrics`, or the eval summary."""
+    info = json.loads((stage_dir / spec.marker).read_text())
+    if spec.name != "eval":
+        return info.get("metrics", {})
+    metrics = dict(info.get("summary", {}))
+    rm = info.get("reward_model") or {}
+    metrics.update({f"rm_{k}": v for k, v in rm.items() if isinstance(v, int | float)})
+    return metrics
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed before every in-process stage, so a stage's result does not depend on what ran
+    before it in this process (a resumed run must match an uninterrupted one)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,30 @@
+"""Load on loopback: 20 annotators x 50 submissions with retries, and a kill -9 of the server midway.
+
+Runs benchmarks/labeler_load.py's harness (the same code the benchmark reports from); ~10 s here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from labeler_helpers import REPO
+
+
+def load_harness():
+    spec = importlib.util.spec_from_file_location("labeler_load", REPO / "benchmarks" / "labeler_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["labeler_load"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_acknowledged_submission_survives_kill_9(tmp_path):
+    result = load_harness().run_load(tmp_path, n_annotators=20, per_annotator=50, kill=True, deadline_s=120)
+    print({k: result[k] for k in ("submissions_per_s", "p50_ms", "p95_ms", "retries", "killed_after_acks")})
+    assert result["client_errors"] == []
+    assert result["killed_after_acks"] is not None and 0 < result["killed_after_acks"] < 1000
+    assert result["acked"] == result["expected"] == 1000
+    assert result["stored"] == 1000 and result["distinct_client_ids"] == 1000  # each stored exactly once
+    assert result["acked_missing"] == 0
+    assert result["repeat_item_for_annotator"] == 0

@@ -1,0 +1,95 @@
+"""The run report from synthetic run directories: sections, plots, relative links, missing stages."""
+
+import json
+import re
+
+import pytest
+
+from rlhf_stack import report
+from rlhf_stack.errors import RlhfStackError
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _full_run(run_dir):
+    stages = {
+        "sft": {"status": "done", "duration_s": 12.0, "metrics": {"eval_loss": 1.5, "eval_loss_before": 2.0}},
+        "reward": {"status": "done", "duration_s": 20.0, "metrics": {"eval_pairwise_accuracy": 0.7}},
+        "ppo": {"status": "done", "duration_s": 30.0, "metrics": {"score": 0.4, "kl": 1.2}},
+        "eval": {"status": "done", "duration_s": 5.0, "metrics": {"policy_win_rate": 0.75}},
+    }
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"recipe": "recipes/x.yaml", "stages": stages,
+                                                       "versions": {"torch": "2"}}))
+    _jsonl(run_dir / "sft/logs/train_log.jsonl", [{"loss": 2.0 - 0.1 * s, "step": s} for s in range(1, 6)]
+           + [{"eval_loss": 1.5, "step": 5}])
+    (run_dir / "sft/stage.json").write_text(json.dumps({"metrics": stages["sft"]["metrics"]}))
+    _jsonl(run_dir / "reward/logs/train_log.jsonl", [{"loss": 0.7, "step": 1}, {"eval_pairwise_accuracy": 0.7, "step": 2}])
+    (run_dir / "reward/stage.json").write_text(json.dumps({"metrics": stages["reward"]["metrics"]}))
+    _jsonl(run_dir / "ppo/logs/ppo_log.jsonl", [
+        {"step": s, "score": 0.1 * s, "reward": 0.1 * s - 0.01, "kl": 0.2 * s, "kl_coef": 0.05, "entropy": 2.0,
+         "response_length": 30 - s} for s in range(1, 5)])
+    results = {"judge": "gold", "n_prompts": 2, "models": [
+        {"name": "baseline", "label": "SFT", "judge_score": 0.1, "kl": 0.0, "response_tokens": 30.0, "perplexity": 9.0},
+        {"name": "policy", "label": "PPO", "win_rate": 0.75, "judge_score": 0.5, "kl": 1.4, "response_tokens": 20.0,
+         "perplexity": 9.5},
+        {"name": "best_of_n", "label": "best-of-4 (SFT)", "win_rate": 0.6, "judge_score": 0.3, "kl": 0.636}],
+        "reward_model": {"rankings": "r.jsonl", "pairwise_accuracy": 0.7, "n_pairs": 3, "margins": [0.5, -0.2, 1.0]}}
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval/results.json").write_text(json.dumps(results))
+    _jsonl(run_dir / "eval/samples.jsonl", [
+        {"prompt": "Say | hi", "baseline": "line one\nline two", "policy": "Hi.", "baseline_judge": 0.1,
+         "policy_judge": 0.9},
+        {"prompt": [{"role": "user", "content": "chat prompt"}], "baseline": "a", "policy": "b",
+         "baseline_judge": 0.0, "policy_judge": 0.0}])
+
+
+def test_full_report_has_every_section_and_its_plots(tmp_path):
+    run_dir = tmp_path / "run"
+    _full_run(run_dir)
+    path = report.write_report(run_dir)
+    text = path.read_text()
+    assert path == run_dir / "report.md"
+    for heading in ("## Stages", "## Stage 1", "## Stage 2", "## Stage 3", "## Evaluation", "## Samples"):
+        assert heading in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links and all(not link.startswith("/") for link in links)  # relative: renders on GitHub
+    for link in links:
+        assert (run_dir / link).is_file() and (run_dir / link).stat().st_size > 1000
+    assert {"sft_loss.png", "reward_margins.png", "ppo_reward_kl.png", "ppo_policy.png",
+            "eval_win_rate_kl.png"} <= {p.name for p in (run_dir / "plots").iterdir()}
+    assert "**PPO wins 75% against SFT**" in text
+    assert "| PPO | 0.75 | 0.5 |" in text
+    assert "Say \\| hi" in text and "line one<br>line two" in text  # table cells stay one row
+    assert "user: chat prompt" in text
+
+
+def test_missing_stages_are_left_out(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({"stages": {"sft": {"status": "failed"}}}))
+    text = report.write_report(run_dir).read_text()
+    assert "| sft | failed |" in text
+    assert "## Stage 3" not in text and "## Evaluation" not in text
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(RlhfStackError, match="not a run directory"):
+        report.write_report(tmp_path)
+
+
+def test_series_takes_the_first_present_key_and_skips_gaps():
+    log = [{"step": 1, "kl": 0.1}, {"step": 2}, {"step": 3, "kl": float("nan")}, {"step": 4, "kl": 0.3}]
+    assert report.series(log, ("objective/kl", "kl")) == ([1, 4], [0.1, 0.3])
+    assert report.series(log, "missing") == ([], [])
+
+
+def test_fmt_and_cell():
+    assert report.fmt(None) == "—"
+    assert report.fmt(0.123456) == "0.123"
+    assert report.fmt(7) == "7"
+    assert report.cell("a|b\nc") == "a\\|b<br>c"
+    assert report.cell("x" * 500).endswith("…")
