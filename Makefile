@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test install lint clean-venv
+.PHONY: demo test install lint clean-venv browser
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -24,7 +24,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rlhf-stack run recipes/quickstart.yaml
 
-test: $(STAMP)
+# The labeler's browser tests drive Debian's chromium through playwright (never playwright's
+# own browser download, which cannot work offline). Installed here when missing and we are root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the two labeler browser tests will be skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)

@@ -102,7 +102,10 @@ def convert(source: str, input: str | Path, to: str, out: str | Path, *, split: 
         with tmp.open("wb", buffering=1 << 20) as fh:
             write = fh.write
             for row in rows:
-                write(_dumps(row))
+                try:
+                    write(_dumps(row))
+                except (TypeError, ValueError) as exc:  # a lone surrogate ("\ud800") cannot be UTF-8
+                    raise DataError(f"{input}:{result.line}: the row cannot be written as UTF-8 JSON ({exc})") from None
                 result.rows_written += 1
         if result.rows_written == 0:
             raise DataError(f"{input}: no {to} rows could be made from {result.rows_read} records"

@@ -112,12 +112,11 @@ def check_ranking(obj: dict) -> dict:
     if "chosen" in obj or "rejected" in obj:  # TRL pairwise row -> K=2 ranking
         if "prompt" not in obj:
             raise RowError("pairwise row needs 'prompt' as well as 'chosen' and 'rejected'")
-        return {
-            "prompt": check_prompt(obj["prompt"]),
-            "completions": [_nonempty_str(obj, "chosen"), _nonempty_str(obj, "rejected")],
-            "ranks": [1, 2],
-            **{k: obj[k] for k in ("annotator", "id") if k in obj},
-        }
+        completions = [_nonempty_str(obj, "chosen"), _nonempty_str(obj, "rejected")]
+        if completions[0] == completions[1]:
+            raise RowError("'chosen' and 'rejected' are the same text")
+        rest = {k: v for k, v in obj.items() if k not in ("chosen", "rejected")}
+        return _ranking_row(check_prompt(obj["prompt"]), completions, [1, 2], rest)
     for key in ("prompt", "completions", "ranks"):
         if key not in obj:
             raise RowError(f"missing '{key}'")
@@ -138,11 +137,16 @@ def check_ranking(obj: dict) -> dict:
         raise RowError(f"{len(completions)} completions but {len(ranks)} ranks")
     if sorted(set(ranks)) != list(range(1, len(set(ranks)) + 1)):
         raise RowError(f"ranks {ranks} are not dense from 1 (1 = best; ties share a rank, e.g. [1, 2, 2, 3])")
+    return _ranking_row(prompt, completions, ranks, obj)
+
+
+def _ranking_row(prompt, completions: list[str], ranks: list[int], source: dict) -> dict:
+    """Normalised ranking row: annotator/id as strings, other keys (ratings, flags, ...) passed through."""
     row = {"prompt": prompt, "completions": completions, "ranks": ranks}
     for key in ("annotator", "id"):
-        if key in obj and obj[key] is not None:
-            row[key] = str(obj[key])
-    row.update({k: v for k, v in obj.items() if k not in row and k not in ("annotator", "id")})
+        if source.get(key) is not None:
+            row[key] = str(source[key])
+    row.update({k: v for k, v in source.items() if k not in row and k not in ("annotator", "id")})
     return row
 
 
@@ -189,7 +193,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
                 yield lineno, RowError(f"not valid UTF-8 (byte {exc.start})")
                 continue
             try:
-                yield lineno, json.loads(text)
+                yield lineno, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 # A final line without its newline that fails to parse was most likely cut off.
                 hint = " (the last line looks truncated)" if not raw.endswith(b"\n") else ""
@@ -237,7 +241,7 @@ def load_rows(source: str | Path, kind: str, *, columns: dict[str, str] | None =
     if kind not in CHECKS:
         raise DataError(f"unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
     path = Path(source)
-    if path.is_file() and path.suffix in (".jsonl", ".json", ".ndjson") and not columns:
+    if path.is_file() and path.suffix in (".jsonl", ".ndjson") and not columns:
         rows, errors = validate_file(path, kind, keep_lines=keep_lines)
     else:
         rows, errors = _load_dataset_rows(str(source), kind, columns or {}, split, keep_lines)
@@ -266,11 +270,17 @@ def _load_dataset_rows(source: str, kind: str, columns: dict[str, str], split: s
             "Offline? Pass a local JSONL file, or set HF_DATASETS_OFFLINE=0 with network access."
         ) from None
     rows, errors = [], []
+    seen: dict[str, int] = {}
     rename = {theirs: ours for ours, theirs in columns.items()}
     for n, record in enumerate(ds, start=1):
         obj = {rename.get(k, k): v for k, v in record.items()}
         try:
             row = check_row(obj, kind)
+            if kind == "rankings":
+                key = _row_key(row)
+                if key in seen:
+                    raise RowError(f"duplicate of row {seen[key]} (same prompt, completions and annotator)")
+                seen[key] = n
             if keep_lines:
                 row[LINE_KEY] = n
             rows.append(row)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import ValidationInfo, field_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
 from rlhf_stack.data import LINE_KEY, load_rows, row_prompt, split_train_eval
@@ -81,9 +82,28 @@ class RewardConfig(Config):
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
 
+    @field_validator("margin", "center_coef")
+    @classmethod
+    def _non_negative(cls, value: float, info: ValidationInfo) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        if info.field_name == "margin" and value and info.data.get("loss") == "listwise":
+            raise ValueError("margin applies to the pairwise loss only; set margin: 0 with loss: listwise")
+        return value
 
-def train_reward(cfg: RewardConfig) -> StageResult:
-    """Train the reward model; return its checkpoint directory and metrics (also in stage.json)."""
+    @field_validator("micro_batch_completions", "normalize_max_rows", "max_length")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be >= 1")
+        return value
+
+
+def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResult:
+    """Train the reward model; return its checkpoint directory and metrics (also in stage.json).
+
+    callbacks: extra `transformers.TrainerCallback`s (progress bars, timers, trackers).
+    """
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
     from rlhf_stack import modeling, training
@@ -107,7 +127,7 @@ def train_reward(cfg: RewardConfig) -> StageResult:
     args = TrainingArguments(**training.trainer_arguments(
         cfg.train, output_dir, has_eval=has_eval, metric=BEST_METRIC, greater_is_better=True),
         label_names=["ranks"], remove_unused_columns=False)
-    callbacks = []
+    callbacks = list(callbacks or [])
     if has_eval and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = RankingTrainer(
@@ -267,8 +287,6 @@ def _continue_lora_adapter(init: str, cfg: RewardConfig, tokenizer):
 def make_objective(cfg: RewardConfig):
     """scores (B, K), ranks (B, K) -> scalar: the configured loss (+ centring penalty), chosen once."""
     base = partial(ranking_loss, margin=cfg.margin) if cfg.loss == "pairwise" else listwise_loss
-    if cfg.loss == "listwise" and cfg.margin:
-        raise ConfigError("margin applies to the pairwise loss only; set margin: 0 with loss: listwise")
     if not cfg.center_coef:
         return base
     return lambda scores, ranks: base(scores, ranks) + cfg.center_coef * center_penalty(scores, ranks)

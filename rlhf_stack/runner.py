@@ -434,13 +434,10 @@ class _Run:
 
 
 def decide(entry: dict, key: str, inputs: dict, marker: Path, force: bool) -> str:
-    """`reuse` (finished, same config and inputs), `resume` (same, unfinished) or `fresh`."""
-    same = not force and entry.get("config_hash") == key and entry.get("inputs") == inputs
-    if same and marker.is_file():
-        return "reuse"
-    if same and marker.parent.is_dir():
-        return "resume"
-    return "fresh"
+    """`reuse` (finished, same config and inputs), `resume` (same, started but unfinished) or `fresh`."""
+    if force or entry.get("config_hash") != key or entry.get("inputs") != inputs:
+        return "fresh"
+    return "reuse" if marker.is_file() else "resume"
 
 
 def read_metrics(spec: StageSpec, stage_dir: Path) -> dict:

@@ -222,3 +222,9 @@ def test_nothing_converted_is_an_error_without_output(tmp_path):
     with pytest.raises(DataError, match="no rankings rows could be made from 1 records"):
         convert("hh-rlhf", src, "rankings", tmp_path / "none.jsonl")
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_lone_surrogate_escape_is_a_located_error(tmp_path):
+    bad = b'{"prompt": "q\\ud800", "chosen": "a", "rejected": "b"}\n'
+    src = write_lines(tmp_path, "sur.jsonl", [*good_lines("trl_standard_explicit.jsonl", 2), bad])
+    expect_error(tmp_path, "trl", src, "rankings", r"sur\.jsonl:3: the row cannot be written as UTF-8 JSON")

@@ -284,7 +284,10 @@ def test_config_errors(tmp_path, tiny_model_dir, rankings_file):
             "output_dir": str(tmp_path / "o")}
     with pytest.raises(ConfigError, match="unknown key 'losses'"):
         load_config(RewardConfig, {**base, "losses": "pairwise"})
-    with pytest.raises(ConfigError, match="margin applies to the pairwise loss only"):
-        make_objective(load_config(RewardConfig, {**base, "loss": "listwise", "margin": 0.5}))
+    with pytest.raises(ConfigError, match="margin: .*margin applies to the pairwise loss only"):
+        load_config(RewardConfig, {**base, "loss": "listwise", "margin": 0.5})
+    for key, value in [("margin", -1), ("center_coef", -0.1), ("micro_batch_completions", 0), ("max_length", 0)]:
+        with pytest.raises(ConfigError, match=f"{key}: .*must be >="):
+            load_config(RewardConfig, {**base, key: value})
     with pytest.raises(ConfigError, match="init_from"):
         train_reward(load_config(RewardConfig, {**base, "init_from": str(tmp_path / "missing")}))

@@ -1,0 +1,173 @@
+"""The runner in-process on the tiny model: hand-off, manifest, reuse, invalidation, --only/--from.
+
+The SIGKILL-and-resume test is in test_runner_kill.py (subprocesses).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_stack import runner
+from rlhf_stack.errors import ConfigError, RlhfStackError
+
+TINY = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llama")
+
+
+def _write(path: Path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    topics = ["cats", "dogs", "the sky", "bread", "rivers", "the moon"]
+    return {
+        "sft": _write(d / "sft.jsonl", [{"prompt": f"Tell me about {t} ({i}).", "response": f"{t} are nice."}
+                                        for i in range(4) for t in topics]),
+        "rankings": _write(d / "rank.jsonl", [
+            {"prompt": f"Question {i}: name a fruit.", "completions": ["Apple.", "Banana.", "no no no"],
+             "ranks": [1, 2, 3]} for i in range(12)]),
+        "prompts": _write(d / "prompts.jsonl", [{"prompt": f"Say something nice {i}."} for i in range(16)]),
+        "corpus": _write(d / "corpus.jsonl", [{"text": f"The moon orbits the earth. Line {i}."} for i in range(8)]),
+    }
+
+
+def tiny_recipe(data: dict) -> dict:
+    quick = {"epochs": 1, "batch_size": 8, "logging_steps": 1, "learning_rate": 1e-3,
+             "early_stopping_patience": None}
+    model = {"name_or_path": TINY, "tuning": "full"}
+    return {
+        "sft": {"model": model, "data": {"path": data["sft"], "eval_fraction": 0.2}, "train": quick,
+                "max_length": 256},
+        "reward": {"model": model, "init_from": "@sft", "data": {"path": data["rankings"], "eval_fraction": 0.25},
+                   "train": {**quick, "batch_size": 4}, "max_length": 256},
+        "ppo": {"policy": {"name_or_path": "@sft", "tuning": "full"},
+                "prompts": {"path": data["prompts"], "eval_fraction": 0.0},
+                "rewards": [{"kind": "reward_model", "path": "@reward"}], "value_init": "@reward",
+                "steps": 2, "batch_size": 4, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 8,
+                "learning_rate": 1e-4, "eval_max_prompts": 0, "progress_bar": False, "save_every_steps": None},
+        "evaluation": {"policy": "@ppo", "baseline": "@sft", "reward_model": "@reward", "prompts": data["prompts"],
+                       "n_prompts": 4, "best_of_n": 2, "max_new_tokens": 8, "corpus": data["corpus"],
+                       "n_corpus": 4, "policy_label": "PPO", "baseline_label": "SFT"},
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    return runner.run_recipe(tiny_recipe(data), run_dir=run_dir), run_dir
+
+
+@pytest.mark.e2e
+def test_first_run_hands_checkpoints_on_and_writes_everything(first_run):
+    result, run_dir = first_run
+    assert result.ran == ["sft", "reward", "ppo", "eval"] and result.reused == []
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest == result.manifest
+    assert {name: e["status"] for name, e in manifest["stages"].items()} == dict.fromkeys(result.ran, "done")
+    for name in ("sft", "reward", "ppo"):
+        entry = manifest["stages"][name]
+        assert entry["config_hash"].startswith("sha256:") and entry["metrics"]
+        assert (run_dir / name / "stage.json").is_file()
+        assert entry["data"] and all(v.startswith("sha256:") for v in entry["data"].values())
+    assert set(manifest["stages"]["reward"]["inputs"]) == {"sft"}
+    assert set(manifest["stages"]["ppo"]["inputs"]) == {"sft", "reward"}
+    assert set(manifest["stages"]["eval"]["inputs"]) == {"sft", "reward", "ppo"}
+    assert {"torch", "transformers", "trl", "peft", "python"} <= set(manifest["versions"])
+    # hand-off: references resolved to the upstream checkpoints in the configs the stages ran with
+    ppo_info = json.loads((run_dir / "ppo" / "stage.json").read_text())
+    assert ppo_info["config"]["policy"]["name_or_path"] == str((run_dir / "sft").resolve())
+    assert ppo_info["config"]["rewards"][0]["path"] == str((run_dir / "reward").resolve())
+    reward_info = json.loads((run_dir / "reward" / "stage.json").read_text())
+    assert reward_info["config"]["init_from"] == str((run_dir / "sft").resolve())
+    assert (run_dir / "configs" / "ppo.yaml").is_file() and (run_dir / "recipe.yaml").is_file()
+    assert result.report == run_dir / "report.md" and "## Evaluation" in result.report.read_text()
+    assert 0.0 <= manifest["stages"]["eval"]["metrics"]["policy_win_rate"] <= 1.0
+
+
+@pytest.mark.e2e
+def test_rerun_reuses_and_a_ppo_change_redoes_only_ppo(first_run, data):
+    _, run_dir = first_run
+    before = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    again = runner.run_recipe(tiny_recipe(data), run_dir=run_dir)
+    assert again.ran == [] and again.reused == ["sft", "reward", "ppo", "eval"]
+    assert {k: v["started_at"] for k, v in again.manifest["stages"].items()} == {
+        k: v["started_at"] for k, v in before.items()}
+
+    changed = runner.run_recipe(tiny_recipe(data), ["ppo.learning_rate=2e-4"], run_dir=run_dir)
+    assert changed.ran == ["ppo", "eval"]  # eval measures the new PPO checkpoint, so it follows
+    assert changed.reused == ["sft", "reward"]
+    after = changed.manifest["stages"]
+    assert after["ppo"]["config_hash"] != before["ppo"]["config_hash"]
+    assert after["eval"]["config_hash"] != before["eval"]["config_hash"]  # upstream hash is part of it
+    for name in ("sft", "reward"):
+        assert after[name]["config_hash"] == before[name]["config_hash"]
+        assert after[name]["started_at"] == before[name]["started_at"]
+    assert json.loads((run_dir / "ppo" / "stage.json").read_text())["config"]["learning_rate"] == 2e-4
+
+
+@pytest.mark.e2e
+def test_only_from_and_a_missing_upstream(data, tmp_path):
+    recipe = tiny_recipe(data)
+    only = runner.run_recipe(recipe, run_dir=tmp_path, only=["sft"])
+    assert only.ran == ["sft"]
+    statuses = {k: v["status"] for k, v in only.manifest["stages"].items()}
+    assert statuses == {"sft": "done", "reward": "skipped", "ppo": "skipped", "eval": "skipped"}
+
+    # PPO alone cannot run before the reward model exists: the error names the key path
+    with pytest.raises(ConfigError, match=r"ppo\.rewards\.0\.path: '@reward' needs a finished reward checkpoint"):
+        runner.run_recipe(recipe, run_dir=tmp_path, only=["ppo"])
+
+    later = runner.run_recipe(recipe, run_dir=tmp_path, from_stage="reward", only=["reward"])
+    assert later.ran == ["reward"] and later.reused == ["sft"]
+
+    forced = runner.run_recipe(recipe, run_dir=tmp_path, only=["reward"], force=True)
+    assert forced.ran == ["reward"] and forced.manifest["stages"]["reward"]["attempts"] == 1
+
+    with pytest.raises(ConfigError, match="unknown stage 'rm'"):
+        runner.run_recipe(recipe, run_dir=tmp_path, only=["rm"])
+
+
+def test_one_runner_per_run_directory(data, tmp_path):
+    with runner.run_lock(tmp_path):
+        with pytest.raises(RlhfStackError, match="another rlhf-stack run"):
+            runner.run_recipe(tiny_recipe(data), run_dir=tmp_path, only=["sft"])
+
+
+def test_decide(tmp_path):
+    marker = tmp_path / "sft" / "stage.json"
+    entry = {"config_hash": "h", "inputs": {"sft": "c"}}
+    assert runner.decide({}, "h", {"sft": "c"}, marker, force=False) == "fresh"  # never started
+    assert runner.decide(entry, "h", {"sft": "c"}, marker, force=False) == "resume"  # interrupted
+    marker.parent.mkdir()
+    marker.write_text("{}")
+    assert runner.decide(entry, "h", {"sft": "c"}, marker, force=False) == "reuse"
+    assert runner.decide(entry, "h2", {"sft": "c"}, marker, force=False) == "fresh"  # config changed
+    assert runner.decide(entry, "h", {"sft": "c2"}, marker, force=False) == "fresh"  # upstream re-trained
+    assert runner.decide(entry, "h", {"sft": "c"}, marker, force=True) == "fresh"
+
+
+def test_references_are_found_and_resolved():
+    cfg = {"policy": {"name_or_path": "@sft"}, "rewards": [{"path": "@reward"}, {"path": "mod:fn"}], "x": 1}
+    assert list(runner.iter_references(cfg, "ppo")) == [("ppo.policy.name_or_path", "sft"),
+                                                        ("ppo.rewards.0.path", "reward")]
+    resolved = runner.resolve_references(cfg, {"sft": "/r/sft", "reward": "/r/reward"})
+    assert resolved == {"policy": {"name_or_path": "/r/sft"}, "rewards": [{"path": "/r/reward"}, {"path": "mod:fn"}],
+                        "x": 1}
+
+
+def test_stable_hash_ignores_key_order():
+    assert runner.stable_hash({"a": 1, "b": [1, 2]}) == runner.stable_hash({"b": [1, 2], "a": 1})
+    assert runner.stable_hash({"a": 1}) != runner.stable_hash({"a": 2})
+
+
+def test_recipe_seed_fills_unset_stage_seeds(data):
+    recipe, _ = runner.load_recipe({**tiny_recipe(data), "seed": 7})
+    assert runner.stage_dict(recipe, runner.STAGES["sft"])["train"]["seed"] == 7
+    assert runner.stage_dict(recipe, runner.STAGES["ppo"])["seed"] == 7
+    explicit = tiny_recipe(data)
+    explicit["sft"]["train"]["seed"] = 3
+    recipe, _ = runner.load_recipe({**explicit, "seed": 7})
+    assert runner.stage_dict(recipe, runner.STAGES["sft"])["train"]["seed"] == 3
