@@ -144,7 +144,7 @@ def compare_examples(rng: random.Random) -> list[Example]:
     out = []
     for category in COMPARE_CATEGORIES:
         members = [e for e in facts.ENTITIES if e.category == category]
-        for first, second in zip(members[0::2], members[1::2]):
+        for first, second in zip(members[0::2], members[1::2], strict=False):
             prompt = rng.choice([f"What is the difference between {first.name} and {second.name}?",
                                  f"How is {first.name} different from {second.name}?"])
             out.append(Example("compare", f"compare:{first.about}:{second.about}", prompt,
@@ -337,7 +337,7 @@ def labeler_scores(labeler: Labeler, prompt: str, completions: list[str], rng: r
 def rank_with_labelers(split: str, prompts: list[str], completions: list[list[str]], seed: int) -> list[dict]:
     """Two rankings rows (two labelers) per prompt; deterministic in (seed, split, position)."""
     rows = []
-    for n, (prompt, group) in enumerate(zip(prompts, completions)):
+    for n, (prompt, group) in enumerate(zip(prompts, completions, strict=True)):
         pick = random.Random(f"{seed}:{split}:{n}:labelers")
         for labeler in pick.sample(LABELERS, LABELERS_PER_PROMPT):
             rng = random.Random(f"{seed}:{split}:{n}:{labeler.name}")
@@ -365,8 +365,8 @@ def labeler_agreement(rankings_rows) -> float:
     for rows in groups.values():
         for a in range(len(rows)):
             for b in range(a + 1, len(rows)):
-                ranks_a = dict(zip(_field(rows[a], "completions"), _field(rows[a], "ranks")))
-                ranks_b = dict(zip(_field(rows[b], "completions"), _field(rows[b], "ranks")))
+                ranks_a = dict(zip(_field(rows[a], "completions"), _field(rows[a], "ranks"), strict=True))
+                ranks_b = dict(zip(_field(rows[b], "completions"), _field(rows[b], "ranks"), strict=True))
                 texts = sorted(ranks_a)
                 for i in range(len(texts)):
                     for j in range(i + 1, len(texts)):
@@ -411,7 +411,7 @@ def sample_completions(prompts: list[str], model_dir: str, seed: int, batch_size
         for n, (k, batch) in enumerate(batches):
             temperature = TEMPERATURES[k] if attempt == 0 else 1.2 + 0.1 * attempt
             torch.manual_seed(seed * 1000 + attempt * 100 + n)
-            for p, text in zip(batch, _generate(model, tokenizer, [prompts[p] for p in batch], temperature)):
+            for p, text in zip(batch, _generate(model, tokenizer, [prompts[p] for p in batch], temperature), strict=True):
                 out[p][k] = text
             print(f"  attempt {attempt}: batch {n + 1}/{len(batches)}", file=sys.stderr, flush=True)
         if not batches:
@@ -450,6 +450,10 @@ def sampling_run(splits: dict[str, list[dict]], out: Path, args) -> tuple[dict[s
         from rlhf_stack.provision import provision_demo_model
 
         model_dir = args.model or str(provision_demo_model())
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         everything = prompts["rankings_train"] + prompts["rankings_eval"]
         start = time.perf_counter()
         sampled = sample_completions(everything, model_dir, args.seed)
@@ -479,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rankings", action="store_true", help="skip the files that need the demo model")
     parser.add_argument("--reuse-samples", action="store_true", help="re-rank the completions already in OUT")
     parser.add_argument("--model", default=None, help="model dir (default: the provisioned demo model)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for sampling (1 is faster on a machine shared with other jobs)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits = build_text_splits(args.seed)

@@ -6,10 +6,10 @@ from pathlib import Path
 from statistics import mean
 
 from data_tools.demo import (
-    K,
     LABELERS,
     MAX_NEW_TOKENS,
     TEMPERATURES,
+    K,
     gold_accuracy,
     labeler_agreement,
 )
@@ -56,7 +56,7 @@ def rankings_lines(rankings: dict[str, list[dict]]) -> list[str]:
             f"{mean(len(c.split()) for _, c in texts):.1f} words on average, "
             f"{_pct(mean(gold_features(p, c).clean_end for p, c in texts))} end cleanly (the rest were cut at "
             f"{MAX_NEW_TOKENS} tokens or end mid-sentence); rows with a tie {_pct(tied)}; mean gold score by "
-            "temperature " + ", ".join(f"{t}: {g:.2f}" for t, g in zip(TEMPERATURES, slot_gold)) + ".",
+            "temperature " + ", ".join(f"{t}: {g:.2f}" for t, g in zip(TEMPERATURES, slot_gold, strict=True)) + ".",
             f"  - labeler agreement (noise ceiling): **{_pct(labeler_agreement(rows))}**; "
             f"gold judge agrees with the labelers on **{_pct(gold_accuracy(rows))}** of their strict pairs.",
         ]

@@ -153,7 +153,6 @@ def build_judge(judge: JudgeConfig) -> ScoreFn:
     """The judge's batch scorer: higher is better."""
     if judge.kind == "gold":
         from data_tools.demo import gold_score
-
         from rlhf_stack.data import prompt_key
 
         return pointwise(lambda prompt, response: gold_score(prompt_key(prompt), response))
@@ -193,7 +192,13 @@ class LM:
 
     def sample(self, rows: list[dict], cfg: EvalConfig, n: int = 1) -> Samples:
         """n responses per prompt row (grouped: prompt 0's n samples first)."""
-        from rlhf_stack.ppo.rollout import encode_prompts, generate, generation_config, left_pad, truncate_at_eos
+        from rlhf_stack.ppo.rollout import (
+            encode_prompts,
+            generate,
+            generation_config,
+            left_pad,
+            truncate_at_eos,
+        )
 
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         gen = generation_config(cfg, self.tokenizer)

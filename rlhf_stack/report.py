@@ -47,6 +47,7 @@ def write_report(run_dir: str | Path) -> Path:
     results = _read_json(run_dir / "eval" / "results.json")
     parts = [
         _header(run_dir, manifest),
+        _summary_section(manifest, results),
         _stages_section(manifest),
         _sft_section(run_dir),
         _reward_section(run_dir, results),
@@ -211,6 +212,29 @@ def _header(run_dir: Path, manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def _summary_section(manifest: dict, results: dict | None) -> str:
+    """The answers first: did the RM learn the preference, did PPO beat SFT, at what KL, how long."""
+    stages = manifest.get("stages") or {}
+    lines = []
+    rm = (stages.get("reward") or {}).get("metrics") or {}
+    accuracy = next((rm[k] for k in HEADLINES["reward"][:4] if isinstance(rm.get(k), int | float)), None)
+    if accuracy is not None:
+        pairs = rm.get("eval_n_pairs")
+        lines.append(f"- Reward model, held-out pairwise accuracy: **{fmt(accuracy)}**"
+                     + (f" ({pairs} ordered pairs)" if pairs else ""))
+    models = {m["name"]: m for m in (results or {}).get("models", [])}
+    baseline = models.get("baseline", {}).get("label", "baseline")
+    for name in ("policy", "best_of_n"):
+        m = models.get(name)
+        if m and m.get("win_rate") is not None:
+            lines.append(f"- {m['label']} vs {baseline}, {results.get('judge')} judge: win rate **{fmt(m['win_rate'])}** "
+                         f"at KL {fmt(m.get('kl'))} nats")
+    durations = [e["duration_s"] for e in stages.values() if isinstance(e.get("duration_s"), int | float)]
+    if durations:
+        lines.append(f"- Stage time: {sum(durations) / 60:.1f} min in all (the last attempt of each stage)")
+    return "## Summary\n\n" + "\n".join(lines) if lines else ""
+
+
 def _stages_section(manifest: dict) -> str:
     stages = manifest.get("stages") or {}
     if not stages:
@@ -277,6 +301,11 @@ def _ppo_section(run_dir: Path) -> str:
         return ""
     s = {name: series(log, keys) for name, keys in PPO_SERIES.items()}
     out = ["## Stage 3: PPO"]
+    metrics = (_read_json(run_dir / "ppo" / "stage.json") or {}).get("metrics") or {}
+    moved = [[key, metrics[f"{key}_first"], metrics[key]] for key in PPO_SERIES
+             if isinstance(metrics.get(key), int | float) and isinstance(metrics.get(f"{key}_first"), int | float)]
+    if moved:
+        out.append(f"{fmt(metrics.get('steps'))} steps. " + table(["", "first step", "last step"], moved))
     drawn = line_plot(run_dir / PLOTS_DIR / "ppo_reward_kl.png", [
         ("score and reward", [("RM score", *s["score"]), ("reward (score - KL penalty)", *s["reward"])]),
         ("KL(policy || reference)", [("kl", *s["kl"])]),

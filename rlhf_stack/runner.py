@@ -5,6 +5,7 @@ chain of stages needs:
 
 - hand-off by reference: any string `@sft`, `@reward` or `@ppo` in a stage's config becomes that
   stage's checkpoint directory before the stage runs (`ppo.policy.name_or_path: "@sft"`);
+  the bookkeeping (hashes, manifest file, lock, the reuse rule) lives in `rlhf_stack.manifest`;
 - `RUN_DIR/manifest.json` (written atomically after every change): per stage its status, checkpoint,
   timings, metrics, config hash, data fingerprints; plus package versions;
 - skip and resume: a stage's config hash covers its own config, its data files' fingerprints and
@@ -20,35 +21,42 @@ here and nowhere else.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from rlhf_stack.config import Config, DataConfig, StageResult, apply_overrides, read_yaml, validate
+from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, validate
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.evaluation import RESULTS_FILE, EvalConfig
+from rlhf_stack.manifest import (
+    MANIFEST_FORMAT,
+    checkpoint_id,
+    config_hash,
+    data_files,
+    decide,
+    iter_references,
+    now,
+    package_versions,
+    read_manifest,
+    resolve_references,
+    run_lock,
+    write_atomic,
+    write_manifest,
+)
 from rlhf_stack.ppo import PPOConfig
 from rlhf_stack.reward import RewardConfig
 from rlhf_stack.sft import SFTConfig
 
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = 1
 STAGE_FILE = "stage.json"  # = modeling.STAGE_FILE, repeated to keep this import light
-PACKAGES = ("rlhf-stack", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 
 @dataclass(frozen=True)
@@ -153,29 +161,6 @@ def _where(origin: str, lines: dict[str, int], key: str) -> str:
     return f"{origin}:{lines[key]}: " if key in lines else f"{origin}: "
 
 
-def iter_references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(key path, stage name) for every `@stage` string in a nested dict/list."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from iter_references(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for n, value in enumerate(node):
-            yield from iter_references(value, f"{path}.{n}")
-    elif isinstance(node, str) and node.startswith("@"):
-        yield path, node[1:]
-
-
-def resolve_references(node: Any, checkpoints: dict[str, str]) -> Any:
-    """A copy of `node` with each `@stage` string replaced by `checkpoints[stage]`."""
-    if isinstance(node, dict):
-        return {k: resolve_references(v, checkpoints) for k, v in node.items()}
-    if isinstance(node, list):
-        return [resolve_references(v, checkpoints) for v in node]
-    if isinstance(node, str) and node.startswith("@"):
-        return checkpoints[node[1:]]
-    return node
-
-
 def stage_dict(recipe: Recipe, spec: StageSpec) -> dict:
     """The stage's config as a plain dict, the recipe seed filled in where the stage left its own unset."""
     cfg = getattr(recipe, spec.field)
@@ -187,90 +172,6 @@ def stage_dict(recipe: Recipe, spec: StageSpec) -> dict:
     if isinstance(train, BaseModel) and "seed" in type(train).model_fields and "seed" not in train.model_fields_set:
         data["train"]["seed"] = recipe.seed
     return data
-
-
-# ---- hashes and fingerprints --------------------------------------------------------------------
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON of `obj` (sorted keys): equal configs, equal hashes."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def data_files(cfg: BaseModel) -> list[str]:
-    """Every data file a stage config reads: DataConfig paths anywhere in it, and EvalConfig's files."""
-    found: list[str] = []
-    if isinstance(cfg, DataConfig):
-        return [p for p in (cfg.path, cfg.eval_path) if p]
-    if isinstance(cfg, EvalConfig):
-        found += [p for p in (cfg.prompts, cfg.corpus, cfg.rankings) if p]
-    for name in type(cfg).model_fields:
-        value = getattr(cfg, name)
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, BaseModel):
-                found += data_files(item)
-    return found
-
-
-def config_hash(stage: str, config: dict, data: dict[str, str], upstream: dict[str, str], launcher: str) -> str:
-    """The key a finished stage is reused under: its config with `@stage` references unresolved,
-    its data fingerprints, the config hashes of the stages it references, and how it is launched."""
-    return stable_hash({"stage": stage, "config": config, "data": data, "upstream": upstream,
-                        "launcher": launcher})
-
-
-def checkpoint_id(stage_dir: Path, marker: str) -> str | None:
-    """Identity of a finished output: the hash of its marker file (stage.json records when it was
-    written), so a re-trained upstream with an unchanged config still invalidates what follows."""
-    file = stage_dir / marker
-    if not file.is_file():
-        return None
-    return "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()[:32]
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-# ---- the manifest -------------------------------------------------------------------------------
-
-
-def read_manifest(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_manifest(run_dir: Path, manifest: dict) -> None:
-    """Temp file + rename: a kill never leaves a half-written manifest."""
-    manifest["updated_at"] = _now()
-    tmp = run_dir / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(run_dir / MANIFEST_FILE)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-@contextmanager
-def run_lock(run_dir: Path):
-    """One runner per run directory; the OS drops the lock when the process dies (even SIGKILL)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RlhfStackError(f"another rlhf-stack run is using {run_dir}") from None
-        yield
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -319,13 +220,13 @@ def select_stages(present: list[str], only: list[str] | None, from_stage: str | 
 
 
 def _open_manifest(run_dir: Path, recipe: Recipe, origin: str, selected: list[str]) -> dict:
-    manifest = read_manifest(run_dir) or {"format": MANIFEST_FORMAT, "created_at": _now(), "stages": {}}
+    manifest = read_manifest(run_dir) or {"format": MANIFEST_FORMAT, "created_at": now(), "stages": {}}
     manifest.update(recipe=origin or None, run_dir=str(run_dir), versions=package_versions())
     for name in selected:
         entry = manifest["stages"].setdefault(name, {"status": "pending"})
         if entry["status"] == "running":  # we hold the lock: that run was killed
             entry.update(status="pending", note="interrupted; resumes from its last checkpoint")
-    _write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True),
+    write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True),
                                                          sort_keys=False))
     write_manifest(run_dir, manifest)
     return manifest
@@ -379,15 +280,14 @@ class _Run:
             upstream[ref] = self.manifest["stages"].get(ref, {}).get("config_hash") or ckpt
             inputs[ref], checkpoints[ref] = ckpt, str(ref_dir.resolve())
         data = {path: fingerprint(path) for path in data_files(getattr(self.recipe, spec.field))}
-        key = config_hash(spec.name, config, data, upstream, self.launcher(spec))
+        key = config_hash(spec.name, config, data, upstream)
         resolved = {**resolve_references(config, checkpoints), "output_dir": str(self.run_dir / spec.name)}
         return config, resolved, key, inputs, data
 
     def launcher(self, spec: StageSpec) -> str:
-        from rlhf_stack.data import fingerprint
-
+        """How the stage runs: `in-process` or `accelerate:CONFIG` (recorded in the manifest)."""
         if self.recipe.accelerate_config and spec.name != "eval":
-            return "accelerate:" + fingerprint(self.recipe.accelerate_config)
+            return f"accelerate:{self.recipe.accelerate_config}"
         return "in-process"
 
     def execute(self, spec: StageSpec, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
@@ -398,9 +298,10 @@ class _Run:
             # next run starts over again rather than trusting files from another config.
             shutil.rmtree(stage_dir, ignore_errors=True)
         config_file = self.run_dir / "configs" / f"{spec.name}.yaml"
-        _write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
+        write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
         entry.update(status="running", checkpoint=str(stage_dir), config_hash=key, inputs=inputs, data=data,
-                     config_file=str(config_file.relative_to(self.run_dir)), started_at=_now(),
+                     launcher=self.launcher(spec),
+                     config_file=str(config_file.relative_to(self.run_dir)), started_at=now(),
                      attempts=1 if fresh else entry.get("attempts", 0) + 1, error=None)
         for stale in ("metrics", "finished_at", "duration_s", "note"):
             entry.pop(stale, None)
@@ -414,7 +315,7 @@ class _Run:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
             write_manifest(self.run_dir, self.manifest)
             raise
-        entry.update(status="done", metrics=metrics, finished_at=_now(),
+        entry.update(status="done", metrics=metrics, finished_at=now(),
                      duration_s=round(time.monotonic() - start, 2))
 
     def launch(self, spec: StageSpec, resolved: dict, config_file: Path) -> None:
@@ -422,7 +323,7 @@ class _Run:
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(self.recipe.accelerate_config), "-m", "rlhf_stack.runner_stage", spec.name, str(config_file),
                    str(self.recipe.seed)]
-            code = subprocess.run(cmd, check=False).returncode
+            code = subprocess.run(cmd, check=False, env=launch_env()).returncode
             if code != 0:
                 raise RlhfStackError(f"stage {spec.name} failed under accelerate launch (exit code {code}); "
                                      "its output is above")
@@ -433,11 +334,15 @@ class _Run:
         getattr(module, spec.function)(cfg)
 
 
-def decide(entry: dict, key: str, inputs: dict, marker: Path, force: bool) -> str:
-    """`reuse` (finished, same config and inputs), `resume` (same, started but unfinished) or `fresh`."""
-    if force or entry.get("config_hash") != key or entry.get("inputs") != inputs:
-        return "fresh"
-    return "reuse" if marker.is_file() else "resume"
+def launch_env() -> dict[str, str]:
+    """Environment of `accelerate launch`. Without CUDA, ACCELERATE_USE_CPU makes the torchrun-started
+    processes CPU ranks of a gloo group (accelerate's MULTI_CPU launcher needs mpirun instead)."""
+    import torch
+
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"
+    return env
 
 
 def read_metrics(spec: StageSpec, stage_dir: Path) -> dict:
@@ -464,8 +369,3 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)

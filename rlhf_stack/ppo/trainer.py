@@ -115,6 +115,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
                   "lr": run.scheduler.get_last_lr()[0],
                   "time_generate_s": t_generate - t_start, "time_score_s": t_score - t_generate,
                   "time_train_s": t_train - t_score, "time_step_s": t_train - t_start,
+                  "elapsed_s": t_train - started,
                   "tokens_per_s": acc.reduce(n_tokens, "sum").item() / max(t_train - t_start, 1e-9),
                   "peak_memory_mb": peak_memory_mb(acc.device)}
         if acc.is_main_process:

@@ -11,7 +11,8 @@ import typer
 
 from rlhf_stack.config import DataConfig
 from rlhf_stack.errors import ConfigError
-from rlhf_stack.runner import STAGES, data_files, load_recipe
+from rlhf_stack.manifest import data_files
+from rlhf_stack.runner import STAGES, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -53,9 +54,6 @@ def recipe_inputs(recipe) -> set[str]:
         cfg = getattr(recipe, spec.field)
         if cfg is not None:
             files.update(data_files(cfg))
-            extra = getattr(cfg, "normalize_with", None)
-            if extra:
-                files.add(extra)
     return files
 
 
@@ -136,8 +134,14 @@ def test_unknown_key_names_its_path_and_line(tmp_path):
 
 
 def test_data_files_walks_nested_data_configs():
+    from rlhf_stack.evaluation import EvalConfig
     from rlhf_stack.ppo import PPOConfig
+    from rlhf_stack.reward import RewardConfig
 
     cfg = PPOConfig(policy={"name_or_path": "m"}, prompts=DataConfig(path="p.jsonl", eval_path="pe.jsonl"),
                     ptx_data=DataConfig(path="c.jsonl"))
     assert sorted(data_files(cfg)) == ["c.jsonl", "p.jsonl", "pe.jsonl"]
+    rm = RewardConfig(model={"name_or_path": "m"}, data=DataConfig(path="r.jsonl"), normalize_with="s.jsonl")
+    assert sorted(data_files(rm)) == ["r.jsonl", "s.jsonl"]
+    ev = EvalConfig(policy="@ppo", prompts="q.jsonl", corpus="t.jsonl", judge={"kind": "python", "path": "m:f"})
+    assert sorted(data_files(ev)) == ["q.jsonl", "t.jsonl"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_stack import runner
+from rlhf_stack import manifest, runner
 from rlhf_stack.errors import ConfigError, RlhfStackError
 
 TINY = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llama")
@@ -17,6 +17,18 @@ TINY = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llama")
 def _write(path: Path, rows) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny model gains nothing from threads, and on a busy 2-core machine two OpenMP threads
+    # spin against each other (SFT measured 5x slower).
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +76,18 @@ def first_run(data, tmp_path_factory):
 def test_first_run_hands_checkpoints_on_and_writes_everything(first_run):
     result, run_dir = first_run
     assert result.ran == ["sft", "reward", "ppo", "eval"] and result.reused == []
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest == result.manifest
-    assert {name: e["status"] for name, e in manifest["stages"].items()} == dict.fromkeys(result.ran, "done")
+    saved = json.loads((run_dir / "manifest.json").read_text())
+    assert saved == result.manifest
+    assert {name: e["status"] for name, e in saved["stages"].items()} == dict.fromkeys(result.ran, "done")
     for name in ("sft", "reward", "ppo"):
-        entry = manifest["stages"][name]
+        entry = saved["stages"][name]
         assert entry["config_hash"].startswith("sha256:") and entry["metrics"]
         assert (run_dir / name / "stage.json").is_file()
         assert entry["data"] and all(v.startswith("sha256:") for v in entry["data"].values())
-    assert set(manifest["stages"]["reward"]["inputs"]) == {"sft"}
-    assert set(manifest["stages"]["ppo"]["inputs"]) == {"sft", "reward"}
-    assert set(manifest["stages"]["eval"]["inputs"]) == {"sft", "reward", "ppo"}
-    assert {"torch", "transformers", "trl", "peft", "python"} <= set(manifest["versions"])
+    assert set(saved["stages"]["reward"]["inputs"]) == {"sft"}
+    assert set(saved["stages"]["ppo"]["inputs"]) == {"sft", "reward"}
+    assert set(saved["stages"]["eval"]["inputs"]) == {"sft", "reward", "ppo"}
+    assert {"torch", "transformers", "trl", "peft", "python"} <= set(saved["versions"])
     # hand-off: references resolved to the upstream checkpoints in the configs the stages ran with
     ppo_info = json.loads((run_dir / "ppo" / "stage.json").read_text())
     assert ppo_info["config"]["policy"]["name_or_path"] == str((run_dir / "sft").resolve())
@@ -84,7 +96,7 @@ def test_first_run_hands_checkpoints_on_and_writes_everything(first_run):
     assert reward_info["config"]["init_from"] == str((run_dir / "sft").resolve())
     assert (run_dir / "configs" / "ppo.yaml").is_file() and (run_dir / "recipe.yaml").is_file()
     assert result.report == run_dir / "report.md" and "## Evaluation" in result.report.read_text()
-    assert 0.0 <= manifest["stages"]["eval"]["metrics"]["policy_win_rate"] <= 1.0
+    assert 0.0 <= saved["stages"]["eval"]["metrics"]["policy_win_rate"] <= 1.0
 
 
 @pytest.mark.e2e
@@ -131,7 +143,7 @@ def test_only_from_and_a_missing_upstream(data, tmp_path):
 
 
 def test_one_runner_per_run_directory(data, tmp_path):
-    with runner.run_lock(tmp_path):
+    with manifest.run_lock(tmp_path):
         with pytest.raises(RlhfStackError, match="another rlhf-stack run"):
             runner.run_recipe(tiny_recipe(data), run_dir=tmp_path, only=["sft"])
 
@@ -139,28 +151,28 @@ def test_one_runner_per_run_directory(data, tmp_path):
 def test_decide(tmp_path):
     marker = tmp_path / "sft" / "stage.json"
     entry = {"config_hash": "h", "inputs": {"sft": "c"}}
-    assert runner.decide({}, "h", {"sft": "c"}, marker, force=False) == "fresh"  # never started
-    assert runner.decide(entry, "h", {"sft": "c"}, marker, force=False) == "resume"  # interrupted
+    assert manifest.decide({}, "h", {"sft": "c"}, marker, force=False) == "fresh"  # never started
+    assert manifest.decide(entry, "h", {"sft": "c"}, marker, force=False) == "resume"  # interrupted
     marker.parent.mkdir()
     marker.write_text("{}")
-    assert runner.decide(entry, "h", {"sft": "c"}, marker, force=False) == "reuse"
-    assert runner.decide(entry, "h2", {"sft": "c"}, marker, force=False) == "fresh"  # config changed
-    assert runner.decide(entry, "h", {"sft": "c2"}, marker, force=False) == "fresh"  # upstream re-trained
-    assert runner.decide(entry, "h", {"sft": "c"}, marker, force=True) == "fresh"
+    assert manifest.decide(entry, "h", {"sft": "c"}, marker, force=False) == "reuse"
+    assert manifest.decide(entry, "h2", {"sft": "c"}, marker, force=False) == "fresh"  # config changed
+    assert manifest.decide(entry, "h", {"sft": "c2"}, marker, force=False) == "fresh"  # upstream re-trained
+    assert manifest.decide(entry, "h", {"sft": "c"}, marker, force=True) == "fresh"
 
 
 def test_references_are_found_and_resolved():
     cfg = {"policy": {"name_or_path": "@sft"}, "rewards": [{"path": "@reward"}, {"path": "mod:fn"}], "x": 1}
-    assert list(runner.iter_references(cfg, "ppo")) == [("ppo.policy.name_or_path", "sft"),
+    assert list(manifest.iter_references(cfg, "ppo")) == [("ppo.policy.name_or_path", "sft"),
                                                         ("ppo.rewards.0.path", "reward")]
-    resolved = runner.resolve_references(cfg, {"sft": "/r/sft", "reward": "/r/reward"})
+    resolved = manifest.resolve_references(cfg, {"sft": "/r/sft", "reward": "/r/reward"})
     assert resolved == {"policy": {"name_or_path": "/r/sft"}, "rewards": [{"path": "/r/reward"}, {"path": "mod:fn"}],
                         "x": 1}
 
 
 def test_stable_hash_ignores_key_order():
-    assert runner.stable_hash({"a": 1, "b": [1, 2]}) == runner.stable_hash({"b": [1, 2], "a": 1})
-    assert runner.stable_hash({"a": 1}) != runner.stable_hash({"a": 2})
+    assert manifest.stable_hash({"a": 1, "b": [1, 2]}) == manifest.stable_hash({"b": [1, 2], "a": 1})
+    assert manifest.stable_hash({"a": 1}) != manifest.stable_hash({"a": 2})
 
 
 def test_recipe_seed_fills_unset_stage_seeds(data):
