@@ -305,13 +305,15 @@ class Labeler:
     length_bias: float  # added per 30 words of a completion (>0 likes long answers)
 
 
+# Noise scales tuned on the sampled completions so that two labelers agree on ~74% of the pairs
+# both rank strictly (x0.5: 78%, x1.0: 68%; InstructGPT's labelers: 72.6%).
 LABELERS: tuple[Labeler, ...] = (
-    Labeler("labeler-1", 0.45, 0.0),
-    Labeler("labeler-2", 0.55, 0.05),
-    Labeler("labeler-3", 0.6, -0.05),
-    Labeler("labeler-4", 0.7, 0.0),
-    Labeler("labeler-5", 0.8, 0.1),
-    Labeler("labeler-6", 0.9, -0.1),
+    Labeler("labeler-1", 0.3, 0.0),
+    Labeler("labeler-2", 0.4, 0.05),
+    Labeler("labeler-3", 0.4, -0.05),
+    Labeler("labeler-4", 0.5, 0.0),
+    Labeler("labeler-5", 0.55, 0.1),
+    Labeler("labeler-6", 0.65, -0.1),
 )
 LABELERS_PER_PROMPT = 2
 TIE_EPSILON = 0.03  # noisy scores closer than this share a rank

@@ -40,7 +40,15 @@ from rlhf_stack.reward_functional import (
     ranking_loss,
     to_ranking_matrix,
 )
-from rlhf_stack.rewards import BIAS_KEY, encode_conversation, forward_scores, pad_right, score_sequences
+from rlhf_stack.rewards import (
+    BIAS_KEY,
+    encode_conversation,
+    forward_scores,
+    forward_scores_shared,
+    pad_right,
+    score_sequences,
+    shared_prefix_length,
+)
 
 BEST_METRIC = "eval_pairwise_accuracy"
 
@@ -72,6 +80,10 @@ class RewardConfig(Config):
     """Forward/backward at most this many completions at once (memory bound for large K); the loss
     still sees whole rankings (gradients are cached per completion score, one extra forward).
     None: a batch's completions go through in one pass."""
+    share_prompt: bool = True
+    """Encode the prompt tokens a ranking's K completions share once and reuse their key/value
+    cache for all K (same scores up to float rounding, ~1.5x fewer tokens on the demo data).
+    Turn off for a model whose cache cannot be indexed by batch row."""
     normalize_with: str | None = None
     """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
     reward 0. None: no bias."""
@@ -132,7 +144,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = RankingTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
-        data_collator=RankingCollator(tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
+        data_collator=RankingCollator(tokenizer.pad_token_id, cfg.share_prompt), processing_class=tokenizer, callbacks=callbacks,
         compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=make_objective(cfg), micro_batch_completions=cfg.micro_batch_completions)
 
@@ -196,7 +208,9 @@ def _encode(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], i
         truncated += sum(cut for _, cut in encoded)
         ranks = list(row["ranks"])
         n_pairs = sum(a < b for a in ranks for b in ranks)
-        items.append({"input_ids": [ids for ids, _ in encoded], "ranks": ranks, "n_pairs": n_pairs})
+        seqs = [ids for ids, _ in encoded]
+        items.append({"input_ids": seqs, "ranks": ranks, "n_pairs": n_pairs,
+                      "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
     if truncated:
         print(f"[reward] {truncated} completions are longer than max_length={max_length} with their prompt; "
               "the start of the prompt is cut")
@@ -207,19 +221,30 @@ def _encode(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], i
 class RankingCollator:
     """A batch of rankings -> every completion as one padded row + the (B, K_max) ranks beside them.
 
-    input_ids / attention_mask: (sum of K, max_len), rankings laid end to end;
-    ranks: (B, K_max), 0 where a ranking has fewer than K_max completions.
+    ranks: (B, K_max), 0 where a ranking has fewer than K_max completions. Without prompt sharing,
+    input_ids / attention_mask: (sum of K, max_len) full sequences, rankings laid end to end. With it
+    (every ranking shares >= 1 leading token): prefix_ids / prefix_mask (B, P) the shared prompt
+    tokens, prefix_lengths (B,), owner (sum of K,) each completion's ranking, and input_ids /
+    attention_mask hold only the tokens after the prompt.
     """
 
     pad_token_id: int
+    share_prompt: bool = True
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad_right([ids for item in items for ids in item["input_ids"]],
-                                              self.pad_token_id)
         ranks = torch.zeros((len(items), max(len(item["ranks"]) for item in items)), dtype=torch.long)
         for n, item in enumerate(items):
             ranks[n, :len(item["ranks"])] = torch.as_tensor(item["ranks"])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks}
+        batch = {"ranks": ranks}
+        shared = [item["prefix_length"] if self.share_prompt else 0 for item in items]
+        if min(shared) > 0:
+            batch["prefix_ids"], batch["prefix_mask"] = pad_right(
+                [item["input_ids"][0][:p] for item, p in zip(items, shared, strict=True)], self.pad_token_id)
+            batch["prefix_lengths"] = torch.as_tensor(shared)
+            batch["owner"] = torch.as_tensor([b for b, item in enumerate(items) for _ in item["input_ids"]])
+        seqs = [ids[p:] for item, p in zip(items, shared, strict=True) for ids in item["input_ids"]]
+        batch["input_ids"], batch["attention_mask"] = pad_right(seqs, self.pad_token_id)
+        return batch
 
 
 # ---- 2. model -------------------------------------------------------------------------------------
@@ -318,38 +343,51 @@ def _make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             ranks = inputs["ranks"]
-            step = self.micro_batch_completions or inputs["input_ids"].shape[0]
-            chunks = list(zip(inputs["input_ids"].split(step), inputs["attention_mask"].split(step), strict=True))
+            chunks = self._chunks(inputs)
             if model.training and torch.is_grad_enabled() and len(chunks) > 1:
-                loss, flat = self._loss_with_cached_gradients(model, chunks, ranks)
+                loss, flat = self._loss_with_cached_gradients(model, inputs, chunks, ranks)
             else:
-                flat = torch.cat([forward_scores(model, ids, mask) for ids, mask in chunks])
+                flat = torch.cat([self._score(model, inputs, chunk) for chunk in chunks])
                 loss = self.objective(to_ranking_matrix(flat, ranks), ranks)
             scores = to_ranking_matrix(flat.detach(), ranks)
             if model.training:
                 self._train_accuracy.append(float(pairwise_accuracy(scores, ranks)))
             return (loss, {"scores": scores}) if return_outputs else loss
 
-        def _loss_with_cached_gradients(self, model, chunks, ranks):
+        def _chunks(self, inputs) -> list[dict]:
+            """Completions (rows of input_ids) in slices of at most `micro_batch_completions`."""
+            step = self.micro_batch_completions or inputs["input_ids"].shape[0]
+            keys = [k for k in ("input_ids", "attention_mask", "owner") if k in inputs]
+            parts = [inputs[k].split(step) for k in keys]
+            return [dict(zip(keys, values, strict=True)) for values in zip(*parts, strict=True)]
+
+        def _score(self, model, inputs, chunk) -> torch.Tensor:
+            if "owner" not in chunk:
+                return forward_scores(model, chunk["input_ids"], chunk["attention_mask"])
+            return forward_scores_shared(
+                model, inputs["prefix_ids"], inputs["prefix_mask"], inputs["prefix_lengths"], chunk["owner"],
+                chunk["input_ids"], chunk["attention_mask"], prefix_model=self.accelerator.unwrap_model(model))
+
+        def _loss_with_cached_gradients(self, model, inputs, chunks, ranks):
             # Gradient caching (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
             # Memory Limited Setup"): score every chunk without a graph, take d loss / d score, then
             # re-run each chunk with a graph and back-propagate score * grad. Memory holds one chunk's
             # activations; the RNG is replayed so dropout masks match the first pass.
             states, flat = [], []
             with torch.no_grad():
-                for ids, mask in chunks:
+                for chunk in chunks:
                     states.append(_rng_state())
-                    flat.append(forward_scores(model, ids, mask))
+                    flat.append(self._score(model, inputs, chunk))
             flat = torch.cat(flat).requires_grad_()
             loss = self.objective(to_ranking_matrix(flat, ranks), ranks)
-            grads = torch.autograd.grad(loss, flat)[0].split([len(ids) for ids, _ in chunks])
+            grads = torch.autograd.grad(loss, flat)[0].split([len(c["input_ids"]) for c in chunks])
             scale = 1.0 / self.current_gradient_accumulation_steps  # what training_step applies to the loss
-            for (ids, mask), state, grad in zip(chunks[:-1], states[:-1], grads[:-1], strict=True):
+            for chunk, state, grad in zip(chunks[:-1], states[:-1], grads[:-1], strict=True):
                 _set_rng_state(state)
                 with self.accelerator.no_sync(model):  # DDP: gradients are reduced at the last backward
-                    self.accelerator.backward((forward_scores(model, ids, mask) * grad).sum() * scale)
+                    self.accelerator.backward((self._score(model, inputs, chunk) * grad).sum() * scale)
             _set_rng_state(states[-1])
-            last = (forward_scores(model, *chunks[-1]) * grads[-1]).sum()
+            last = (self._score(model, inputs, chunks[-1]) * grads[-1]).sum()
             # value = the loss; gradient = the last chunk's share (the Trainer runs this backward)
             return loss.detach() + last - last.detach(), flat.detach()
 

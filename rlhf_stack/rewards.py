@@ -72,6 +72,47 @@ def forward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return out.logits[:, 0].float()
 
 
+def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_token_id: int) -> int:
+    """Tokens every sequence of one ranking starts with (system turn, prompt, assistant header).
+
+    Capped so each sequence keeps its last non-pad token (where the reward is read) after the
+    prefix. Found on the token ids, so any chat template works; 0 when nothing is shared.
+    """
+    shortest = min(len(s) for s in seqs)
+    length = 0
+    while length < shortest and all(s[length] == seqs[0][length] for s in seqs):
+        length += 1
+    last_scored = min(max((i for i, t in enumerate(s) if t != pad_token_id), default=0) for s in seqs)
+    return min(length, last_scored)
+
+
+def forward_scores_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, prefix_lengths: torch.Tensor,
+                          owner: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          prefix_model=None) -> torch.Tensor:
+    """(n,) rewards of completions that continue shared prompts, each prompt encoded once.
+
+    prefix_ids / prefix_mask: (B, P) right-padded prompt tokens of B rankings; prefix_lengths (B,);
+    owner (n,): the ranking of each completion; input_ids / attention_mask (n, C): the completion
+    tokens after their prompt, right-padded. The prompts' key/value cache is computed once and
+    indexed per completion, so a ranking costs P + K*C tokens instead of K*(P + C); the scores
+    equal `forward_scores` on the full sequences up to float rounding (same positions, same
+    attention). prefix_model: the module for the prompt pass (the unwrapped model under DDP, so
+    the wrapper sees one forward per backward).
+    """
+    needed, index = owner.unique(return_inverse=True)  # only the prompts of these completions
+    p_mask = prefix_mask[needed]
+    width = int(p_mask.sum(dim=1).max())
+    p_mask = p_mask[:, :width]
+    cache = (prefix_model or model)(input_ids=prefix_ids[needed, :width], attention_mask=p_mask,
+                                    use_cache=True).past_key_values
+    cache.batch_select_indices(index)
+    c_width = int(attention_mask.sum(dim=1).max())
+    positions = prefix_lengths[owner][:, None] + torch.arange(c_width, device=input_ids.device)[None, :]
+    out = model(input_ids=input_ids[:, :c_width], attention_mask=torch.cat([p_mask[index], attention_mask[:, :c_width]], 1),
+                position_ids=positions, past_key_values=cache, use_cache=True)
+    return out.logits[:, 0].float()
+
+
 @torch.no_grad()
 def score_sequences(model, seqs: Sequence[Sequence[int]], pad_token_id: int, batch_size: int,
                     device: torch.device) -> torch.Tensor:

@@ -215,16 +215,20 @@ def test_init_from_lora_sft_adapter_continues_it_on_the_original_base(data, tiny
     assert result.metrics["steps"] == 3 and RewardScorer(result.checkpoint, device="cpu").score(["q"], ["a"])
 
 
-def test_micro_batching_gives_the_same_gradients(tiny_model_dir, tmp_path, data):
+def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny_model_dir, tmp_path, data):
     from transformers import TrainingArguments
 
     from rlhf_stack import modeling
+    from rlhf_stack.rewards import shared_prefix_length
 
     tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
     rows = ranking_rows(2) + [{"prompt": "Short?", "completions": ["a b", "c"], "ranks": [2, 1]}]
-    items = [{"input_ids": [encode_conversation(tokenizer, r["prompt"], c, 64)[0] for c in r["completions"]],
-              "ranks": r["ranks"]} for r in rows]
-    batch = RankingCollator(tokenizer.pad_token_id)(items)  # 4 + 4 + 2 = 10 completions
+    items = []
+    for r in rows:
+        seqs = [encode_conversation(tokenizer, r["prompt"], c, 64)[0] for c in r["completions"]]
+        items.append({"input_ids": seqs, "ranks": r["ranks"],
+                      "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
+    assert all(item["prefix_length"] > 5 for item in items)  # system-less ChatML: the user turn is shared
     for loss in ("pairwise", "listwise"):
         cfg = make_cfg(data, tiny_model_dir, tmp_path / loss, "full", loss=loss)
         torch.manual_seed(0)
@@ -233,15 +237,20 @@ def test_micro_batching_gives_the_same_gradients(tiny_model_dir, tmp_path, data)
                                                                      report_to="none"),
                                  objective=make_objective(cfg), micro_batch_completions=None)
         trainer.current_gradient_accumulation_steps = 1
-        grads = []
-        for micro in (None, 3):
-            model.zero_grad()
-            trainer.micro_batch_completions = micro
-            loss_value = trainer.training_step(model, dict(batch))
-            grads.append((loss_value.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-        assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
-        for name, grad in grads[0][1].items():
-            assert torch.allclose(grad, grads[1][1][name], atol=1e-6, rtol=1e-4), (loss, name)
+        results = {}
+        for share in (False, True):
+            batch = RankingCollator(tokenizer.pad_token_id, share_prompt=share)(items)  # 4 + 4 + 2 completions
+            assert ("owner" in batch) == share
+            for micro in (None, 3):
+                model.zero_grad()
+                trainer.micro_batch_completions = micro
+                value = trainer.training_step(model, dict(batch)).item()
+                results[share, micro] = (value, {n: p.grad.clone() for n, p in model.named_parameters()})
+        base_value, base_grads = results[False, None]
+        for key, (value, grads) in results.items():
+            assert value == pytest.approx(base_value, abs=1e-6), key
+            for name, grad in grads.items():
+                assert torch.allclose(grad, base_grads[name], atol=1e-6, rtol=1e-4), (loss, key, name)
 
 
 # ---- bad input: every validation rule names path:line ----------------------------------------------
