@@ -3,10 +3,12 @@
     HF_HUB_OFFLINE=1 nice python benchmarks/reward_vs_trl.py [--n-train 96] [--epochs 1]
 
 Same model and initialisation (same seed -> same random score head, same LoRA adapters), same
-rankings, same epochs, learning rate, schedule and sequences per optimizer step (B rankings x K
-completions for ours = B*K/2 pairs x 2 sequences for TRL, i.e. equal memory). Ours scores each
-completion once (K sequences a ranking); TRL gets the rankings expanded to their C(K,2) pairs
-(2*C(K,2) sequences a ranking: 12 vs 4 at K=4, so 3x is the arithmetic limit). Speed is rankings
+rankings, same epochs, learning rate and schedule, and the same number of optimizer steps: one
+step covers B rankings, i.e. B rankings for ours and the B*C(K,2) pairs they expand to for TRL
+(`--trl-batch-pairs` overrides; B*K/2 pairs would give equal memory instead, and TRL 3x the
+steps). Ours scores each completion once (K sequences a ranking, the prompt tokens they share
+encoded once); TRL gets the rankings expanded to their C(K,2) pairs (2*C(K,2) sequences a
+ranking: 12 vs 4 at K=4, so 3x is the arithmetic limit without prompt sharing). Speed is rankings
 per second of the Trainer's train loop (both report `train_runtime`; model loading and
 tokenisation are outside it); accuracy is held-out pairwise accuracy (ties excluded) of each
 trained model on the same eval rankings, scored the same way.
@@ -44,11 +46,15 @@ def parse_args(argv=None):
     p.add_argument("--n-eval", type=int, default=120, help="held-out rankings scored for accuracy")
     p.add_argument("--k", type=int, default=4, help="keep rankings with exactly K completions")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-rankings", type=int, default=4, help="rankings per step (TRL: B*K/2 pairs)")
+    p.add_argument("--batch-rankings", type=int, default=4, help="rankings per optimizer step")
+    p.add_argument("--trl-batch-pairs", type=int, default=None,
+                   help="TRL pairs per step (default: the pairs of --batch-rankings rankings, same step count)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--last-n-layers", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--no-share-prompt", action="store_true",
+                   help="ours without prompt sharing: each completion re-encodes its prompt (K-wise effect alone)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p.parse_args(argv)
@@ -100,7 +106,8 @@ def run_ours(args, model_path: str, train_file: Path, out: Path) -> dict:
 
     cfg = load_config(RewardConfig, {
         "model": model_config(args, model_path), "data": {"path": str(train_file), "eval_fraction": 0},
-        "train": train_config(args), "output_dir": str(out), "max_length": args.max_length})
+        "train": train_config(args), "output_dir": str(out), "max_length": args.max_length,
+        "share_prompt": not args.no_share_prompt})
     timer = timer_callback()
     result = train_reward(cfg, callbacks=[timer])
     return {"checkpoint": result.checkpoint, "wall": timer.wall, "cpu": timer.cpu,
@@ -145,7 +152,8 @@ def run_trl(args, ours_cfg, rows: list[dict], out: Path) -> dict:
     model = load_reward_model(ours_cfg, tokenizer)  # the same initialisation as ours
     pairs = to_pairs(rows)
     base = training.trainer_arguments(ours_cfg.train, out, has_eval=False, metric="", greater_is_better=True)
-    base.update(per_device_train_batch_size=args.batch_rankings * args.k // 2, save_strategy="no",
+    pairs_per_step = args.trl_batch_pairs or max(1, round(args.batch_rankings * len(pairs) / len(rows)))
+    base.update(per_device_train_batch_size=pairs_per_step, save_strategy="no",
                 load_best_model_at_end=False, metric_for_best_model=None, greater_is_better=None)
     trl_args = TRLRewardConfig(**base, max_length=args.max_length,  # gradient_checkpointing=False in base
                                disable_dropout=True, center_rewards_coefficient=None)
@@ -155,7 +163,8 @@ def run_trl(args, ours_cfg, rows: list[dict], out: Path) -> dict:
     kept = len(trainer.train_dataset)
     trainer.train()
     return {"model": trainer.model.eval(), "tokenizer": tokenizer, "wall": timer.wall, "cpu": timer.cpu,
-            "steps": trainer.state.global_step, "n_pairs": len(pairs), "n_pairs_kept": kept}
+            "steps": trainer.state.global_step, "n_pairs": len(pairs), "n_pairs_kept": kept,
+            "pairs_per_step": pairs_per_step}
 
 
 def accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
@@ -190,7 +199,7 @@ def main(argv=None) -> int:
     print(f"model: {model_desc}  [{model_path}]")
     print(f"data: {len(train_rows)} train rankings (K={args.k}, {n_pairs} pairs), {len(eval_rows)} eval rankings; "
           f"epochs {args.epochs}; LoRA r={args.lora_r} on the last {args.last_n_layers} layers + score head; "
-          f"lr {args.lr}; {args.batch_rankings} rankings = {args.batch_rankings * args.k} sequences per step; "
+          f"lr {args.lr}; {args.batch_rankings} rankings per optimizer step; "
           f"torch threads {__import__('torch').get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
 
     ours = run_ours(args, model_path, train_file, work / "ours")
@@ -202,10 +211,12 @@ def main(argv=None) -> int:
 
     n = len(train_rows) * args.epochs
     rate_ours, rate_trl = n / ours["wall"], n / trl["wall"]
-    print(f"ours (K-wise, {args.k} seqs/ranking): {ours['wall']:.1f} s wall, {ours['cpu']:.1f} s CPU, "
+    sharing = "prompt encoded once" if not args.no_share_prompt else "no prompt sharing"
+    print(f"ours (K-wise, {args.k} seqs/ranking, {sharing}): {ours['wall']:.1f} s wall, {ours['cpu']:.1f} s CPU, "
           f"{ours['steps']} steps, {rate_ours:.3f} rankings/s, eval pairwise accuracy {100 * ours['accuracy']:.1f}%"
           f" ({ours['n_truncated']} completions truncated)")
-    print(f"TRL RewardTrainer ({trl['n_pairs']} pairs, {trl['n_pairs_kept']} within max_length): "
+    print(f"TRL RewardTrainer ({trl['n_pairs']} pairs, {trl['n_pairs_kept']} within max_length, "
+          f"{trl['pairs_per_step']} pairs per step): "
           f"{trl['wall']:.1f} s wall, {trl['cpu']:.1f} s CPU, {trl['steps']} steps, {rate_trl:.3f} rankings/s, "
           f"eval pairwise accuracy {100 * trl['accuracy']:.1f}%")
     print(f"CPU-time ratio (TRL / ours): {trl['cpu'] / ours['cpu']:.2f}x; load average now {os.getloadavg()[0]:.1f}")

@@ -86,6 +86,8 @@ class EvalConfig(Config):
     """Tokens per corpus row for perplexity."""
     rankings: str | None = None
     """Held-out rankings file: the reward model's pairwise accuracy on it (needs `reward_model`)."""
+    n_rankings: int | None = None
+    """Use the first N rankings of that file (None: all)."""
     batch_size: int = 16
     """Sequences per generation / forward batch."""
     seed: int = 0
@@ -327,7 +329,7 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     # 4. tables
     results = _assemble(cfg, prompts, rows, scores)
     if cfg.rankings and cfg.reward_model:
-        results["reward_model"] = evaluate_reward_model(cfg.reward_model, cfg.rankings)
+        results["reward_model"] = evaluate_reward_model(cfg.reward_model, cfg.rankings, cfg.n_rankings)
     samples = _sample_table(prompts, sides, bon_texts if bon is not None else None, scores)
     write_results(Path(cfg.output_dir), results, samples)
     return results
@@ -414,23 +416,30 @@ def write_results(out_dir: Path, results: dict, samples: list[dict]) -> Path:
 # ---- reward-model evaluation --------------------------------------------------------------------
 
 
-def evaluate_reward_model(checkpoint: str, rankings: str, max_margins: int = 2000) -> dict:
+def evaluate_reward_model(checkpoint: str, rankings: str, max_rows: int | None = None,
+                          max_margins: int = 2000) -> dict:
     """Stage-2 metrics of a reward model on any rankings file (`rlhf_stack.metrics.ranking`:
     pairwise accuracy, top-1, Kendall tau, pairwise F1, calibration) plus the reward margins
     score(better) - score(worse) of every strictly ordered pair, for the report's histogram."""
-    from rlhf_stack.data import load_rankings
+    from rlhf_stack.data import load_rankings, prompt_key
     from rlhf_stack.metrics.ranking import ranking_metrics
 
     score = reward_model_scorer(checkpoint)
-    data = load_rankings(rankings)
-    flat = score([r.prompt for r in data for _ in r.completions], [c for r in data for c in r.completions])
-    per_ranking, start = [], 0
+    data = load_rankings(rankings, max_rows=max_rows)
+    # Several annotators rank the same completions: score each (prompt, completion) once.
+    unique: dict[tuple[str, str], int] = {}
+    pairs = []
     for r in data:
-        per_ranking.append(flat[start:start + len(r.completions)])
-        start += len(r.completions)
+        for c in r.completions:
+            key = (prompt_key(r.prompt), c)
+            if key not in unique:
+                unique[key] = len(pairs)
+                pairs.append((r.prompt, c))
+    flat = score([p for p, _ in pairs], [c for _, c in pairs])
+    per_ranking = [[flat[unique[(prompt_key(r.prompt), c)]] for c in r.completions] for r in data]
     margins = [m for s, r in zip(per_ranking, data, strict=True) for m in ranking_pair_margins(s, r.ranks)]
     return {
-        "rankings": str(rankings), "n_rankings": len(data),
+        "rankings": str(rankings), "n_rankings": len(data), "n_scored": len(pairs),
         **ranking_metrics(per_ranking, [r.ranks for r in data]),
         "mean_margin": mean(margins),
         "margins": [round(m, 4) for m in margins[:max_margins]],

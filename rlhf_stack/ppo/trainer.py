@@ -203,9 +203,9 @@ def _setup(cfg: PPOConfig, reward_fns) -> Run:
     torch.manual_seed(cfg.seed)  # the same adapter init on every process
     tokenizer = setup.policy_tokenizer(cfg)
     data = setup.load_data(cfg, tokenizer)
+    reward = setup.build_reward(cfg, reward_fns, acc.device)  # first: a config error costs no model load
     model, info = models.build_actor_critic(cfg, tokenizer, acc.device)
     optimizer, scheduler = setup.optimizer_and_scheduler(cfg, model)
-    reward = setup.build_reward(cfg, reward_fns, acc.device)
     model, optimizer = acc.prepare(model, optimizer)
     kl_ctl, moments = setup.controllers(cfg)
     run = Run(acc, tokenizer, model, optimizer, scheduler, kl_ctl, moments, reward, data.prompts, data.prompt_ids,

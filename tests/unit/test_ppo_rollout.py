@@ -1,0 +1,80 @@
+"""Hand-checked pieces of the PPO plumbing: EOS truncation, padding, data order, score processing."""
+
+import pytest
+import torch
+
+from rlhf_stack.config import load_config
+from rlhf_stack.ppo.control import RunningMoments
+from rlhf_stack.ppo.models import position_ids_from_mask
+from rlhf_stack.ppo.rollout import Rollout, left_pad, truncate_at_eos
+from rlhf_stack.ppo.scoring import process_scores
+from rlhf_stack.ppo.state import IndexStream
+
+EOS, PAD = 2, 0
+
+
+def test_truncate_at_eos_keeps_eos_and_pads_after():
+    raw = torch.tensor([[5, 6, EOS, 7, 8],  # EOS at 2: keep 3 tokens
+                        [5, EOS, EOS, 9, 9],  # first EOS counts
+                        [5, 6, 7, 8, 9]])  # never stopped: all 5, has_eos False
+    ids, mask, has_eos = truncate_at_eos(raw, EOS, PAD)
+    assert ids.tolist() == [[5, 6, EOS, PAD, PAD], [5, EOS, PAD, PAD, PAD], [5, 6, 7, 8, 9]]
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert has_eos.tolist() == [True, True, False]
+    # the width shrinks to the longest kept response
+    ids, mask, _ = truncate_at_eos(torch.tensor([[EOS, 4, 4], [5, EOS, 4]]), EOS, PAD)
+    assert ids.shape == (2, 2) and mask.tolist() == [[1, 0], [1, 1]]
+
+
+def test_left_pad_and_positions_skip_padding():
+    ids, mask = left_pad([[7, 8, 9], [4]], PAD, torch.device("cpu"))
+    assert ids.tolist() == [[7, 8, 9], [PAD, PAD, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    # generate() numbers real tokens from 0 whatever the padding; the training forward must agree
+    full_mask = torch.cat([mask, torch.tensor([[1, 0], [1, 1]])], 1)
+    assert position_ids_from_mask(full_mask).tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]
+
+
+def test_rollout_trimmed_and_select():
+    t = torch.arange(8.0).reshape(2, 4)
+    rollout = Rollout(query_ids=torch.tensor([[PAD, 1, 2], [PAD, PAD, 3]]), query_mask=torch.tensor([[0, 1, 1], [0, 0, 1]]),
+                      response_ids=torch.tensor([[4, 5, PAD, PAD], [6, PAD, PAD, PAD]]),
+                      response_mask=torch.tensor([[1.0, 1, 0, 0], [1, 0, 0, 0]]), has_eos=torch.tensor([True, False]),
+                      logprobs=t, ref_logprobs=t, values=t, scores=torch.tensor([1.0, 2.0]))
+    trimmed = rollout.trimmed()
+    assert trimmed.query_ids.tolist() == [[1, 2], [PAD, 3]]  # a column of padding in every row is dropped
+    assert trimmed.response_ids.tolist() == [[4, 5], [6, PAD]] and trimmed.values.tolist() == [[0, 1], [4, 5]]
+    assert trimmed.scores.tolist() == [1.0, 2.0]  # (b,) fields untouched
+    assert trimmed.input_ids.tolist() == [[1, 2, 4, 5], [PAD, 3, 6, PAD]]
+    one = rollout.select(torch.tensor([1]))
+    assert one.response_ids.tolist() == [[6, PAD, PAD, PAD]] and one.scores.tolist() == [2.0]
+    assert one.rewards is None
+
+
+def test_index_stream_is_a_function_of_position():
+    stream = IndexStream(5, seed=7)
+    first_epoch = stream.take(0, 5)
+    assert sorted(first_epoch) == [0, 1, 2, 3, 4]  # each epoch is a permutation
+    assert stream.take(3, 4) == first_epoch[3:] + stream.take(5, 2)  # a batch may straddle epochs
+    assert IndexStream(5, seed=7).take(6, 3) == stream.take(6, 3)  # no hidden state: resume-safe
+    assert sorted(stream.take(5, 5)) == [0, 1, 2, 3, 4] and stream.take(5, 5) != first_epoch
+
+
+def cfg(**kw):
+    from rlhf_stack.ppo import PPOConfig
+
+    return load_config(PPOConfig, {"policy": {"name_or_path": "x"}, "prompts": {"path": "p.jsonl"}, **kw})
+
+
+def test_process_scores_normalise_then_clip_then_penalise():
+    raw = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    has_eos = torch.tensor([True, True, False, True])
+    # none + clip 4 + penalty 0.5: [1, 3, min(5, 4) - 0.5, 4]
+    out = process_scores(raw, has_eos, raw, cfg(score_clip=4.0, missing_eos_penalty=0.5), RunningMoments())
+    assert out.tolist() == [1.0, 3.0, 3.5, 4.0]
+    # running: mean 4, unbiased std sqrt(20/3) = 2.582; scores (-3, -1, 1, 3) / 2.582
+    moments = RunningMoments()
+    out = process_scores(raw, has_eos, raw, cfg(score_norm="running"), moments)
+    std = (20 / 3) ** 0.5
+    torch.testing.assert_close(out, torch.tensor([-3 / std, -1 / std, 1 / std, 3 / std]))
+    assert moments.count == 4 and moments.mean == pytest.approx(4.0)
