@@ -9,6 +9,12 @@
 - `load_callable("pkg.module:function")`: `f(prompts, responses) -> list[float]`.
 - `build_reward_function(sources) -> CombinedReward`: the weighted sum, with each part by name.
 
+Outside this library a reward checkpoint is a plain HF directory: `AutoModelForSequenceClassification`
+(full) or that class on `adapter_config.json`'s base + `PeftModel.from_pretrained` (LoRA; the score
+head is in the adapter), with `config.pad_token_id = tokenizer.pad_token_id`; the logit of
+`tokenizer.apply_chat_template([user prompt, assistant response])` plus stage.json's `reward_bias`
+is what `RewardScorer` returns (tests/stages/test_reward_stage.py checks it to 1e-5).
+
 The encoding helpers (`encode_conversation`, `pad_right`, `forward_scores`) are the one place
 where text becomes reward-model input: the reward stage trains through them too.
 """
