@@ -15,7 +15,8 @@ torch 2.13.0 (the CPU wheel from /opt/wheels when present, else the index) and t
 2. peak_rss: LoRA (r=16, all linear layers) on the demo model SmolLM2-135M-Instruct when
    `rlhf_stack.provision` can provide it (else the config-built model; printed), same settings,
    reward model = a LoRA sequence-classification adapter over the same base (value init from it).
-   Figure: peak RSS (ru_maxrss) of each run's process.
+   Figure: peak RSS (ru_maxrss) of each run's process. Gradient checkpointing (TRL's PPO default)
+   is on in both memory runs and off in both speed runs.
 
 The last two lines printed are `speed: N.NNx` (our steps/s over TRL's) and `peak_rss: N.NNx`
 (our peak RSS over TRL's).
@@ -170,7 +171,7 @@ def run_trl(spec: dict) -> dict:
         num_ppo_epochs=spec["epochs"], response_length=spec["new_tokens"], total_episodes=spec["batch"] * spec["steps"],
         learning_rate=spec["lr"], temperature=1.0, stop_token="eos", kl_coef=0.05, report_to="none",
         num_sample_generations=0, save_strategy="no", logging_steps=1, seed=spec["seed"], use_cpu=True,
-        disable_tqdm=True, dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=spec["gradient_checkpointing"],
     )
     step_ends: list[float] = []
 
@@ -193,7 +194,8 @@ def run_ours(spec: dict) -> dict:
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in spec["prompts"]))
     cfg = load_config(PPOConfig, {
         "policy": {"name_or_path": spec["policy"], "tuning": "lora" if spec["lora"] else "full",
-                   "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+                   "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+                   "gradient_checkpointing": spec["gradient_checkpointing"]},
         "prompts": {"path": str(work / "prompts.jsonl"), "eval_fraction": 0.0},
         "rewards": [{"kind": "reward_model", "path": spec["rm"]}], "value_init": spec["rm"],
         "steps": spec["steps"], "batch_size": spec["batch"], "mini_batch_size": spec["batch"],
@@ -254,7 +256,9 @@ def main(argv=None) -> None:
     trl_python = str(ensure_trl_venv())
     base = {"prompts": PROMPTS, "batch": 16, "micro": 8, "new_tokens": 48, "epochs": 2, "lr": 1e-5, "seed": 0}
     speed_models = build_config_models(OUT)
-    speed_spec = {**base, **speed_models, "steps": args.steps}
+    # TRL's PPOConfig turns gradient checkpointing on by default; each comparison sets it the same
+    # on both sides: off for speed, on for memory (the setting a memory-bound user picks).
+    speed_spec = {**base, **speed_models, "steps": args.steps, "gradient_checkpointing": False}
     trl_speed = launch(trl_python, "trl", speed_spec, "speed")
     ours_speed = launch(sys.executable, "ours", speed_spec, "speed")
     speed = ours_speed["steps_per_s"] / trl_speed["steps_per_s"]
@@ -266,7 +270,7 @@ def main(argv=None) -> None:
     rss = float("nan")
     if not args.skip_rss:
         rss_models = build_demo_models(OUT) or {**speed_models, "lora": True}
-        rss_spec = {**base, **rss_models, "steps": args.rss_steps, "lr": 1e-4}
+        rss_spec = {**base, **rss_models, "steps": args.rss_steps, "lr": 1e-4, "gradient_checkpointing": True}
         trl_rss = launch(trl_python, "trl", rss_spec, "rss")
         ours_rss = launch(sys.executable, "ours", rss_spec, "rss")
         rss = ours_rss["peak_rss_mb"] / trl_rss["peak_rss_mb"]

@@ -148,7 +148,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:
-        metrics.update(_eval(trainer))
+        metrics.update(_best_eval(trainer))
     model = trainer.model.eval()
     norm = reward_normalization(model, tokenizer, cfg)
     metrics["bias"] = norm["bias"]
@@ -271,6 +271,16 @@ def make_objective(cfg: RewardConfig):
     if not cfg.center_coef:
         return base
     return lambda scores, ranks: base(scores, ranks) + cfg.center_coef * center_penalty(scores, ranks)
+
+
+def _best_eval(trainer) -> dict:
+    """Eval metrics of the model training ended with (the best one, reloaded): taken from the log of
+    the evaluation that picked it (saves a pass over the eval set), else measured now."""
+    best = trainer.state.best_global_step
+    logged = [e for e in trainer.state.log_history if BEST_METRIC in e and e.get("step") == best]
+    if best is not None and logged:
+        return {k: v for k, v in logged[-1].items() if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
+    return _eval(trainer)
 
 
 def _eval(trainer) -> dict:

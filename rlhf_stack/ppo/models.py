@@ -61,6 +61,7 @@ class ActorCritic(nn.Module):
         self.ref_model = ref_model  # None: the policy's base with `ref_adapter` (or adapters disabled)
         self.ref_adapter = ref_adapter
         self.shared = value_backbone is None
+        self._active = POLICY  # adapter active on the shared base
         self.policy_params: list[nn.Parameter] = []
         self.value_params: list[nn.Parameter] = []
 
@@ -73,18 +74,23 @@ class ActorCritic(nn.Module):
 
     @contextmanager
     def adapter(self, name: str):
-        """Run the shared base with adapter `name` active (no-op for separate models)."""
-        if not self.shared or name == POLICY:
+        """Run the shared base with adapter `name` active, then restore the previous one (no-op for
+        separate models). Re-entrant: the trainer keeps VALUE active across a value backward pass,
+        so that gradient checkpointing recomputes the value forward with the value adapter."""
+        previous = self._active
+        if not self.shared or name == previous:
             yield
             return
-        tuner = self.policy.base_model
-        tuner.set_adapter(name, inference_mode=True)
-        self._restore_trainable()
+        self._switch(name)
         try:
             yield
         finally:
-            tuner.set_adapter(POLICY, inference_mode=True)
-            self._restore_trainable()
+            self._switch(previous)
+
+    def _switch(self, name: str) -> None:
+        self.policy.base_model.set_adapter(name, inference_mode=True)
+        self._restore_trainable()
+        self._active = name
 
     def _restore_trainable(self) -> None:
         for p in self.policy_params + self.value_params:
@@ -118,15 +124,29 @@ class ActorCritic(nn.Module):
                               position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
         return self.value_head(hidden[:, -n_response - 1:-1])
 
-    def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None):
-        """Training pass: (policy logits `(b, t, V)`, values `(b, t)`, ptx logits `(b_ptx, T_ptx, V)` | None)."""
-        logits = self.policy_logits(input_ids, attention_mask, n_response)
-        values = self.values(input_ids, attention_mask, n_response)
-        ptx_logits = None
-        if ptx_input_ids is not None:
-            ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask,
-                                     use_cache=False).logits
+    def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None,
+                part: str = "both"):
+        """Training pass: (policy logits `(b, t, V)` | None, values `(b, t)` | None, ptx logits | None).
+
+        part: "both", or "policy" / "value" alone (the split the trainer uses for a shared base
+        under gradient checkpointing, see `needs_split_backward`).
+        """
+        logits = values = ptx_logits = None
+        if part in ("both", "policy"):
+            logits = self.policy_logits(input_ids, attention_mask, n_response)
+            if ptx_input_ids is not None:
+                ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask,
+                                         use_cache=False).logits
+        if part in ("both", "value"):
+            values = self.values(input_ids, attention_mask, n_response)
         return logits, values, ptx_logits
+
+    @property
+    def needs_split_backward(self) -> bool:
+        """A shared base with gradient checkpointing must run each adapter's backward while that
+        adapter is active (the recomputed forward reads the active adapter)."""
+        base = self.policy.get_base_model() if self.shared else self.policy
+        return self.shared and bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 @dataclass(frozen=True)
@@ -147,7 +167,13 @@ def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCriti
         model, info = _build_shared(cfg, path, value_source, device)
     else:
         model, info = _build_separate(cfg, path, value_source, device)
-    model.eval()  # dropout off: rollout and update must see the same function (Huang et al. 2024)
+    # Dropout off for good: rollout and update must see the same function (Huang et al. 2024;
+    # TRL's disable_dropout_in_model). The trainer still switches to train() for the PPO epochs,
+    # because transformers only applies gradient checkpointing in training mode.
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    model.eval()
     return model, info
 
 
@@ -158,6 +184,7 @@ def _build_shared(cfg, path: str, value_source: str | None, device) -> tuple[Act
         # SFT = B + adapter: load B once; the SFT adapter twice, "ref" frozen and POLICY trainable.
         base_path = modeling.adapter_base(path)
         base = modeling.load_causal_lm(_with_path(cfg.policy, base_path), merge=True, device=device)
+        _maybe_checkpointing(base, cfg.policy)
         peft_model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         peft_model.load_adapter(path, adapter_name=REF, is_trainable=False)
         ref_adapter, reference = REF, "sft-adapter-copy"
@@ -197,9 +224,16 @@ def _build_separate(cfg, path: str, value_source: str | None, device) -> tuple[A
     else:
         backbone = modeling.load_causal_lm(cfg.policy, merge=True, device=device).base_model
         head, value_init = ValueHead(backbone.config.hidden_size), "policy-base"
+    _maybe_checkpointing(backbone, cfg.policy)
     model = ActorCritic(policy, head.to(device), value_backbone=backbone, ref_model=ref)
     model.set_trainable(trainable, list(backbone.parameters()) + list(model.value_head.parameters()))
     return model, ModelInfo("separate-models", "frozen-copy", value_init, path)
+
+
+def _maybe_checkpointing(model: nn.Module, model_cfg: ModelConfig) -> None:
+    """Gradient checkpointing for models that do not pass through modeling.apply_tuning."""
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _usable_value_init(value_init: str | None, tokenizer) -> str | None:

@@ -18,9 +18,15 @@ from rlhf_stack.ppo.scoring import build_reward  # noqa: F401
 def make_accelerator(cfg):
     """One code path for CPU, one GPU and `accelerate launch` (DDP); trackers from report_to."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     trackers = [r for r in cfg.report_to if r != "none"]
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=cfg.output_dir)
+    # A shared LoRA base under gradient checkpointing runs value and policy passes separately
+    # (ActorCritic.needs_split_backward): each pass leaves the other's parameters unused.
+    split = cfg.policy.tuning == "lora" and cfg.policy.gradient_checkpointing
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split else []
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=cfg.output_dir,
+                       kwargs_handlers=handlers)
 
 
 def policy_tokenizer(cfg):

@@ -143,6 +143,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[s
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     stats: dict[str, list[torch.Tensor]] = {}
     micro_index = 0
+    model.train()  # dropout is 0 everywhere; train mode only turns gradient checkpointing on
     for _epoch in range(cfg.ppo_epochs):
         order = torch.randperm(cfg.batch_size).to(acc.device)
         for mb_start in range(0, cfg.batch_size, cfg.mini_batch_size):
@@ -153,8 +154,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[s
                 micro_index += 1
                 last = k == cfg.grad_accum_steps - 1
                 with nullcontext() if last else acc.no_sync(model):  # all-reduce once per mini-batch
-                    loss, micro_stats = _micro_batch_loss(model, micro, ptx_batch, cfg)
-                    acc.backward(loss / cfg.grad_accum_steps)
+                    micro_stats = _micro_batch_backward(run, model, micro, ptx_batch, cfg, last)
                 for name, value in micro_stats.items():
                     stats.setdefault(name, []).append(value)
             if cfg.max_grad_norm is not None:
@@ -162,30 +162,56 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[s
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
+    model.eval()  # generation needs eval mode: with checkpointing active, transformers drops the KV cache
     return {name: torch.stack([v.float() for v in values]).mean() for name, values in stats.items()}
 
 
-def _micro_batch_loss(model, mb: Rollout, ptx_batch, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
-    """PPO loss on one micro-batch: clipped policy loss + vf_coef * clipped value loss (+ ptx)."""
+def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, last: bool) -> dict:
+    """Loss = clipped policy loss + vf_coef * clipped value loss (+ ptx_coef * LM loss); backward.
+
+    One forward and one backward normally; with a shared base under gradient checkpointing, the
+    value part runs (forward and backward) with its adapter active first, then the policy part.
+    """
+    acc, unwrapped = run.accelerator, run.accelerator.unwrap_model(run.model)
     mb = mb.trimmed()
-    n_response = mb.response_ids.shape[1]
+    n_response, mask = mb.response_ids.shape[1], mb.response_mask
     ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
-    logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask)
-    logits = logits / cfg.temperature
-    logprobs = PF.logprobs_from_logits(logits, mb.response_ids)
-    mask = mb.response_mask
-    policy_loss, policy_stats = PF.clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
-    value_loss, value_stats = PF.clipped_value_loss(values.float(), mb.values, mb.returns, mask, cfg.clip_range_value)
-    loss = policy_loss + cfg.vf_coef * value_loss
-    stats = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), **policy_stats, **value_stats}
+    stats: dict[str, torch.Tensor] = {}
+    if unwrapped.needs_split_backward:
+        with unwrapped.adapter("value"), nullcontext() if not last else acc.no_sync(model):
+            _, values, _ = model(mb.input_ids, mb.attention_mask, n_response, part="value")
+            value_loss = _value_loss(values, mb, cfg, stats)
+            acc.backward(cfg.vf_coef * value_loss / cfg.grad_accum_steps)
+        logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask, part="policy")
+        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
+    else:
+        logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask)
+        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
+        loss = loss + cfg.vf_coef * _value_loss(values, mb, cfg, stats)
+    acc.backward(loss / cfg.grad_accum_steps)
+    with torch.no_grad():
+        stats["entropy"] = PF.masked_mean(PF.entropy_from_logits(logits.detach() / cfg.temperature), mask)
+    return stats
+
+
+def _value_loss(values, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tensor:
+    value_loss, value_stats = PF.clipped_value_loss(values.float(), mb.values, mb.returns, mb.response_mask,
+                                                    cfg.clip_range_value)
+    stats.update(value_loss=value_loss.detach(), **value_stats)
+    return value_loss
+
+
+def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tensor:
+    logprobs = PF.logprobs_from_logits(logits / cfg.temperature, mb.response_ids)
+    loss, policy_stats = PF.clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
+                                                cfg.clip_range)
+    stats.update(policy_loss=loss.detach(), **policy_stats)
     if ptx_logits is not None:
         # PPO-ptx: + gamma * E_pretrain[log pi(x)], as a loss (InstructGPT eq. 2)
         ptx_loss = PF.lm_loss(ptx_logits, ptx_labels)
         loss = loss + cfg.ptx_coef * ptx_loss
         stats["ptx_loss"] = ptx_loss.detach()
-    with torch.no_grad():
-        stats["entropy"] = PF.masked_mean(PF.entropy_from_logits(logits.detach()), mask)
-    return loss, stats
+    return loss
 
 
 # ---- setup and finish ---------------------------------------------------------------------------

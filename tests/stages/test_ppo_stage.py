@@ -112,7 +112,8 @@ def test_sft_adapter_checkpoint_is_policy_init_and_reference(tiny_model_dir, pro
     sft.save_pretrained(sft_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(sft_dir)
 
-    cfg = config(tiny_model_dir, prompts_file, tmp_path, policy={"name_or_path": str(sft_dir)}, steps=1)
+    cfg = config(tiny_model_dir, prompts_file, tmp_path, policy={"name_or_path": str(sft_dir),
+                                                                 "gradient_checkpointing": True}, steps=1)
     result = train_ppo(cfg, reward_fns=[t_share])
     assert result.metrics["models"]["reference"] == "sft-adapter-copy"
     assert read_log(tmp_path / "ppo")[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy starts AS the SFT model
