@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--no-share-prompt", action="store_true",
                    help="ours without prompt sharing: each completion re-encodes its prompt (K-wise effect alone)")
+    p.add_argument("--also-unshared", action="store_true",
+                   help="also time ours without prompt sharing (printed as an extra line)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p.parse_args(argv)
@@ -100,14 +102,14 @@ def timer_callback():
     return Timer()
 
 
-def run_ours(args, model_path: str, train_file: Path, out: Path) -> dict:
+def run_ours(args, model_path: str, train_file: Path, out: Path, share_prompt: bool) -> dict:
     from rlhf_stack.config import load_config
     from rlhf_stack.reward import RewardConfig, train_reward
 
     cfg = load_config(RewardConfig, {
         "model": model_config(args, model_path), "data": {"path": str(train_file), "eval_fraction": 0},
         "train": train_config(args), "output_dir": str(out), "max_length": args.max_length,
-        "share_prompt": not args.no_share_prompt})
+        "share_prompt": share_prompt})
     timer = timer_callback()
     result = train_reward(cfg, callbacks=[timer])
     return {"checkpoint": result.checkpoint, "wall": timer.wall, "cpu": timer.cpu,
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
     train_rows, eval_rows = load_rankings(args.train, args.n_train, args.k), load_rankings(args.eval, args.n_eval, args.k)
     work = Path(tempfile.mkdtemp(prefix="reward_vs_trl_"))
     train_file = work / "train.jsonl"
-    write_jsonl([{k: r[k] for k in ("prompt", "completions", "ranks")} for r in train_rows], train_file)
+    keys = ("prompt", "completions", "ranks", "annotator", "id")  # annotator: two labelers' rows are not duplicates
+    write_jsonl([{k: r[k] for k in keys if k in r} for r in train_rows], train_file)
     n_pairs = sum(a < b for r in train_rows for a in r["ranks"] for b in r["ranks"])
     print(f"model: {model_desc}  [{model_path}]")
     print(f"data: {len(train_rows)} train rankings (K={args.k}, {n_pairs} pairs), {len(eval_rows)} eval rankings; "
@@ -202,7 +205,8 @@ def main(argv=None) -> int:
           f"lr {args.lr}; {args.batch_rankings} rankings per optimizer step; "
           f"torch threads {__import__('torch').get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
 
-    ours = run_ours(args, model_path, train_file, work / "ours")
+    ours = run_ours(args, model_path, train_file, work / "ours", share_prompt=not args.no_share_prompt)
+    unshared = run_ours(args, model_path, train_file, work / "ours_unshared", False) if args.also_unshared else None
     scorer = RewardScorer(ours["checkpoint"], device="cpu", apply_bias=False, max_length=args.max_length)
     ours["accuracy"] = accuracy(scorer.model, scorer.tokenizer, eval_rows, args.max_length)
     del scorer
@@ -219,6 +223,9 @@ def main(argv=None) -> int:
           f"{trl['pairs_per_step']} pairs per step): "
           f"{trl['wall']:.1f} s wall, {trl['cpu']:.1f} s CPU, {trl['steps']} steps, {rate_trl:.3f} rankings/s, "
           f"eval pairwise accuracy {100 * trl['accuracy']:.1f}%")
+    if unshared:
+        print(f"ours without prompt sharing: {unshared['wall']:.1f} s wall, {unshared['cpu']:.1f} s CPU, "
+              f"{n / unshared['wall']:.3f} rankings/s = {trl['wall'] / unshared['wall']:.2f}x TRL (K-wise batching alone)")
     print(f"CPU-time ratio (TRL / ours): {trl['cpu'] / ours['cpu']:.2f}x; load average now {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({

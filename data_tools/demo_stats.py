@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from statistics import mean
 
-from data_tools.demo import (
+from data_tools.demo_judge import gold_features, gold_score
+from data_tools.demo_rankings import (
     LABELERS,
     MAX_NEW_TOKENS,
     TEMPERATURES,
@@ -14,15 +15,14 @@ from data_tools.demo import (
     gold_accuracy,
     labeler_agreement,
 )
-from data_tools.demo_judge import gold_features, gold_score
 
 FILES = (("sft_train", "instructions"), ("sft_eval", "instructions"), ("prompts_train", "prompts"),
          ("prompts_eval", "prompts"), ("rankings_train", "rankings"), ("rankings_eval", "rankings"),
          ("corpus_train", "corpus"), ("corpus_eval", "corpus"))
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def size_table(out: Path) -> list[str]:
@@ -77,7 +77,7 @@ def labeler_lines(rankings: dict[str, list[dict]]) -> list[str]:
 def _previous_sampling(out: Path) -> str:
     """The sampling line of the STATS.md being replaced (a `--reuse-samples` run samples nothing)."""
     old = out / "STATS.md"
-    found = re.search(r"sampled in \d+ s[^.]*", old.read_text(encoding="utf-8")) if old.is_file() else None
+    found = re.search(r"sampled in \d+ s[^.,]*", old.read_text(encoding="utf-8")) if old.is_file() else None
     return (found.group(0) + ", completions reused since") if found else "completions reused from a previous run"
 
 

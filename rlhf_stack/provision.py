@@ -19,9 +19,11 @@ in by hand (air-gapped machines).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,8 +100,28 @@ def _from_hf_cache(hub_id: str) -> Path | None:
         return None
 
 
-def _from_hub(hub_id: str) -> Path | None:
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect, asked once per process.
+
+    huggingface_hub retries an unreachable host with back-off (~25 s per file), and a pipeline
+    resolves its models many times; one quick look up front keeps offline runs from paying that
+    wait again and again. `HF_HUB_OFFLINE=1` answers no without asking.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(hub_id: str) -> Path | None:
+    if not hub_reachable():
         return None
     from huggingface_hub import snapshot_download
 

@@ -1,8 +1,9 @@
 """The run report: RUN_DIR/report.md + PNG plots, readable on GitHub (relative image links).
 
 Sections, each present only when its stage left something to show:
-stages (status, time, headline metric) · SFT train/eval loss · reward model eval accuracy and the
-reward-margin histogram · PPO score, KL and kl_coef, entropy and response length over steps ·
+stages (status, time, headline metric) · SFT train/eval loss · reward model eval accuracy beside the
+labelers' own agreement on the same rankings (the noise ceiling) and the reward-margin histogram ·
+PPO score, KL and kl_coef, entropy and response length over steps ·
 evaluation table (baseline vs policy vs best-of-N: win rate, scores, KL, length, perplexity) ·
 sample responses to the same prompts side by side.
 """
@@ -197,8 +198,22 @@ HEADLINES = {
     "sft": ("eval_loss_before", "eval_loss", "train_loss"),
     "reward": ("eval_pairwise_accuracy", "pairwise_accuracy", "eval_accuracy", "accuracy", "eval_loss"),
     "ppo": ("score", "mean_score", "reward", "kl", "steps"),
-    "eval": ("policy_win_rate", "policy_kl", "best_of_n_win_rate", "rm_pairwise_accuracy"),
+    "eval": ("policy_win_rate", "policy_kl", "best_of_n_win_rate", "rm_pairwise_accuracy", "rm_labeler_agreement"),
 }
+
+
+def _rm_accuracy_text(rm_eval: dict, bold: bool = False) -> str:
+    """The RM's pairwise accuracy on a rankings file, next to the labelers' own agreement on the same
+    rankings (the noise ceiling) where the file has two annotators for some prompt."""
+    b = "**" if bold else ""
+    text = (f"pairwise accuracy {b}{fmt(rm_eval.get('pairwise_accuracy'))}{b} "
+            f"over {fmt(rm_eval.get('n_pairs'))} ordered pairs")
+    agreement = rm_eval.get("labeler_agreement")
+    if isinstance(agreement, int | float):
+        pairs = rm_eval.get("n_agreement_pairs")
+        text += (f"; labelers' own agreement on the same rankings: {b}{fmt(agreement)}{b}"
+                 + (f" over {pairs} pairs both labelers rank strictly" if pairs else "") + " (the noise ceiling)")
+    return text
 
 
 def _header(run_dir: Path, manifest: dict) -> str:
@@ -220,8 +235,14 @@ def _summary_section(manifest: dict, results: dict | None) -> str:
     accuracy = next((rm[k] for k in HEADLINES["reward"][:4] if isinstance(rm.get(k), int | float)), None)
     if accuracy is not None:
         pairs = rm.get("eval_n_pairs")
+        ceiling = rm.get("eval_labeler_agreement")
         lines.append(f"- Reward model, held-out pairwise accuracy: **{fmt(accuracy)}**"
-                     + (f" ({pairs} ordered pairs)" if pairs else ""))
+                     + (f" ({pairs} ordered pairs)" if pairs else "")
+                     + (f"; the labelers' own agreement on those rankings (the noise ceiling): **{fmt(ceiling)}**"
+                        if isinstance(ceiling, int | float) else ""))
+    rm_eval = (results or {}).get("reward_model") or {}
+    if rm_eval.get("pairwise_accuracy") is not None:
+        lines.append(f"- Reward model on `{rm_eval.get('rankings')}`: {_rm_accuracy_text(rm_eval, bold=True)}")
     models = {m["name"]: m for m in (results or {}).get("models", [])}
     baseline = models.get("baseline", {}).get("label", "baseline")
     for name in ("policy", "best_of_n"):
@@ -274,12 +295,11 @@ def _reward_section(run_dir: Path, results: dict | None) -> str:
     if not (log or metrics or rm_eval):
         return ""
     out = ["## Stage 2: reward model"]
-    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and ("acc" in k or "tau" in k or "f1" in k)}
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and ("acc" in k or "tau" in k or "f1" in k or "agreement" in k)}
     if shown:
         out.append(table(["held-out metric (stage 2)", "value"], [[k, v] for k, v in shown.items()]))
     if rm_eval:
-        out.append(f"On `{rm_eval.get('rankings')}`: pairwise accuracy {fmt(rm_eval.get('pairwise_accuracy'))} "
-                   f"over {fmt(rm_eval.get('n_pairs'))} ordered pairs, top-1 accuracy "
+        out.append(f"On `{rm_eval.get('rankings')}`: {_rm_accuracy_text(rm_eval)}. Top-1 accuracy "
                    f"{fmt(rm_eval.get('top1_accuracy'))}, Kendall tau {fmt(rm_eval.get('kendall_tau'))}, "
                    f"mean margin {fmt(rm_eval.get('mean_margin'))}.")
     accuracy_key = next((k for e in log for k in e if k.startswith("eval_") and "accuracy" in k), None)

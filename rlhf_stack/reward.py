@@ -149,6 +149,11 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:
         metrics.update(_best_eval(trainer))
+        # The noise ceiling of eval_pairwise_accuracy: how often the annotators of these same
+        # held-out rankings order a pair alike (None when no prompt has two annotators).
+        from rlhf_stack.metrics.agreement import annotator_agreement
+
+        metrics["eval_labeler_agreement"] = annotator_agreement(eval_rows)
     model = trainer.model.eval()
     norm = reward_normalization(model, tokenizer, cfg)
     metrics["bias"] = norm["bias"]

@@ -17,16 +17,17 @@ import math
 import statistics
 from collections import defaultdict
 
+from rlhf_stack.metrics.agreement import pair_agreement
+
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
 def pairwise_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
-    """(agreeing comparisons, comparisons) over completion pairs i < j."""
-    pairs = list(itertools.combinations(range(len(a)), 2))
-    agree = sum(_sign(a[i] - a[j]) == _sign(b[i] - b[j]) for i, j in pairs)
-    return agree, len(pairs)
+    """(agreeing comparisons, comparisons) over completion pairs i < j, ties included (better /
+    tie / worse must match; `rlhf_stack.metrics.agreement` also has the strict-pairs-only figure)."""
+    return pair_agreement(a, b, count_ties=True)
 
 
 def kendall_tau_b(a: list[float], b: list[float]) -> float | None:

@@ -5,7 +5,8 @@
     evaluate.load(str(metric_path("ranking_accuracy"))).compute(predictions=..., references=...)
 
 Reward-model metrics (`ranking_accuracy`, `kendall_tau`, `pairwise_f1`, `pairwise_calibration`)
-wrap the pure functions of `rlhf_stack.metrics.ranking`.
+wrap the pure functions of `rlhf_stack.metrics.ranking`; `rlhf_stack.metrics.agreement` holds the
+annotators' own agreement on rankings, the noise ceiling those metrics are read against.
 """
 
 from __future__ import annotations

@@ -263,30 +263,38 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
     """log pi(token_t | context) for the given tokens; logits `(b, t, V)`, tokens `(b, t)` -> `(b, t)`.
 
-    log_softmax + gather one row at a time, in float32: a full `(b, t, V)` float32 copy of bf16
-    logits is the largest tensor in PPO, and a row at a time keeps the peak to `(t, V)`
-    (TRL's selective_log_softmax does the same). Divide logits by the sampling temperature
-    first (Huang et al. 2024, "scale the logits by temperature").
+    pi is softmax(logits / temperature): PPO scores samples under the distribution they were
+    drawn from (Huang et al. 2024, "scale the logits by temperature"). The work runs one row at
+    a time in float32: a full `(b, t, V)` copy (a cast, or a division by the temperature) is
+    the largest tensor in PPO, and on CPU allocating it costs more than the arithmetic; a row at
+    a time keeps the peak to `(t, V)` (TRL's selective_log_softmax does the same).
     """
     rows = []
     for row_logits, row_tokens in zip(logits, tokens, strict=True):
-        row_logprobs = torch.log_softmax(row_logits.float(), dim=-1)  # (t, V)
-        rows.append(row_logprobs.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1))
+        row_logits = _scaled_row(row_logits, temperature)  # (t, V)
+        picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
     return torch.stack(rows)
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical distribution at each position; `(b, t, V) -> (b, t)`.
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of softmax(logits / temperature) at each position; `(b, t, V) -> (b, t)`.
 
     H = logsumexp(z) - sum softmax(z) * z, computed a row at a time in float32 for the same
     memory reason as `logprobs_from_logits`. Logged to watch the policy collapse.
     """
     rows = []
     for row_logits in logits:
-        row_logits = row_logits.float()  # (t, V)
+        row_logits = _scaled_row(row_logits, temperature)  # (t, V)
         probs = torch.softmax(row_logits, dim=-1)
         rows.append(torch.logsumexp(row_logits, dim=-1) - (probs * row_logits).sum(-1))
     return torch.stack(rows)
+
+
+def _scaled_row(row_logits: Tensor, temperature: float) -> Tensor:
+    """One row's logits `(t, V)` in float32, divided by the temperature (no copy when there is nothing to do)."""
+    row_logits = row_logits.float()
+    return row_logits if temperature == 1.0 else row_logits / temperature

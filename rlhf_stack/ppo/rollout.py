@@ -7,6 +7,7 @@ response starting at the same column, so response tensors are plain `(b, t)` sli
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -29,6 +30,7 @@ class Rollout:
     logprobs: Tensor  # (b, t) log pi_old(a_t | s_t), the policy that sampled (temperature-scaled)
     ref_logprobs: Tensor  # (b, t) log pi_ref(a_t | s_t), the SFT model
     values: Tensor  # (b, t) V_old(s_t), value estimate before each response token
+    entropy: Tensor  # (b, t) entropy of pi_old(. | s_t), the distribution a_t was sampled from
     scores: Tensor | None = None  # (b,) processed sequence score (after norm, clip, EOS penalty)
     rewards: Tensor | None = None  # (b, t) per-token reward: -kl_coef * kl_t, + score at the last token
     advantages: Tensor | None = None  # (b, t) GAE advantages (whitened when configured)
@@ -112,18 +114,71 @@ def generation_config(cfg, tokenizer):
     )
 
 
+class SamplingRecorder:
+    """A logits processor that records, while generate() samples, log pi(a_t | s_t) of each sampled
+    token and the entropy of the distribution it was drawn from.
+
+    PPO needs log pi_old of every sampled token. Reading it off the sampling distribution saves
+    a full policy forward pass over prompt + response per rollout (TRL's PPO read it off stored
+    generation logits, which hold a `(b, t, V)` tensor; this keeps one `(b, V)` row at a time).
+    It also applies the temperature (generate then runs with temperature 1, so no later warper
+    can change the distribution after it is recorded), and it is used only when no top-k /
+    top-p cut is active: the recorded distribution is then exactly the one PPO trains.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+        self.logprobs: list[Tensor] = []  # each (b,): log pi(a_t | s_t) of the token sampled at step t
+        self.entropies: list[Tensor] = []  # each (b,): entropy of pi(. | s_t)
+        self._pending: Tensor | None = None  # (b, V) log-softmax of the last step, awaiting its token
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self._settle(input_ids[:, -1])  # the token sampled from the previous step's distribution
+        scores = scores.float() / self.temperature if self.temperature != 1.0 else scores.float()
+        log_probs = torch.log_softmax(scores, dim=-1)
+        self.entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+        self._pending = log_probs
+        return scores
+
+    def _settle(self, tokens: Tensor) -> None:
+        if self._pending is not None:
+            self.logprobs.append(self._pending.gather(1, tokens.unsqueeze(1)).squeeze(1))
+            self._pending = None
+
+    def result(self, response_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(logprobs, entropy), both `(b, t)` for the `(b, t)` sampled response_ids."""
+        n = response_ids.shape[1]
+        if self._pending is not None and len(self.logprobs) < n:
+            self._settle(response_ids[:, len(self.logprobs)])
+        return torch.stack(self.logprobs[:n], 1), torch.stack(self.entropies[:n], 1)
+
+
+def records_sampling(gen_config) -> bool:
+    """Whether a SamplingRecorder sees PPO's distribution: pure sampling, no top-k / top-p cut."""
+    return bool(gen_config.do_sample) and not gen_config.top_k and (gen_config.top_p or 1.0) >= 1.0
+
+
 @torch.no_grad()
-def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False) -> Tensor:
+def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False,
+             recorder: SamplingRecorder | None = None) -> Tensor:
     """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
 
     merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
     and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
+    recorder: a SamplingRecorder that collects log pi and the entropy of each sampled token.
     """
+    from transformers import LogitsProcessorList
+
     merged = merge_lora and hasattr(policy, "merge_adapter")
     if merged:
         policy.merge_adapter()
+    processors = LogitsProcessorList([recorder] if recorder is not None else [])
+    if recorder is not None:  # the recorder applies the temperature itself (see SamplingRecorder)
+        gen_config = copy.deepcopy(gen_config)
+        gen_config.temperature = 1.0
     try:
-        out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config)
+        out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
+                              logits_processor=processors)
     finally:
         if merged:
             policy.unmerge_adapter()
@@ -152,32 +207,49 @@ def truncate_at_eos(response_ids: Tensor, eos_id: int, pad_id: int) -> tuple[Ten
 
 @torch.no_grad()
 def score_with_models(actor_critic, query_ids, query_mask, response_ids, response_mask, *,
-                      temperature: float, micro_batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(logprobs, ref_logprobs, values), each `(b, t)`, in micro-batches; 0 at padding."""
+                      temperature: float, micro_batch_size: int,
+                      with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+    """(logprobs, entropy, ref_logprobs, values), each `(b, t)`, in micro-batches; 0 at padding.
+
+    with_policy=False skips the policy's own pass (logprobs and entropy come back None): the
+    caller recorded them while sampling.
+    """
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
     n_response = response_ids.shape[1]
-    logprobs, ref_logprobs, values = [], [], []
+    logprobs, entropy, ref_logprobs, values = [], [], [], []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         mb = slice(start, start + micro_batch_size)
         mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
-        logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response) / temperature
-        logprobs.append(PF.logprobs_from_logits(logits, mb_response))
-        del logits
-        ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response) / temperature
-        ref_logprobs.append(PF.logprobs_from_logits(ref_logits, mb_response))
+        if with_policy:
+            logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response)
+            logprobs.append(PF.logprobs_from_logits(logits, mb_response, temperature))
+            entropy.append(PF.entropy_from_logits(logits, temperature))
+            del logits
+        ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response)
+        ref_logprobs.append(PF.logprobs_from_logits(ref_logits, mb_response, temperature))
         del ref_logits
         values.append(actor_critic.values(mb_ids, mb_mask, n_response).float())
     mask = response_mask
-    return torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask
+    policy_part = (torch.cat(logprobs) * mask, torch.cat(entropy) * mask) if with_policy else (None, None)
+    return *policy_part, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask
 
 
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
                     temperature: float, micro_batch_size: int, merge_lora: bool = False) -> Rollout:
-    """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value."""
-    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora)
+    """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
+
+    log pi_old is recorded while sampling when that is exact (see SamplingRecorder), else the
+    policy runs once more over the finished sequences.
+    """
+    use_recorder = records_sampling(gen_config) and not merge_lora
+    recorder = SamplingRecorder(temperature) if use_recorder else None
+    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, recorder=recorder)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
-    logprobs, ref_logprobs, values = score_with_models(
+    logprobs, entropy, ref_logprobs, values = score_with_models(
         actor_critic, query_ids, query_mask, response_ids, response_mask,
-        temperature=temperature, micro_batch_size=micro_batch_size)
-    return Rollout(query_ids, query_mask, response_ids, response_mask, has_eos, logprobs, ref_logprobs, values)
+        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=recorder is None)
+    if recorder is not None:
+        logprobs, entropy = (x * response_mask for x in recorder.result(response_ids))
+    return Rollout(query_ids, query_mask, response_ids, response_mask, has_eos, logprobs, ref_logprobs, values,
+                   entropy)

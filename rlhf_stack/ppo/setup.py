@@ -109,7 +109,11 @@ def optimizer_and_scheduler(cfg, model):
 
     groups = [{"params": model.policy_params, "lr": cfg.learning_rate},
               {"params": model.value_params, "lr": cfg.value_learning_rate or cfg.learning_rate}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # The fused kernel (one pass per parameter group, CPU and CUDA) is several times faster than
+    # the per-tensor loop; transformers' Trainer picks it too ("adamw_torch_fused").
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     total_updates = cfg.steps * cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_updates),
                               num_training_steps=total_updates)

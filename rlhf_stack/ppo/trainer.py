@@ -109,6 +109,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
             "score": raw_scores.mean(), "score_processed": scores.mean(), "reward": rewards.sum(1).mean(),
             "kl": kl.sum(1).mean(), "response_length": mask.sum(1).mean(), "eos_fraction": rollout.has_eos.float().mean(),
             "value_mean": PF.masked_mean(rollout.values, mask), "return_mean": PF.masked_mean(returns, mask),
+            "entropy": PF.masked_mean(rollout.entropy, mask),  # of the sampling policy, per token
             **{f"reward/{name}": v.to(acc.device).mean() for name, v in parts.items()},
         }
         record = {"step": step, **_mean_over_processes(acc, {**rollout_stats, **train_stats}), "kl_coef": kl_coef,
@@ -174,7 +175,7 @@ def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfi
     """
     acc, unwrapped = run.accelerator, run.accelerator.unwrap_model(run.model)
     mb = mb.trimmed()
-    n_response, mask = mb.response_ids.shape[1], mb.response_mask
+    n_response = mb.response_ids.shape[1]
     ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
     stats: dict[str, torch.Tensor] = {}
     if unwrapped.needs_split_backward:
@@ -189,8 +190,6 @@ def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfi
         loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
         loss = loss + cfg.vf_coef * _value_loss(values, mb, cfg, stats)
     acc.backward(loss / cfg.grad_accum_steps)
-    with torch.no_grad():
-        stats["entropy"] = PF.masked_mean(PF.entropy_from_logits(logits.detach() / cfg.temperature), mask)
     return stats
 
 
@@ -202,7 +201,7 @@ def _value_loss(values, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tenso
 
 
 def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tensor:
-    logprobs = PF.logprobs_from_logits(logits / cfg.temperature, mb.response_ids)
+    logprobs = PF.logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
     loss, policy_stats = PF.clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
                                                 cfg.clip_range)
     stats.update(policy_loss=loss.detach(), **policy_stats)

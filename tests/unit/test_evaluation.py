@@ -70,6 +70,27 @@ def test_python_judge_path_errors_are_config_errors():
         ev.build_judge(ev.JudgeConfig(kind="reward_model"))
 
 
+def test_reward_model_eval_reports_the_labelers_agreement_on_the_same_rows(tmp_path, monkeypatch):
+    from rlhf_stack.data import write_jsonl
+
+    comps = ["a", "bb", "ccc"]
+    rows = [{"prompt": "p", "completions": comps, "ranks": [3, 2, 1], "annotator": "x"},
+            {"prompt": "p", "completions": comps, "ranks": [2, 3, 1], "annotator": "y"},
+            {"prompt": "q", "completions": comps, "ranks": [1, 2, 3], "annotator": "x"},
+            {"prompt": "q", "completions": comps, "ranks": [3, 2, 1], "annotator": "y"}]
+    path = tmp_path / "rankings.jsonl"
+    write_jsonl(rows, path)
+    # an RM that prefers longer completions (ccc > bb > a)
+    monkeypatch.setattr(ev, "reward_model_scorer", lambda checkpoint: lambda p, r: [float(len(x)) for x in r])
+    out = ev.evaluate_reward_model("rm", str(path))
+    # RM: p/x c>b>a 3 of 3; p/y c>a>b 2 of 3 (a>b wrong); q/x a>b>c 0 of 3; q/y c>b>a 3 of 3 -> 8 / 12
+    assert out["pairwise_accuracy"] == pytest.approx(8 / 12) and out["n_pairs"] == 12
+    # labelers: p (a,b) reversed, (a,c) (b,c) alike -> 2 of 3; q fully reversed -> 0 of 3; 2 / 6
+    assert out["labeler_agreement"] == pytest.approx(2 / 6) and out["n_agreement_pairs"] == 6
+    # on the first two rows only (max_rows): p alone -> 2 / 3
+    assert ev.evaluate_reward_model("rm", str(path), max_rows=2)["labeler_agreement"] == pytest.approx(2 / 3)
+
+
 @pytest.mark.slow
 def test_same_model_on_both_sides_ties_with_zero_kl(tmp_path, tiny_model_dir, prompts_file, corpus_file,
                                                     rankings_file, monkeypatch):
@@ -98,6 +119,10 @@ def test_same_model_on_both_sides_ties_with_zero_kl(tmp_path, tiny_model_dir, pr
     assert len(rm["margins"]) == rm["n_pairs"]
     wins = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in rm["margins"]) / rm["n_pairs"]
     assert rm["pairwise_accuracy"] == pytest.approx(wins, abs=1e-3)
+    # one annotator per prompt: no inter-annotator figure (None, not NaN, in results.json)
+    assert rm["labeler_agreement"] is None and rm["n_agreement_pairs"] == 0
+    assert "rm_labeler_agreement" not in results["summary"]
+    assert results["summary"]["rm_pairwise_accuracy"] == rm["pairwise_accuracy"]
     saved = json.loads((tmp_path / "out" / ev.RESULTS_FILE).read_text())
     assert saved["summary"]["policy_win_rate"] == 0.5
     samples = [json.loads(line) for line in (tmp_path / "out" / ev.SAMPLES_FILE).read_text().splitlines()]

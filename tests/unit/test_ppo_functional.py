@@ -238,6 +238,10 @@ def test_entropy_from_logits():
     # p = (1/2, 1/4, 1/4): H = 0.5 ln 2 + 2 * 0.25 ln 4 = 1.5 ln 2
     logits = torch.tensor([[[math.log(0.5), math.log(0.25), math.log(0.25)]]])
     close(PF.entropy_from_logits(logits), [[1.5 * math.log(2)]])
+    # temperature 2 halves the logits: ln(1/2)/2, ln(1/4)/2 -> p proportional to (1/sqrt2, 1/2, 1/2)
+    z = 1 / 2**0.5 + 1.0
+    p = torch.tensor([1 / 2**0.5, 0.5, 0.5]) / z
+    close(PF.entropy_from_logits(logits, temperature=2.0), [[float(-(p * p.log()).sum())]])
 
 
 def test_logprobs_from_logits():
@@ -254,6 +258,9 @@ def test_logprobs_from_logits():
     got.sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     assert PF.logprobs_from_logits(logits.detach().bfloat16(), tokens).dtype == torch.float32
+    # temperature T scores softmax(logits / T), the distribution sampling drew from
+    expected = torch.log_softmax(logits.detach() / 0.7, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    close(PF.logprobs_from_logits(logits.detach(), tokens, temperature=0.7), expected)
 
 
 # --- controllers and running moments ---------------------------------------------------------

@@ -40,7 +40,7 @@ def test_rollout_trimmed_and_select():
     rollout = Rollout(query_ids=torch.tensor([[PAD, 1, 2], [PAD, PAD, 3]]), query_mask=torch.tensor([[0, 1, 1], [0, 0, 1]]),
                       response_ids=torch.tensor([[4, 5, PAD, PAD], [6, PAD, PAD, PAD]]),
                       response_mask=torch.tensor([[1.0, 1, 0, 0], [1, 0, 0, 0]]), has_eos=torch.tensor([True, False]),
-                      logprobs=t, ref_logprobs=t, values=t, scores=torch.tensor([1.0, 2.0]))
+                      logprobs=t, ref_logprobs=t, values=t, entropy=t, scores=torch.tensor([1.0, 2.0]))
     trimmed = rollout.trimmed()
     assert trimmed.query_ids.tolist() == [[1, 2], [PAD, 3]]  # a column of padding in every row is dropped
     assert trimmed.response_ids.tolist() == [[4, 5], [6, PAD]] and trimmed.values.tolist() == [[0, 1], [4, 5]]
@@ -78,3 +78,35 @@ def test_process_scores_normalise_then_clip_then_penalise():
     std = (20 / 3) ** 0.5
     torch.testing.assert_close(out, torch.tensor([-3 / std, -1 / std, 1 / std, 3 / std]))
     assert moments.count == 4 and moments.mean == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_recorder_matches_a_forward_pass(tiny_model_dir, temperature):
+    """log pi_old and the entropy recorded while sampling equal what a full forward pass computes
+    over the finished sequences (the pass the recorder saves), padding and EOS included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from rlhf_stack.ppo import functional as PF
+    from rlhf_stack.ppo.rollout import SamplingRecorder, generate
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    query_ids, query_mask = left_pad([tok.encode("hello there you"), tok.encode("hi")], tok.pad_token_id,
+                                     torch.device("cpu"))
+    gen = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=12,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    recorder = SamplingRecorder(temperature)
+    raw = generate(model, query_ids, query_mask, gen, recorder=recorder)
+    response_ids, response_mask, _ = truncate_at_eos(raw, tok.eos_token_id, tok.pad_token_id)
+    logprobs, entropy = recorder.result(response_ids)
+    input_ids = torch.cat([query_ids, response_ids], 1)
+    attention_mask = torch.cat([query_mask, response_mask.long()], 1)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask)).logits[:, query_ids.shape[1] - 1:-1]
+    torch.testing.assert_close(logprobs * response_mask,
+                               PF.logprobs_from_logits(logits, response_ids, temperature) * response_mask,
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy * response_mask, PF.entropy_from_logits(logits, temperature) * response_mask,
+                               atol=1e-5, rtol=1e-5)

@@ -37,7 +37,8 @@ def _full_run(run_dir):
         {"name": "policy", "label": "PPO", "win_rate": 0.75, "judge_score": 0.5, "kl": 1.4, "response_tokens": 20.0,
          "perplexity": 9.5},
         {"name": "best_of_n", "label": "best-of-4 (SFT)", "win_rate": 0.6, "judge_score": 0.3, "kl": 0.636}],
-        "reward_model": {"rankings": "r.jsonl", "pairwise_accuracy": 0.7, "n_pairs": 3, "margins": [0.5, -0.2, 1.0]}}
+        "reward_model": {"rankings": "r.jsonl", "pairwise_accuracy": 0.7, "n_pairs": 3, "margins": [0.5, -0.2, 1.0],
+                         "labeler_agreement": 0.74, "n_agreement_pairs": 50}}
     (run_dir / "eval").mkdir()
     (run_dir / "eval/results.json").write_text(json.dumps(results))
     _jsonl(run_dir / "eval/samples.jsonl", [
@@ -65,6 +66,11 @@ def test_full_report_has_every_section_and_its_plots(tmp_path):
     assert "| PPO | 0.75 | 0.5 |" in text
     assert "Say \\| hi" in text and "line one<br>line two" in text  # table cells stay one row
     assert "user: chat prompt" in text
+    # the RM's accuracy beside the labelers' own agreement on the same rankings, in the summary and stage 2
+    summary, stage2 = text.split("## Stages")[0], text.split("## Stage 2")[1].split("## Stage 3")[0]
+    assert ("Reward model on `r.jsonl`: pairwise accuracy **0.7** over 3 ordered pairs; labelers' own "
+            "agreement on the same rankings: **0.74** over 50 pairs both labelers rank strictly (the noise ceiling)") in summary
+    assert "labelers' own agreement on the same rankings: 0.74 over 50 pairs" in stage2
 
 
 def test_missing_stages_are_left_out(tmp_path):

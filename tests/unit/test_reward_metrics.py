@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from rlhf_stack.data import Ranking
 from rlhf_stack.errors import ConfigError
 from rlhf_stack.metrics import RANKING_METRICS, load_metric, metric_path
+from rlhf_stack.metrics.agreement import agreement_counts, annotator_agreement, pair_agreement
 from rlhf_stack.metrics.ranking import (
     kendall_tau,
     pairwise_accuracy,
@@ -83,6 +85,40 @@ def test_evaluate_modules_by_path_match_the_pure_functions():
         assert combined[key] == pytest.approx(value), key
     with pytest.raises(ValueError, match="no metric named"):
         metric_path("nope")
+
+
+def test_pair_agreement_strict_and_with_ties_by_hand():
+    # pairs of [1, 2, 3] vs [1, 3, 1]: (0,1) -1 vs -2 alike; (0,2) -2 vs 0 (b ties); (1,2) -1 vs +2 reversed
+    assert pair_agreement([1, 2, 3], [1, 3, 1]) == (1, 2)  # strict pairs only: (0,1), (1,2)
+    assert pair_agreement([1, 2, 3], [1, 3, 1], count_ties=True) == (1, 3)  # the tie is a disagreement
+
+
+def test_annotator_agreement_by_hand():
+    rows = [
+        # p: y lists the completions in another order; aligned, y ranks A=1, B=3, C=2
+        {"prompt": "p", "completions": ["A", "B", "C"], "ranks": [1, 2, 3], "annotator": "x"},
+        {"prompt": "p", "completions": ["C", "A", "B"], "ranks": [2, 1, 3], "annotator": "y"},
+        # q: x ties A and B, so that pair is left out
+        {"prompt": "q", "completions": ["A", "B", "C"], "ranks": [1, 1, 2], "annotator": "x"},
+        {"prompt": "q", "completions": ["A", "B", "C"], "ranks": [1, 2, 3], "annotator": "y"},
+        # r: one annotator twice (self-consistency, not agreement); s: one annotator only
+        {"prompt": "r", "completions": ["A", "B"], "ranks": [1, 2], "annotator": "x"},
+        {"prompt": "r", "completions": ["A", "B"], "ranks": [2, 1], "annotator": "x"},
+        {"prompt": "s", "completions": ["A", "B"], "ranks": [1, 2], "annotator": "z"},
+    ]
+    # p: (A,B) alike, (A,C) alike, (B,C) x 2<3 but y 3>2 reversed -> 2 of 3
+    # q: (A,B) tied by x -> out; (A,C), (B,C) alike -> 2 of 2;  r, s: no pair -> 4 of 5 = 0.8
+    assert agreement_counts(rows) == (4, 5)
+    assert annotator_agreement(rows) == pytest.approx(0.8)
+    rankings = [Ranking(r["prompt"], r["completions"], r["ranks"], r["annotator"]) for r in rows]
+    assert annotator_agreement(rankings) == pytest.approx(0.8)
+    assert annotator_agreement(rows[4:]) is None  # no prompt ranked by two annotators
+
+
+def test_demo_labeler_agreement_is_the_metric():
+    from data_tools.demo import labeler_agreement
+
+    assert labeler_agreement is annotator_agreement
 
 
 # ---- reward sources ------------------------------------------------------------------------------

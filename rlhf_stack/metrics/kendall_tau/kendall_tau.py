@@ -3,20 +3,19 @@
     evaluate.load(str(rlhf_stack.metrics.metric_path("kendall_tau")))
 """
 
-import datasets
 import evaluate
 
 from rlhf_stack.metrics.ranking import kendall_tau
+from rlhf_stack.metrics.ranking_module import RANKING_ARGS, ranking_metric_info
 
 _DESCRIPTION = """\
 Mean per-ranking Kendall tau-b between the reward model's scores and the human ranking
 (+1: same order, -1: reversed); ties on either side handled by tau-b.
 """
 
-_KWARGS_DESCRIPTION = """
+_KWARGS_DESCRIPTION = f"""
 Args:
-    predictions: one list of K reward scores per ranking (K may differ between rankings).
-    references: one list of K ranks per ranking (1 = best, equal numbers = tie).
+{RANKING_ARGS}
 Returns:
     kendall_tau (float)
 Examples:
@@ -34,15 +33,7 @@ _CITATION = """\
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class KendallTau(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float64")),
-                "references": datasets.Sequence(datasets.Value("int64")),
-            }),
-        )
+        return ranking_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         return kendall_tau(predictions, references)

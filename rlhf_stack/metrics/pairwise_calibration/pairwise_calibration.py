@@ -3,10 +3,10 @@
     evaluate.load(str(rlhf_stack.metrics.metric_path("pairwise_calibration")))
 """
 
-import datasets
 import evaluate
 
 from rlhf_stack.metrics.ranking import pairwise_calibration
+from rlhf_stack.metrics.ranking_module import RANKING_ARGS, ranking_metric_info
 
 _DESCRIPTION = """\
 Calibration of sigmoid(s_i - s_j) as the probability that completion i is preferred over j
@@ -14,10 +14,9 @@ Calibration of sigmoid(s_i - s_j) as the probability that completion i is prefer
 (equal-width bins), Brier score and log loss.
 """
 
-_KWARGS_DESCRIPTION = """
+_KWARGS_DESCRIPTION = f"""
 Args:
-    predictions: one list of K reward scores per ranking (K may differ between rankings).
-    references: one list of K ranks per ranking (1 = best, equal numbers = tie).
+{RANKING_ARGS}
     n_bins: number of equal-width probability bins for the ECE (default 10).
 Returns:
     ece (float), brier (float), log_loss (float)
@@ -36,15 +35,7 @@ _CITATION = """\
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PairwiseCalibration(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float64")),
-                "references": datasets.Sequence(datasets.Value("int64")),
-            }),
-        )
+        return ranking_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, n_bins: int = 10):
         return pairwise_calibration(predictions, references, n_bins=n_bins)

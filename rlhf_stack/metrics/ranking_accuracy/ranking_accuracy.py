@@ -3,10 +3,10 @@
     evaluate.load(str(rlhf_stack.metrics.metric_path("ranking_accuracy")))
 """
 
-import datasets
 import evaluate
 
 from rlhf_stack.metrics.ranking import pairwise_accuracy, top1_accuracy
+from rlhf_stack.metrics.ranking_module import RANKING_ARGS, ranking_metric_info
 
 _DESCRIPTION = """\
 Pairwise accuracy (share of preferred pairs rank_i < rank_j that the reward model orders s_i > s_j;
@@ -14,10 +14,9 @@ tied pairs excluded, exact score ties count one half) and top-1 accuracy (share 
 highest-scored completion is ranked best).
 """
 
-_KWARGS_DESCRIPTION = """
+_KWARGS_DESCRIPTION = f"""
 Args:
-    predictions: one list of K reward scores per ranking (K may differ between rankings).
-    references: one list of K ranks per ranking (1 = best, equal numbers = tie).
+{RANKING_ARGS}
 Returns:
     pairwise_accuracy (float), n_pairs (int), top1_accuracy (float), n_rankings (int)
 Examples:
@@ -35,15 +34,7 @@ _CITATION = """\
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RankingAccuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float64")),
-                "references": datasets.Sequence(datasets.Value("int64")),
-            }),
-        )
+        return ranking_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         return {**pairwise_accuracy(predictions, references), **top1_accuracy(predictions, references)}
