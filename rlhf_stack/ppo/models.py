@@ -98,20 +98,13 @@ class ActorCritic(nn.Module):
 
     def policy_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         """Logits predicting each response token; `(b, T) -> (b, n_response, V)`."""
-        # logits_to_keep skips the LM head on prompt positions: position i predicts token i + 1.
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask),
-                          logits_to_keep=n_response + 1, use_cache=False)
-        return out.logits[:, :-1]
+        return _causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
 
     @torch.no_grad()
     def ref_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         """Reference-policy logits for the response tokens; `(b, T) -> (b, n_response, V)`."""
         if self.ref_model is not None:
-            out = self.ref_model(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids_from_mask(attention_mask),
-                                 logits_to_keep=n_response + 1, use_cache=False)
-            return out.logits[:, :-1]
+            return _causal_lm_logits(self.ref_model, input_ids, attention_mask, n_response)
         context = self.adapter(self.ref_adapter) if self.ref_adapter else self.policy.disable_adapter()
         with context:
             return self.policy_logits(input_ids, attention_mask, n_response)
@@ -119,10 +112,11 @@ class ActorCritic(nn.Module):
     def values(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         """V(s_t) for each response position t (state = prompt + response[:t]); `(b, n_response)`."""
         backbone = self.value_backbone if not self.shared else self.policy.get_base_model().base_model
+        input_ids, attention_mask = input_ids[:, :-1], attention_mask[:, :-1]  # the last token is no state
         with self.adapter(VALUE):
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-        return self.value_head(hidden[:, -n_response - 1:-1])
+        return self.value_head(hidden[:, -n_response:])
 
     def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None,
                 part: str = "both"):
@@ -147,6 +141,17 @@ class ActorCritic(nn.Module):
         adapter is active (the recomputed forward reads the active adapter)."""
         base = self.policy.get_base_model() if self.shared else self.policy
         return self.shared and bool(getattr(base, "is_gradient_checkpointing", False))
+
+
+def _causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    """Logits at the positions that predict the last `n_response` tokens; `(b, T) -> (b, n_response, V)`.
+
+    Position i predicts token i + 1, so the last token is dropped from the input (it predicts
+    nothing PPO uses) and logits_to_keep skips the LM head on the prompt positions.
+    """
+    input_ids, attention_mask = input_ids[:, :-1], attention_mask[:, :-1]
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                 logits_to_keep=n_response, use_cache=False).logits
 
 
 @dataclass(frozen=True)

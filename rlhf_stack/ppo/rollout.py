@@ -7,13 +7,13 @@ response starting at the same column, so response tensors are plain `(b, t)` sli
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, fields, replace
 
 import torch
 
 from rlhf_stack.errors import DataError
 from rlhf_stack.ppo import functional as PF
+from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling, sampling_processors
 
 Tensor = torch.Tensor
 
@@ -114,68 +114,19 @@ def generation_config(cfg, tokenizer):
     )
 
 
-class SamplingRecorder:
-    """A logits processor that records, while generate() samples, log pi(a_t | s_t) of each sampled
-    token and the entropy of the distribution it was drawn from.
-
-    PPO needs log pi_old of every sampled token. Reading it off the sampling distribution saves
-    a full policy forward pass over prompt + response per rollout (TRL's PPO read it off stored
-    generation logits, which hold a `(b, t, V)` tensor; this keeps one `(b, V)` row at a time).
-    It also applies the temperature (generate then runs with temperature 1, so no later warper
-    can change the distribution after it is recorded), and it is used only when no top-k /
-    top-p cut is active: the recorded distribution is then exactly the one PPO trains.
-    """
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = temperature
-        self.logprobs: list[Tensor] = []  # each (b,): log pi(a_t | s_t) of the token sampled at step t
-        self.entropies: list[Tensor] = []  # each (b,): entropy of pi(. | s_t)
-        self._pending: Tensor | None = None  # (b, V) log-softmax of the last step, awaiting its token
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        self._settle(input_ids[:, -1])  # the token sampled from the previous step's distribution
-        scores = scores.float() / self.temperature if self.temperature != 1.0 else scores.float()
-        log_probs = torch.log_softmax(scores, dim=-1)
-        self.entropies.append(-(log_probs.exp() * log_probs).sum(-1))
-        self._pending = log_probs
-        return scores
-
-    def _settle(self, tokens: Tensor) -> None:
-        if self._pending is not None:
-            self.logprobs.append(self._pending.gather(1, tokens.unsqueeze(1)).squeeze(1))
-            self._pending = None
-
-    def result(self, response_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """(logprobs, entropy), both `(b, t)` for the `(b, t)` sampled response_ids."""
-        n = response_ids.shape[1]
-        if self._pending is not None and len(self.logprobs) < n:
-            self._settle(response_ids[:, len(self.logprobs)])
-        return torch.stack(self.logprobs[:n], 1), torch.stack(self.entropies[:n], 1)
-
-
-def records_sampling(gen_config) -> bool:
-    """Whether a SamplingRecorder sees PPO's distribution: pure sampling, no top-k / top-p cut."""
-    return bool(gen_config.do_sample) and not gen_config.top_k and (gen_config.top_p or 1.0) >= 1.0
-
-
 @torch.no_grad()
 def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False,
-             recorder: SamplingRecorder | None = None) -> Tensor:
+             sampler: RolloutSampler | None = None) -> Tensor:
     """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
 
     merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
     and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
-    recorder: a SamplingRecorder that collects log pi and the entropy of each sampled token.
+    sampler: a recording RolloutSampler collects log pi and the entropy of each sampled token.
     """
-    from transformers import LogitsProcessorList
-
     merged = merge_lora and hasattr(policy, "merge_adapter")
     if merged:
         policy.merge_adapter()
-    processors = LogitsProcessorList([recorder] if recorder is not None else [])
-    if recorder is not None:  # the recorder applies the temperature itself (see SamplingRecorder)
-        gen_config = copy.deepcopy(gen_config)
-        gen_config.temperature = 1.0
+    processors, gen_config = sampling_processors(gen_config, sampler)
     try:
         out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
                               logits_processor=processors)
@@ -239,17 +190,16 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
                     temperature: float, micro_batch_size: int, merge_lora: bool = False) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
-    log pi_old is recorded while sampling when that is exact (see SamplingRecorder), else the
+    log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
     policy runs once more over the finished sequences.
     """
-    use_recorder = records_sampling(gen_config) and not merge_lora
-    recorder = SamplingRecorder(temperature) if use_recorder else None
-    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, recorder=recorder)
+    sampler = RolloutSampler(record=True) if records_sampling(gen_config) and not merge_lora else None
+    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
     logprobs, entropy, ref_logprobs, values = score_with_models(
         actor_critic, query_ids, query_mask, response_ids, response_mask,
-        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=recorder is None)
-    if recorder is not None:
-        logprobs, entropy = (x * response_mask for x in recorder.result(response_ids))
+        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=sampler is None)
+    if sampler is not None:
+        logprobs, entropy = (x * response_mask for x in sampler.result(response_ids))
     return Rollout(query_ids, query_mask, response_ids, response_mask, has_eos, logprobs, ref_logprobs, values,
                    entropy)

@@ -81,13 +81,14 @@ def test_process_scores_normalise_then_clip_then_penalise():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampling_recorder_matches_a_forward_pass(tiny_model_dir, temperature):
+def test_rollout_sampler_records_what_a_forward_pass_computes(tiny_model_dir, temperature):
     """log pi_old and the entropy recorded while sampling equal what a full forward pass computes
-    over the finished sequences (the pass the recorder saves), padding and EOS included."""
+    over the finished sequences (the pass the recording saves), padding and EOS included."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from rlhf_stack.ppo import functional as PF
-    from rlhf_stack.ppo.rollout import SamplingRecorder, generate
+    from rlhf_stack.ppo.rollout import generate
+    from rlhf_stack.ppo.sampling import RolloutSampler
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -96,10 +97,10 @@ def test_sampling_recorder_matches_a_forward_pass(tiny_model_dir, temperature):
                                      torch.device("cpu"))
     gen = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=12,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    recorder = SamplingRecorder(temperature)
-    raw = generate(model, query_ids, query_mask, gen, recorder=recorder)
+    sampler = RolloutSampler(record=True)
+    raw = generate(model, query_ids, query_mask, gen, sampler=sampler)
     response_ids, response_mask, _ = truncate_at_eos(raw, tok.eos_token_id, tok.pad_token_id)
-    logprobs, entropy = recorder.result(response_ids)
+    logprobs, entropy = sampler.result(response_ids)
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
     with torch.no_grad():
@@ -110,3 +111,37 @@ def test_sampling_recorder_matches_a_forward_pass(tiny_model_dir, temperature):
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(entropy * response_mask, PF.entropy_from_logits(logits, temperature) * response_mask,
                                atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_sampler_draws_from_the_distribution():
+    """The first token whose CDF passes u ~ U(0, 1) is a draw from p: empirical frequencies match
+    p, tokens cut to -inf (top-k / top-p) are never drawn, and the output's argmax is the draw."""
+    from rlhf_stack.ppo.sampling import RolloutSampler
+
+    torch.manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    scores = torch.log(p).expand(40000, 5).clone()  # 40k independent draws in one batch
+    sampler = RolloutSampler(record=True)
+    out = sampler(None, scores)
+    draws = out.argmax(-1)
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    # binomial standard error at p = 0.5 and n = 40k is 0.0025: 0.01 is four of them
+    torch.testing.assert_close(freq, p, atol=0.01, rtol=0)
+    assert freq[4] == 0 and bool((out.isinf().sum(-1) == 4).all())  # one finite score a row
+    torch.testing.assert_close(sampler.logprobs[0], torch.log(p)[draws])
+    # entropy of (0.5, 0.3, 0.15, 0.05) with the cut token counted 0, not NaN
+    expected = float(-(p[:4] * p[:4].log()).sum())
+    torch.testing.assert_close(sampler.entropies[0][:3], torch.full((3,), expected))
+
+
+def test_sampling_processors_order_and_greedy_config():
+    from transformers import GenerationConfig, TemperatureLogitsWarper, TopKLogitsWarper
+
+    from rlhf_stack.ppo.sampling import RolloutSampler, sampling_processors
+
+    sampler = RolloutSampler()
+    procs, gen = sampling_processors(GenerationConfig(do_sample=True, temperature=0.7, top_k=5, top_p=1.0), sampler)
+    assert [type(p) for p in procs] == [TemperatureLogitsWarper, TopKLogitsWarper, RolloutSampler]
+    assert procs[-1] is sampler and gen.do_sample is False  # transformers' argmax picks the drawn token
+    greedy = GenerationConfig(do_sample=False)
+    assert sampling_processors(greedy)[1] is greedy and len(sampling_processors(greedy)[0]) == 0
