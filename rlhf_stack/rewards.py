@@ -139,7 +139,9 @@ class RewardScorer:
     """Scores (prompt, response) pairs with a reward-model checkpoint, batched, bias added."""
 
     def __init__(self, checkpoint: str | Path, device=None, batch_size: int = 16, max_length: int = 1024,
-                 apply_bias: bool = True, dtype: str = "auto"):
+                 apply_bias: bool = True, dtype: str = "auto", model: torch.nn.Module | None = None):
+        """model: the checkpoint already in memory as a one-label sequence classifier (PPO hosts a
+        LoRA RM on its shared base, `ppo.shared_reward`); None loads it from `checkpoint`."""
         from rlhf_stack import modeling
         from rlhf_stack.config import ModelConfig
 
@@ -149,8 +151,10 @@ class RewardScorer:
         self.max_length = max_length
         self.apply_bias = apply_bias
         self.tokenizer = modeling.load_tokenizer(self.checkpoint)
-        cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
-        self.model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device).eval()
+        if model is None:
+            cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
+            model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device)
+        self.model = model.eval()
         if self.model.config.num_labels != 1:
             raise ModelNotFoundError(f"{checkpoint} has {self.model.config.num_labels} output labels, not one "
                                      "reward; use a `classifier` reward source for a text classifier")
@@ -313,15 +317,19 @@ class CombinedReward:
 
 
 def build_reward_function(sources: list[RewardSourceConfig], extra_fns: list[Callable] | None = None,
-                          device=None) -> CombinedReward:
-    """Load every source once and return their weighted sum (extra functions weigh 1)."""
+                          device=None, host: Callable[[str], torch.nn.Module | None] | None = None) -> CombinedReward:
+    """Load every source once and return their weighted sum (extra functions weigh 1).
+
+    host: given a reward_model source's path, a model already holding it in memory, or None
+    to load it (PPO passes one that puts a LoRA RM on the policy's shared base).
+    """
     terms: list[tuple[str, float, Callable]] = []
     biases: dict[str, float] = {}
     for src in sources:
         name = source_name(src)
         if src.kind == "reward_model":
             scorer = RewardScorer(src.path, device=device, batch_size=src.batch_size, max_length=src.max_length,
-                                  apply_bias=src.apply_bias)
+                                  apply_bias=src.apply_bias, model=host(src.path) if host else None)
             biases[name] = scorer.bias if src.apply_bias else 0.0
             fn: Callable = scorer.score
         elif src.kind == "classifier":

@@ -31,6 +31,10 @@ class PPOConfig(Config):
     """Checkpoint to initialise the value function from (`@reward`: the RM, as InstructGPT). It is
     used when its tokenizer matches the policy's; otherwise, or when None, the value starts from the
     policy base with a zero head."""
+    host_reward_model: bool = True
+    """With `tuning: lora`, a reward model that is a LoRA adapter over the policy's own base joins
+    policy, reference and value as one more adapter on the one base copy in memory (the same
+    scores, half the weights). False: it always loads as a separate model."""
     ptx_data: DataConfig | None = None
     """Pretraining corpus (`corpus` format) for PPO-ptx; needed when ptx_coef > 0."""
     ptx_coef: float = Field(0.0, ge=0.0)

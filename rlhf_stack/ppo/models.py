@@ -5,8 +5,10 @@ With LoRA, ONE copy of the base weights serves all three (DESIGN "Tuning methods
   - reference = the SFT model: a frozen copy of the SFT adapter ("ref") when the SFT checkpoint is
                 itself an adapter over base B, else the base with adapters disabled,
   - value     = its own adapter "value" on the same base + a scalar head.
-The reward model is the only other base copy (loaded by the reward sources), where TRL's PPO
-held four models. With full fine-tuning, policy, reference and value are separate models.
+A reward model that is a LoRA adapter over the same base joins them as the adapter "reward"
+(`shared_reward.py`): one base copy in all. Any other reward model is the only other base copy
+(loaded by the reward sources), where TRL's PPO held four models. With full fine-tuning, policy,
+reference and value are separate models.
 The final policy is saved as a plain adapter over B (or a full model) that any HF user reloads.
 """
 
@@ -87,6 +89,17 @@ class ActorCritic(nn.Module):
         finally:
             self._switch(previous)
 
+    def add_frozen_adapter(self, name: str, lora_config, state: dict) -> None:
+        """One more adapter on the shared base (e.g. the reward model's), loaded from `state`, never trained."""
+        from peft import set_peft_model_state_dict
+
+        self.policy.add_adapter(name, lora_config)
+        set_peft_model_state_dict(self.policy, state, adapter_name=name)
+        for param_name, param in self.policy.named_parameters():
+            if f".{name}." in param_name:
+                param.requires_grad_(False)
+        self._switch(self._active)  # add_adapter may touch the active adapter and trainable flags
+
     def _switch(self, name: str) -> None:
         self.policy.base_model.set_adapter(name, inference_mode=True)
         self._restore_trainable()
@@ -162,6 +175,7 @@ class ModelInfo:
     reference: str  # "sft-adapter-copy" | "adapters-disabled" | "frozen-copy"
     value_init: str  # "reward-model" | "policy-base"
     base_model: str  # what the saved policy needs to reload (adapter base or the full model)
+    reward_model: str = "none"  # "adapter-on-shared-base" | "separate-model" | "none" (no RM source)
 
 
 def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCritic, ModelInfo]:

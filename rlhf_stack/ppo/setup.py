@@ -12,7 +12,7 @@ import torch
 
 from rlhf_stack.ppo.control import AdaptiveKLController, FixedKLController, RunningMoments
 from rlhf_stack.ppo.rollout import generation_config  # noqa: F401  (re-exported for the trainer)
-from rlhf_stack.ppo.scoring import build_reward  # noqa: F401
+from rlhf_stack.ppo.scoring import build_reward, check_reward_config  # noqa: F401
 
 
 def make_accelerator(cfg):

@@ -228,8 +228,18 @@ def _setup(cfg: PPOConfig, reward_fns) -> Run:
     torch.manual_seed(cfg.seed)  # the same adapter init on every process
     tokenizer = setup.policy_tokenizer(cfg)
     data = setup.load_data(cfg, tokenizer)
-    reward = setup.build_reward(cfg, reward_fns, acc.device)  # first: a config error costs no model load
+    setup.check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
     model, info = models.build_actor_critic(cfg, tokenizer, acc.device)
+    host = None
+    if cfg.host_reward_model and model.shared:  # a LoRA RM over the policy's base becomes one more adapter
+        from rlhf_stack.ppo.shared_reward import host_reward_model
+
+        def host(path, actor_critic=model, base=info.base_model):
+            return host_reward_model(actor_critic, path, base)
+    reward = setup.build_reward(cfg, reward_fns, acc.device, host)
+    if any(src.kind == "reward_model" for src in cfg.rewards):
+        hosted = model.shared and "reward" in model.policy.peft_config
+        info = replace(info, reward_model="adapter-on-shared-base" if hosted else "separate-model")
     optimizer, scheduler = setup.optimizer_and_scheduler(cfg, model)
     model, optimizer = acc.prepare(model, optimizer)
     kl_ctl, moments = setup.controllers(cfg)
@@ -273,7 +283,8 @@ def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
     metrics = setup.summarize(run.log.records() if run.log else [], runtime, cfg.steps - run.start_step)
     metrics.update(eval_score=setup.eval_score(run, cfg, unwrapped), resumed_from_step=run.start_step or None,
                    models={"layout": run.info.layout, "reference": run.info.reference,
-                           "value_init": run.info.value_init, "policy_base": run.info.base_model},
+                           "value_init": run.info.value_init, "policy_base": run.info.base_model,
+                           "reward_model": run.info.reward_model},
                    world_size=acc.num_processes)
     if acc.is_main_process:
         fingerprints = training.data_fingerprints(cfg.prompts, cfg.ptx_data)

@@ -68,7 +68,8 @@ def test_lora_shares_one_base_and_saves_a_plain_adapter(tiny_model_dir, prompts_
     log = read_log(out)
     assert all(r["ptx_loss"] > 0 and math.isfinite(r["ptx_loss"]) for r in log)
     assert result.metrics["models"] == {"layout": "lora-shared-base", "reference": "adapters-disabled",
-                                        "value_init": "policy-base", "policy_base": str(tiny_model_dir.resolve())}
+                                        "value_init": "policy-base", "policy_base": str(tiny_model_dir.resolve()),
+                                        "reward_model": "none"}
     assert not (out / "checkpoints").exists()  # resume states dropped after success
     # the final checkpoint is ONLY the policy adapter, at top level, reloadable with plain peft
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
@@ -140,6 +141,59 @@ def test_reward_model_source_and_value_init(tiny_model_dir, prompts_file, tmp_pa
     assert record["value_mean"] != 0.0  # a zero-initialised head would give exactly 0
     assert "reward/rm" in record and math.isfinite(record["score"])
     assert abs(record["score_processed"]) <= 3.0 + 1.0  # clipped, then at most the EOS penalty
+
+
+def lora_reward_model(tiny_model_dir, out_dir):
+    """A LoRA reward model over the tiny base (random adapter and head), saved as the reward stage saves it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    rm.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_dir).pad_token_id
+    rm = get_peft_model(rm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS"))
+    for name, p in rm.named_parameters():
+        if "lora_B" in name or "score" in name:
+            torch.nn.init.normal_(p, std=0.5)  # scores that differ from the base's
+    rm.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out_dir)
+    (out_dir / "stage.json").write_text(json.dumps({"stage": "reward", "reward_bias": 0.25}))
+    return out_dir
+
+
+def test_lora_reward_model_is_hosted_on_the_shared_base(tiny_model_dir, prompts_file, tmp_path):
+    """A LoRA RM over the policy's base becomes one more adapter: no second base copy, the same
+    scores (bias included) as the RM loaded on its own, and the policy's adapter stays active."""
+    from rlhf_stack.modeling import load_tokenizer
+    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.shared_reward import host_reward_model
+    from rlhf_stack.rewards import RewardScorer
+
+    rm_dir = lora_reward_model(tiny_model_dir, tmp_path / "rm")
+    cfg = config(tiny_model_dir, prompts_file, tmp_path)
+    model, info = build_actor_critic(cfg, load_tokenizer(str(tiny_model_dir)), torch.device("cpu"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in model.parameters())
+    hosted = RewardScorer(rm_dir, device="cpu", model=host_reward_model(model, str(rm_dir), info.base_model))
+    alone = RewardScorer(rm_dir, device="cpu")
+    prompts = ["Say something nice.", "Name a fruit.", "Hi"]
+    responses = ["You are kind and patient.", "Apple", "Hello there, how are you today?"]
+    torch.testing.assert_close(torch.tensor(hosted.score(prompts, responses)),
+                               torch.tensor(alone.score(prompts, responses)), atol=1e-5, rtol=1e-5)
+    assert hosted.bias == 0.25
+    # only the LoRA weights were added (no base copy), none of them trainable; policy still active
+    assert sum(p.numel() for p in model.parameters()) - n_params < 0.05 * n_params
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == trainable
+    assert model.policy.active_adapter == "default"
+
+    result = train_ppo(config(tiny_model_dir, prompts_file, tmp_path, steps=1, value_init=str(rm_dir),
+                              rewards=[{"kind": "reward_model", "path": str(rm_dir), "name": "rm"}]))
+    assert result.metrics["models"]["value_init"] == "reward-model" and math.isfinite(result.metrics["score"])
+    assert result.metrics["models"]["reward_model"] == "adapter-on-shared-base"
+    result = train_ppo(config(tiny_model_dir, prompts_file, tmp_path, steps=1, host_reward_model=False,
+                              output_dir=str(tmp_path / "ppo2"),
+                              rewards=[{"kind": "reward_model", "path": str(rm_dir), "name": "rm"}]))
+    assert result.metrics["models"]["reward_model"] == "separate-model"
 
 
 def test_config_errors_are_readable(tiny_model_dir, prompts_file, tmp_path):

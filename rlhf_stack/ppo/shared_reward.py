@@ -1,0 +1,90 @@
+"""The reward model as one more adapter on PPO's shared base: one copy of the base weights in all.
+
+With a LoRA policy, one base already serves policy, reference and value (`models.py`). When the
+reward model is itself a LoRA adapter (+ score head) over that same base, as the quickstart's
+is, loading it on its own would add a second full copy of the base: instead its adapter joins
+the others as "reward" and its score head becomes a small Linear. It scores with its own
+tokenizer and chat template exactly as `rewards.RewardScorer` does (same pooling at the last
+non-pad token, same bias), so the scores are the same up to float rounding (tests check 1e-5).
+Any other reward model (full weights, another base, extra trained modules) loads separately.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from rlhf_stack import modeling
+
+REWARD = "reward"
+
+
+class AdapterSequenceClassifier:
+    """Called like a transformers sequence classifier with one label, runs on the shared base.
+
+    (input_ids, attention_mask) -> `.logits` `(n, 1)`: the score head on the hidden state of the
+    rightmost token that is not `pad_token_id` (transformers' pooling), computed with the
+    "reward" adapter active. Not an nn.Module: it must not own (move, re-mode) the actor-critic.
+    """
+
+    def __init__(self, actor_critic, head: nn.Linear, pad_token_id: int) -> None:
+        self.actor_critic = actor_critic
+        self.head = head
+        self.pad_token_id = pad_token_id
+        self.config = SimpleNamespace(num_labels=1, pad_token_id=pad_token_id)
+
+    def eval(self) -> AdapterSequenceClassifier:
+        return self  # scoring runs under no_grad; the trainer owns the actor-critic's mode
+
+    @torch.no_grad()
+    def __call__(self, input_ids, attention_mask, **_unused) -> SimpleNamespace:
+        backbone = self.actor_critic.policy.get_base_model().base_model
+        with self.actor_critic.adapter(REWARD):
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        not_pad = (input_ids != self.pad_token_id).int()
+        last = (torch.arange(input_ids.shape[1], device=input_ids.device) * not_pad).argmax(-1)  # (n,)
+        pooled = hidden[torch.arange(len(last), device=last.device), last]
+        return SimpleNamespace(logits=self.head(pooled.to(self.head.weight.dtype)))
+
+
+def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterSequenceClassifier | None:
+    """Load the RM `checkpoint` as the adapter "reward" on the actor-critic's shared base (loaded
+    from `base_path`) when it is a LoRA adapter over that base with nothing trained but LoRA
+    weights and the score head; else None (the caller loads the RM on its own)."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    if not getattr(actor_critic, "shared", False) or REWARD in actor_critic.policy.peft_config:
+        return None
+    path = modeling.resolve_model_path(checkpoint)
+    weights = Path(path) / "adapter_model.safetensors"
+    if not (modeling.is_adapter_dir(path) and weights.is_file()):
+        return None
+    if modeling.resolve_model_path(modeling.adapter_base(path)) != modeling.resolve_model_path(base_path):
+        return None
+    state = load_file(str(weights))
+    lora_state = {k: v for k, v in state.items() if "lora_" in k}
+    head_state = {k.rsplit(".", 1)[1]: v for k, v in state.items() if ".score." in k and "lora_" not in k}
+    if not lora_state or "weight" not in head_state or len(lora_state) + len(head_state) != len(state):
+        return None  # other trained modules (embeddings, norms): not reproducible on the shared base
+    rm_config = LoraConfig.from_pretrained(path)
+    actor_critic.add_frozen_adapter(REWARD, LoraConfig(
+        r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=0.0, target_modules=rm_config.target_modules,
+        task_type="CAUSAL_LM", layers_to_transform=rm_config.layers_to_transform,
+        use_rslora=rm_config.use_rslora), lora_state)
+    weight = head_state["weight"][:1]
+    head = nn.Linear(weight.shape[1], 1, bias="bias" in head_state)
+    head.weight.data.copy_(weight)
+    if "bias" in head_state:
+        head.bias.data.copy_(head_state["bias"][:1])
+    head.requires_grad_(False)
+    tokenizer = modeling.load_tokenizer(path)
+    some = next(actor_critic.policy.parameters())
+    model = AdapterSequenceClassifier(actor_critic, head.to(device=some.device, dtype=some.dtype), tokenizer.pad_token_id)
+    print(f"[ppo] reward model {checkpoint}: hosted as adapter '{REWARD}' on the policy's base "
+          f"(one base copy for policy, reference, value and reward)")
+    return model
+
