@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,8 @@ def _load(auto_cls, cfg: ModelConfig, *, merge: bool, device, **kwargs):
     dtype = resolve_dtype(cfg.dtype, device)
     adapter = path if is_adapter_dir(path) else None
     base = resolve_model_path(adapter_base(path)) if adapter else path
-    model = auto_cls.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    with _quiet_load_report(bool(adapter)):
+        model = auto_cls.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
     if adapter:
         from peft import PeftModel
 
@@ -171,6 +173,21 @@ def _load(auto_cls, cfg: ModelConfig, *, merge: bool, device, **kwargs):
         tokenizer = load_tokenizer(cfg.tokenizer or path)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device)
+
+
+@contextmanager
+def _quiet_load_report(quiet: bool):
+    """Silence transformers' load report while loading the base of an adapter checkpoint: it calls
+    the score head "newly initialized" although the adapter loaded right after carries it."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):

@@ -100,6 +100,27 @@ def load_data(cfg, tokenizer) -> PPOData:
     return PPOData(train_rows, prompt_ids, IndexStream(len(train_rows), cfg.seed), eval_rows, ptx)
 
 
+# ---- reward -------------------------------------------------------------------------------------
+
+
+def reward_for(cfg, reward_fns, device, model, info):
+    """(CombinedReward, info): the reward sources, where a LoRA RM over the policy's own base is
+    hosted on the shared base as one more adapter (`shared_reward`), and `info` saying where the
+    RM went."""
+    from dataclasses import replace
+
+    from rlhf_stack.ppo.shared_reward import REWARD, host_reward_model
+
+    def host(path: str):
+        return host_reward_model(model, path, info.base_model)
+
+    reward = build_reward(cfg, reward_fns, device, host if cfg.host_reward_model and model.shared else None)
+    if any(src.kind == "reward_model" for src in cfg.rewards):
+        hosted = model.shared and REWARD in model.policy.peft_config
+        info = replace(info, reward_model="adapter-on-shared-base" if hosted else "separate-model")
+    return reward, info
+
+
 # ---- optimisation and control -------------------------------------------------------------------
 
 

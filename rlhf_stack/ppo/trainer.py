@@ -230,16 +230,7 @@ def _setup(cfg: PPOConfig, reward_fns) -> Run:
     data = setup.load_data(cfg, tokenizer)
     setup.check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
     model, info = models.build_actor_critic(cfg, tokenizer, acc.device)
-    host = None
-    if cfg.host_reward_model and model.shared:  # a LoRA RM over the policy's base becomes one more adapter
-        from rlhf_stack.ppo.shared_reward import host_reward_model
-
-        def host(path, actor_critic=model, base=info.base_model):
-            return host_reward_model(actor_critic, path, base)
-    reward = setup.build_reward(cfg, reward_fns, acc.device, host)
-    if any(src.kind == "reward_model" for src in cfg.rewards):
-        hosted = model.shared and "reward" in model.policy.peft_config
-        info = replace(info, reward_model="adapter-on-shared-base" if hosted else "separate-model")
+    reward, info = setup.reward_for(cfg, reward_fns, acc.device, model, info)
     optimizer, scheduler = setup.optimizer_and_scheduler(cfg, model)
     model, optimizer = acc.prepare(model, optimizer)
     kl_ctl, moments = setup.controllers(cfg)
