@@ -32,7 +32,7 @@ browser:
 	  echo "chromium not installed: the two labeler browser tests will be skipped"; }
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=10 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check rlhf_stack data_tools tests benchmarks

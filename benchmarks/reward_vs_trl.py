@@ -1,6 +1,6 @@
 """Reward model: ours (K-wise, InstructGPT) vs TRL's RewardTrainer on the same rankings as pairs.
 
-    HF_HUB_OFFLINE=1 nice python benchmarks/reward_vs_trl.py [--n-train 96] [--epochs 1]
+    HF_HUB_OFFLINE=1 nice python benchmarks/reward_vs_trl.py [--n-train 120] [--epochs 2] [--lr 1e-3]
 
 Same model and initialisation (same seed -> same random score head, same LoRA adapters), same
 rankings, same epochs, learning rate and schedule, and the same number of optimizer steps: one
@@ -42,14 +42,14 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--train", default=str(DEMO / "rankings_train.jsonl"))
     p.add_argument("--eval", default=str(DEMO / "rankings_eval.jsonl"))
-    p.add_argument("--n-train", type=int, default=96, help="training rankings (first N with a preference)")
+    p.add_argument("--n-train", type=int, default=120, help="training rankings (first N with a preference)")
     p.add_argument("--n-eval", type=int, default=120, help="held-out rankings scored for accuracy")
     p.add_argument("--k", type=int, default=4, help="keep rankings with exactly K completions")
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch-rankings", type=int, default=4, help="rankings per optimizer step")
     p.add_argument("--trl-batch-pairs", type=int, default=None,
                    help="TRL pairs per step (default: the pairs of --batch-rankings rankings, same step count)")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--last-n-layers", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
