@@ -316,6 +316,16 @@ class CombinedReward:
         return total, parts
 
 
+def check_reward_sources(sources: list[RewardSourceConfig]) -> None:
+    """ConfigError for a source that cannot work, found without loading any model: a classifier
+    without `label`, a Python function that does not import."""
+    for src in sources:
+        if src.kind == "classifier" and not src.label:
+            raise ConfigError(f"reward source {source_name(src)}: kind classifier needs `label` (e.g. POSITIVE)")
+        if src.kind == "python":
+            load_callable(src.path)
+
+
 def build_reward_function(sources: list[RewardSourceConfig], extra_fns: list[Callable] | None = None,
                           device=None, host: Callable[[str], torch.nn.Module | None] | None = None) -> CombinedReward:
     """Load every source once and return their weighted sum (extra functions weigh 1).
@@ -323,6 +333,7 @@ def build_reward_function(sources: list[RewardSourceConfig], extra_fns: list[Cal
     host: given a reward_model source's path, a model already holding it in memory, or None
     to load it (PPO passes one that puts a LoRA RM on the policy's shared base).
     """
+    check_reward_sources(sources)
     terms: list[tuple[str, float, Callable]] = []
     biases: dict[str, float] = {}
     for src in sources:
@@ -333,8 +344,6 @@ def build_reward_function(sources: list[RewardSourceConfig], extra_fns: list[Cal
             biases[name] = scorer.bias if src.apply_bias else 0.0
             fn: Callable = scorer.score
         elif src.kind == "classifier":
-            if not src.label:
-                raise ConfigError(f"reward source {name}: kind classifier needs `label` (e.g. POSITIVE)")
             fn = ClassifierScorer(src.path, src.label, device=device, batch_size=src.batch_size,
                                   max_length=src.max_length, with_prompt=src.classifier_with_prompt).score
         else:

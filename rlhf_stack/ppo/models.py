@@ -212,16 +212,15 @@ def _build_shared(cfg, path: str, value_source: str | None, device) -> tuple[Act
         base_path = path
         peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
         ref_adapter, reference = None, "adapters-disabled"
-    value_state, head_weight = _rm_adapter_state(value_source, base_path)
-    rm_adapter = value_source if value_state is not None else None
-    peft_model.add_adapter(VALUE, _value_lora_config(cfg.policy, rm_adapter, peft_model.get_base_model()))
+    rm = _value_init_adapter(value_source, base_path)
+    peft_model.add_adapter(VALUE, rm.lora_config if rm else _value_lora_config(cfg.policy, peft_model.get_base_model()))
     head = ValueHead(peft_model.get_base_model().config.hidden_size)
     value_init = "policy-base"
-    if value_state is not None:
+    if rm is not None:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(peft_model, value_state, adapter_name=VALUE)
-        head.summary.weight.data.copy_(head_weight)
+        set_peft_model_state_dict(peft_model, rm.lora_state, adapter_name=VALUE)
+        head.summary.weight.data.copy_(rm.head_weight)
         value_init = "reward-model"
     peft_model.base_model.set_adapter(POLICY, inference_mode=True)
     model = ActorCritic(peft_model, head.to(device), ref_adapter=ref_adapter)
@@ -267,41 +266,63 @@ def _usable_value_init(value_init: str | None, tokenizer) -> str | None:
     return path
 
 
-def _rm_adapter_state(value_source: str | None, base_path: str):
-    """(adapter state, score weight) of an RM that is a LoRA adapter over the same base, else (None, None).
+@dataclass(frozen=True)
+class RewardAdapter:
+    """A reward model saved as a LoRA adapter + score head, read from its files (no model built)."""
 
-    Only then can the shared base host the RM's exact weights as the value adapter; an RM with a
-    different base would need a third base copy, so the value starts from the policy base instead.
+    lora_state: dict  # LoRA weights, keyed as peft saves them
+    head_weight: torch.Tensor  # (1, H) the score head
+    head_bias: torch.Tensor | None  # (1,) when the head has a bias
+    lora_config: object  # peft LoraConfig of the same shape, as a causal-LM adapter for the shared base
+    only_lora_and_head: bool  # nothing else was trained (no embeddings, norms, ...)
+
+
+def read_reward_adapter(path: str, base_path: str) -> RewardAdapter | None:
+    """The RM at `path` when it is a LoRA adapter (with a score head) over the base at `base_path`.
+
+    Only such an RM can live on PPO's shared base, as the value adapter's initial weights or as
+    the reward adapter itself (`shared_reward.py`); None for anything else.
     """
-    if value_source is None:
-        return None, None
-    same_base = (modeling.is_adapter_dir(value_source)
-                 and modeling.resolve_model_path(modeling.adapter_base(value_source))
-                 == modeling.resolve_model_path(base_path))
-    if not same_base:
-        print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base {base_path}; "
-              "with a shared base the value function starts from the policy base")
-        return None, None
+    from peft import LoraConfig
     from safetensors.torch import load_file
 
-    state = load_file(str(Path(value_source) / "adapter_model.safetensors"))
-    head_keys = [k for k in state if k.endswith("score.weight")]
-    head_weight = state[head_keys[0]][:1] if head_keys else None
+    weights = Path(path) / "adapter_model.safetensors"
+    if not (modeling.is_adapter_dir(path) and weights.is_file()
+            and modeling.resolve_model_path(modeling.adapter_base(path)) == modeling.resolve_model_path(base_path)):
+        return None
+    state = load_file(str(weights))
     lora_state = {k: v for k, v in state.items() if "lora_" in k}
-    if head_weight is None or not lora_state:
-        return None, None
-    return lora_state, head_weight
+    head = {k.rsplit(".", 1)[1]: v for k, v in state.items() if ".score." in k and "lora_" not in k}
+    if not lora_state or "weight" not in head:
+        return None
+    rm_config = LoraConfig.from_pretrained(path)
+    config = LoraConfig(r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=0.0,
+                        target_modules=rm_config.target_modules, task_type="CAUSAL_LM",
+                        layers_to_transform=rm_config.layers_to_transform, use_rslora=rm_config.use_rslora)
+    bias = head["bias"][:1] if "bias" in head else None
+    return RewardAdapter(lora_state, head["weight"][:1], bias, config,
+                         only_lora_and_head=len(lora_state) + len(head) == len(state))
 
 
-def _value_lora_config(model_cfg: ModelConfig, rm_adapter: str | None, base_model: nn.Module):
-    """LoraConfig of the value adapter: the RM's own (to load its weights) or the policy's settings."""
+def _value_init_adapter(value_source: str | None, base_path: str) -> RewardAdapter | None:
+    """The RM to start the value adapter from, when it is a LoRA adapter over the same base.
+
+    An RM with a different base would need another base copy, so the value starts from the
+    policy base instead (said on stdout).
+    """
+    if value_source is None:
+        return None
+    rm = read_reward_adapter(value_source, base_path)
+    if rm is None:
+        print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base {base_path}; "
+              "with a shared base the value function starts from the policy base")
+    return rm
+
+
+def _value_lora_config(model_cfg: ModelConfig, base_model: nn.Module):
+    """LoraConfig of a fresh value adapter: the policy's LoRA settings."""
     from peft import LoraConfig
 
-    if rm_adapter is not None:
-        rm_config = LoraConfig.from_pretrained(rm_adapter)
-        return LoraConfig(r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=rm_config.lora_dropout,
-                          target_modules=rm_config.target_modules, task_type="CAUSAL_LM",
-                          layers_to_transform=rm_config.layers_to_transform)
     lora, layers, targets = model_cfg.lora, None, model_cfg.lora.target_modules
     if lora.last_n_layers:  # as modeling.apply_tuning: explicit names together with layers_to_transform
         n_layers = base_model.config.num_hidden_layers

@@ -17,27 +17,23 @@ from rlhf_stack.ppo.control import RunningMoments
 
 def check_reward_config(cfg, reward_fns: list[Callable] | None) -> None:
     """The reward settings' errors, found before any model is loaded."""
-    from rlhf_stack.rewards import load_callable
+    from rlhf_stack.rewards import check_reward_sources
 
     if not cfg.rewards and not reward_fns:
         raise ConfigError("ppo: no reward: set `rewards` in the config or pass reward_fns to train_ppo")
     if cfg.score_norm == "rm_bias" and not any(s.kind == "reward_model" and s.apply_bias for s in cfg.rewards):
         raise ConfigError("score_norm: rm_bias needs a reward source of kind reward_model with apply_bias: true")
-    for src in cfg.rewards:
-        if src.kind == "classifier" and not src.label:
-            raise ConfigError(f"reward source {src.path}: kind classifier needs `label` (e.g. POSITIVE)")
-        if src.kind == "python":
-            load_callable(src.path)
+    check_reward_sources(list(cfg.rewards))
 
 
 def build_reward(cfg, reward_fns: list[Callable] | None, device, host: Callable | None = None):
-    """The CombinedReward of cfg.rewards plus the Python callables `reward_fns` (weight 1 each).
+    """The CombinedReward of cfg.rewards plus the Python callables `reward_fns` (weight 1 each);
+    call `check_reward_config` first (train_ppo does, before it loads any model).
 
     host: path -> a reward model already in memory or None (`shared_reward.host_reward_model`).
     """
     from rlhf_stack.rewards import build_reward_function
 
-    check_reward_config(cfg, reward_fns)
     return build_reward_function(list(cfg.rewards), extra_fns=list(reward_fns or []), device=device, host=host)
 
 

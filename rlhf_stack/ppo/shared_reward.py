@@ -11,7 +11,6 @@ Any other reward model (full weights, another base, extra trained modules) loads
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -54,37 +53,23 @@ def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterS
     """Load the RM `checkpoint` as the adapter "reward" on the actor-critic's shared base (loaded
     from `base_path`) when it is a LoRA adapter over that base with nothing trained but LoRA
     weights and the score head; else None (the caller loads the RM on its own)."""
-    from peft import LoraConfig
-    from safetensors.torch import load_file
+    from rlhf_stack.ppo.models import read_reward_adapter
 
-    if not getattr(actor_critic, "shared", False) or REWARD in actor_critic.policy.peft_config:
+    if not actor_critic.shared or REWARD in actor_critic.policy.peft_config:
         return None
     path = modeling.resolve_model_path(checkpoint)
-    weights = Path(path) / "adapter_model.safetensors"
-    if not (modeling.is_adapter_dir(path) and weights.is_file()):
+    rm = read_reward_adapter(path, base_path)
+    if rm is None or not rm.only_lora_and_head:  # other trained modules: not reproducible on the shared base
         return None
-    if modeling.resolve_model_path(modeling.adapter_base(path)) != modeling.resolve_model_path(base_path):
-        return None
-    state = load_file(str(weights))
-    lora_state = {k: v for k, v in state.items() if "lora_" in k}
-    head_state = {k.rsplit(".", 1)[1]: v for k, v in state.items() if ".score." in k and "lora_" not in k}
-    if not lora_state or "weight" not in head_state or len(lora_state) + len(head_state) != len(state):
-        return None  # other trained modules (embeddings, norms): not reproducible on the shared base
-    rm_config = LoraConfig.from_pretrained(path)
-    actor_critic.add_frozen_adapter(REWARD, LoraConfig(
-        r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=0.0, target_modules=rm_config.target_modules,
-        task_type="CAUSAL_LM", layers_to_transform=rm_config.layers_to_transform,
-        use_rslora=rm_config.use_rslora), lora_state)
-    weight = head_state["weight"][:1]
-    head = nn.Linear(weight.shape[1], 1, bias="bias" in head_state)
-    head.weight.data.copy_(weight)
-    if "bias" in head_state:
-        head.bias.data.copy_(head_state["bias"][:1])
+    actor_critic.add_frozen_adapter(REWARD, rm.lora_config, rm.lora_state)
+    head = nn.Linear(rm.head_weight.shape[1], 1, bias=rm.head_bias is not None)
+    head.weight.data.copy_(rm.head_weight)
+    if rm.head_bias is not None:
+        head.bias.data.copy_(rm.head_bias)
     head.requires_grad_(False)
-    tokenizer = modeling.load_tokenizer(path)
     some = next(actor_critic.policy.parameters())
-    model = AdapterSequenceClassifier(actor_critic, head.to(device=some.device, dtype=some.dtype), tokenizer.pad_token_id)
+    model = AdapterSequenceClassifier(actor_critic, head.to(device=some.device, dtype=some.dtype),
+                                      modeling.load_tokenizer(path).pad_token_id)
     print(f"[ppo] reward model {checkpoint}: hosted as adapter '{REWARD}' on the policy's base "
           f"(one base copy for policy, reference, value and reward)")
     return model
-
