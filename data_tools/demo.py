@@ -11,7 +11,7 @@ the completions already in `OUT/rankings_*.jsonl` (to retune the labelers withou
 What it writes (formats: `rlhf_stack.data`):
 
 - sft_train / sft_eval (instructions): prompts from templates over the fact tables in
-  `data_tools.demo_facts`, with short reference answers that obey the instruction exactly.
+  `data_tools.demo_facts` and `data_tools.demo_tables`, with short reference answers that obey the instruction exactly.
 - prompts_train / prompts_eval (prompts): PPO and evaluation prompts from the same generator.
 - rankings_train / rankings_eval (rankings): K=4 completions per prompt sampled from the demo
   model (SmolLM2-135M-Instruct, chat template, temperatures 0.7-1.2, 48 new tokens), each prompt
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools import demo_facts as facts
+from data_tools import demo_tables as tables
 from data_tools.demo_judge import content_stems, gold_prefers, gold_score
 from data_tools.demo_rankings import (
     LABELERS,
@@ -177,8 +178,8 @@ def list_examples(rng: random.Random) -> list[Example]:
             shown = [f"{m.short}." for m in rng.sample(members, n)]
             out.append(Example("list_kind", f"list_kind:{kind}:{n}", f"{verb} {NUMBER[n]} {plural}.",
                                f"{_cap(plural)} include:\n{_numbered(shown)}"))
-    for continent in sorted({c.continent for c in facts.COUNTRIES}):
-        members = [c for c in facts.COUNTRIES if c.continent == continent]
+    for continent in sorted({c.continent for c in tables.COUNTRIES}):
+        members = [c for c in tables.COUNTRIES if c.continent == continent]
         for n in [n for n in (2, 3) if n <= len(members)]:
             shown = [f"{c.name}, whose capital is {c.capital}." for c in rng.sample(members, n)]
             out.append(Example("list_countries", f"list_countries:{continent}:{n}",
@@ -187,7 +188,7 @@ def list_examples(rng: random.Random) -> list[Example]:
     return out
 
 
-def country_examples(c: facts.Country, rng: random.Random) -> list[Example]:
+def country_examples(c: tables.Country, rng: random.Random) -> list[Example]:
     return [
         Example("capital", f"capital:{c.name}", rng.choice([f"What is the capital of {c.name}?",
                 f"Which city is the capital of {c.name}?"]), f"The capital of {c.name} is {c.capital}."),
@@ -198,7 +199,7 @@ def country_examples(c: facts.Country, rng: random.Random) -> list[Example]:
     ]
 
 
-def goal_examples(g: facts.Goal, rng: random.Random) -> list[Example]:
+def goal_examples(g: tables.Goal, rng: random.Random) -> list[Example]:
     n = rng.choice([2, 3])
     tip, second = rng.sample(g.tips, 2)
     return [
@@ -218,14 +219,14 @@ def build_pool(seed: int) -> list[Example]:
     for e in facts.ENTITIES:
         pool += entity_examples(e, rng, list(facts.ENTITIES))
     pool += compare_examples(rng) + list_examples(rng)
-    for c in facts.COUNTRIES:
+    for c in tables.COUNTRIES:
         pool += country_examples(c, rng)
-    for g in facts.GOALS:
+    for g in tables.GOALS:
         pool += goal_examples(g, rng)
-    for n, (style, original, rewritten) in enumerate(facts.REWRITES):
-        instruction = rng.choice(facts.REWRITE_INSTRUCTIONS[style])
+    for n, (style, original, rewritten) in enumerate(tables.REWRITES):
+        instruction = rng.choice(tables.REWRITE_INSTRUCTIONS[style])
         pool.append(Example("rewrite", f"rewrite:{n}", f'{instruction}"{original}"', rewritten))
-    pool += [Example("qa", f"qa:{n}", q, a) for n, (q, a) in enumerate(facts.QA)]
+    pool += [Example("qa", f"qa:{n}", q, a) for n, (q, a) in enumerate(tables.QA)]
     groups = Counter(x.group for x in pool)
     prompts = Counter(x.prompt for x in pool)
     assert max(groups.values()) == 1 and max(prompts.values()) == 1, "prompt groups must be unique"
@@ -264,16 +265,16 @@ def corpus_paragraphs(seed: int) -> list[tuple[str, str]]:
         out.append((e.about, " ".join([e.definition, *e.facts])))
         shuffled = rng.sample(e.facts, len(e.facts))
         out.append((e.about, " ".join([shuffled[0], e.definition, *shuffled[1:3]])))
-    for c in facts.COUNTRIES:
+    for c in tables.COUNTRIES:
         out.append((c.name, f"{c.name} is a country in {c.continent}. Its capital is {c.capital}. {c.fact}"))
-    for continent in sorted({c.continent for c in facts.COUNTRIES}):
-        members = [c for c in facts.COUNTRIES if c.continent == continent]
+    for continent in sorted({c.continent for c in tables.COUNTRIES}):
+        members = [c for c in tables.COUNTRIES if c.continent == continent]
         names = ", ".join(c.name for c in members[:-1]) + f" and {members[-1].name}"
         capitals = " ".join(f"The capital of {c.name} is {c.capital}." for c in members[:3])
         out.append((continent, f"Countries in {continent} include {names}. {capitals}"))
-    for g in facts.GOALS:
+    for g in tables.GOALS:
         out.append((g.gerund, f"There are simple ways to {g.verb}. " + " ".join(g.tips)))
-    for q, a in facts.QA:
+    for q, a in tables.QA:
         out.append((q, f"{q} {a}"))
     for category in sorted({e.category for e in facts.ENTITIES}):
         members = [e for e in facts.ENTITIES if e.category == category]
