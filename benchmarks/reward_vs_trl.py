@@ -104,7 +104,7 @@ def timer_callback():
 
 def run_ours(args, model_path: str, train_file: Path, out: Path, share_prompt: bool) -> dict:
     from rlhf_stack.config import load_config
-    from rlhf_stack.reward import RewardConfig, train_reward
+    from rlhf_stack.reward.stage import RewardConfig, train_reward
 
     cfg = load_config(RewardConfig, {
         "model": model_config(args, model_path), "data": {"path": str(train_file), "eval_fraction": 0},
@@ -147,7 +147,7 @@ def run_trl(args, ours_cfg, rows: list[dict], out: Path) -> dict:
     from trl import RewardTrainer
 
     from rlhf_stack import modeling, training
-    from rlhf_stack.reward import load_reward_model
+    from rlhf_stack.reward.stage import load_reward_model
 
     tokenizer = modeling.load_tokenizer(ours_cfg.model.name_or_path)
     set_seed(args.seed)
@@ -171,7 +171,8 @@ def run_trl(args, ours_cfg, rows: list[dict], out: Path) -> dict:
 
 def accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
     from rlhf_stack.metrics.ranking import pairwise_accuracy
-    from rlhf_stack.rewards import encode_conversation, score_sequences
+    from rlhf_stack.reward.batching import encode_conversation
+    from rlhf_stack.reward.scorer import score_sequences
 
     seqs = [encode_conversation(tokenizer, r["prompt"], c, max_length)[0] for r in rows for c in r["completions"]]
     device = next(model.parameters()).device
@@ -186,7 +187,7 @@ def accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from rlhf_stack.data import write_jsonl
-    from rlhf_stack.rewards import RewardScorer
+    from rlhf_stack.reward.scorer import RewardScorer
 
     for f in (args.train, args.eval):
         if not Path(f).is_file():

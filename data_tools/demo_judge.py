@@ -231,3 +231,11 @@ def gold_prefers(prompt: str, a: str, b: str) -> float:
     if abs(diff) <= TIE_TOLERANCE:
         return 0.5
     return 1.0 if diff > 0 else 0.0
+
+
+def gold_judge(prompts: list, responses: list[str]) -> list[float]:
+    """The gold judge as a batch scorer for `rlhf_stack`'s judge registry (entry point `gold`):
+    prompts as text or chat messages, one score per response."""
+    from rlhf_stack.data import prompt_key
+
+    return [gold_score(prompt_key(p), r) for p, r in zip(prompts, responses, strict=True)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools.demo_judge import gold_prefers, gold_score
+from rlhf_stack.data import preferred_pairs, prompt_messages
 from rlhf_stack.metrics.agreement import annotator_agreement as labeler_agreement
 
 __all__ = ["K", "TEMPERATURES", "MAX_NEW_TOKENS", "Labeler", "LABELERS", "LABELERS_PER_PROMPT", "TIE_EPSILON",
@@ -94,11 +95,9 @@ def gold_accuracy(rankings_rows) -> float:
     for row in rankings_rows:
         prompt, completions, ranks = _field(row, "prompt"), _field(row, "completions"), _field(row, "ranks")
         text_prompt = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-        for i in range(len(ranks)):
-            for j in range(len(ranks)):
-                if ranks[i] < ranks[j]:
-                    total += 1
-                    hits += gold_prefers(text_prompt, completions[i], completions[j])
+        for i, j in preferred_pairs(ranks):
+            total += 1
+            hits += gold_prefers(text_prompt, completions[i], completions[j])
     return hits / total if total else float("nan")
 
 
@@ -137,7 +136,7 @@ def _needs_sample(group: list[str | None], k: int) -> bool:
 def _generate(model, tokenizer, prompts: list[str], temperature: float) -> list[str]:
     import torch
 
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+    chats = [tokenizer.apply_chat_template(prompt_messages(p), tokenize=False, add_generation_prompt=True)
              for p in prompts]
     enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():

@@ -14,7 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rlhf_stack.data import MAX_REPORTED_ERRORS, load_rows, prompt_key, row_prompt, validate_file
+from rlhf_stack.data import (
+    MAX_REPORTED_ERRORS,
+    load_rows,
+    preferred_pairs,
+    prompt_key,
+    prompt_messages,
+    row_prompt,
+    validate_file,
+)
 from rlhf_stack.errors import DataError
 
 PERCENTILES = (50, 90, 95, 99)
@@ -52,7 +60,7 @@ def ranking_stats(rows: list[dict]) -> dict[str, Any]:
     ks = Counter(len(r["completions"]) for r in rows)
     with_tie = sum(len(set(r["ranks"])) < len(r["ranks"]) for r in rows)
     all_tied = sum(len(set(r["ranks"])) == 1 for r in rows)
-    comparisons = sum(sum(a < b for a in r["ranks"] for b in r["ranks"]) for r in rows)
+    comparisons = sum(len(preferred_pairs(r["ranks"])) for r in rows)
     annotators = Counter(r.get("annotator") or "(none)" for r in rows)
     return {
         "k_distribution": dict(sorted(ks.items())),
@@ -154,14 +162,10 @@ class _TokenLengths:
         return len(self.tokenizer(text)["input_ids"])
 
     def prompt(self, prompt) -> int:
-        return self._chat(_as_messages(prompt), True)
+        return self._chat(prompt_messages(prompt), True)
 
     def sequence(self, prompt, completion: str) -> int:
-        return self._chat(_as_messages(prompt) + [{"role": "assistant", "content": completion}], False)
-
-
-def _as_messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return self._chat(prompt_messages(prompt, completion), False)
 
 
 def compute_stats(path: str | Path, kind: str, *, tokenizer: str | None = None, max_length: int | None = None,

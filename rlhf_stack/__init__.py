@@ -9,10 +9,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SFTConfig": "rlhf_stack.sft", "train_sft": "rlhf_stack.sft",
-    "RewardConfig": "rlhf_stack.reward", "train_reward": "rlhf_stack.reward",
-    "RewardScorer": "rlhf_stack.rewards",
-    "PPOConfig": "rlhf_stack.ppo", "train_ppo": "rlhf_stack.ppo",
-    "Recipe": "rlhf_stack.runner", "run_recipe": "rlhf_stack.runner", "RunResult": "rlhf_stack.runner",
+    "RewardConfig": "rlhf_stack.reward.stage", "train_reward": "rlhf_stack.reward.stage",
+    "RewardScorer": "rlhf_stack.reward.scorer",
+    "PPOConfig": "rlhf_stack.ppo.config", "train_ppo": "rlhf_stack.ppo.trainer",
+    "Recipe": "rlhf_stack.pipeline.runner", "run_recipe": "rlhf_stack.pipeline.runner",
+    "RunResult": "rlhf_stack.pipeline.runner",
+    "EvalConfig": "rlhf_stack.evaluation.evaluate", "evaluate_from_config": "rlhf_stack.evaluation.evaluate",
     "StageResult": "rlhf_stack.config", "ModelConfig": "rlhf_stack.config", "DataConfig": "rlhf_stack.config",
     "TrainingConfig": "rlhf_stack.config", "LoraSettings": "rlhf_stack.config", "load_config": "rlhf_stack.config",
 }

@@ -16,7 +16,6 @@ Heavy modules are imported inside the commands, so `--help` stays fast.
 from __future__ import annotations
 
 import sys
-from importlib import import_module
 from pathlib import Path
 from typing import Annotated
 
@@ -34,26 +33,17 @@ app.add_typer(config_app, name="config")
 app.add_typer(label_app, name="label", help="Collect human rankings: generate candidates, serve, export, stats.")
 app.add_typer(data_app, name="data", help="Convert public data sets, validate and inspect data, split by stage.")
 
-# stage name -> (module, config class, train function)
-STAGES = {
-    "sft": ("rlhf_stack.sft", "SFTConfig", "train_sft"),
-    "reward": ("rlhf_stack.reward", "RewardConfig", "train_reward"),
-    "ppo": ("rlhf_stack.ppo", "PPOConfig", "train_ppo"),
-    "eval": ("rlhf_stack.evaluation", "EvalConfig", "evaluate_from_config"),
-    "recipe": ("rlhf_stack.runner", "Recipe", None),
-}
-
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str], typer.Option("--set", "-s", help="Override: key.path=value (repeatable).")]
 
 
 def _run_stage(stage: str, config: Path, overrides: list[str]) -> None:
     from rlhf_stack.config import load_config
+    from rlhf_stack.pipeline.stages import STAGES
 
-    module_name, cls_name, fn_name = STAGES[stage]
-    module = import_module(module_name)
-    cfg = load_config(getattr(module, cls_name), config, overrides or [])
-    result = getattr(module, fn_name)(cfg)
+    spec = STAGES[stage]
+    cfg = load_config(spec.config_type(), config, overrides or [])
+    result = spec.entry()(cfg)
     _print_result(getattr(result, "checkpoint", None), getattr(result, "metrics", result))
 
 
@@ -102,7 +92,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Re-run stages even when their checkpoint is up to date.")] = False,
 ) -> None:
     """Run a recipe: the stages in order with checkpoint hand-off, then evaluation and the report."""
-    from rlhf_stack.runner import run_recipe
+    from rlhf_stack.pipeline.runner import run_recipe
 
     result = run_recipe(recipe, set or [], run_dir=run_dir, only=only, from_stage=from_stage, force=force)
     typer.echo(f"run dir: {result.run_dir}")
@@ -113,7 +103,7 @@ def run(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory written by `rlhf-stack run`.")]) -> None:
     """(Re)write RUN_DIR/report.md and its plots."""
-    from rlhf_stack.report import write_report
+    from rlhf_stack.evaluation.report import write_report
 
     typer.echo(f"report: {write_report(run_dir)}")
 
@@ -142,11 +132,15 @@ def export(
 def config_show(stage: Annotated[str, typer.Argument(help="sft | reward | ppo | eval | recipe")]) -> None:
     """Print every key of a stage config with its type, default and documentation."""
     from rlhf_stack.config import describe
+    from rlhf_stack.pipeline.stages import STAGES
 
-    if stage not in STAGES:
-        raise RlhfStackError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    module_name, cls_name, _ = STAGES[stage]
-    for key, type_name, default, doc in describe(getattr(import_module(module_name), cls_name)):
+    if stage == "recipe":
+        from rlhf_stack.pipeline.runner import Recipe as cls
+    elif stage in STAGES:
+        cls = STAGES[stage].config_type()
+    else:
+        raise RlhfStackError(f"unknown stage {stage!r}; expected one of {', '.join([*STAGES, 'recipe'])}")
+    for key, type_name, default, doc in describe(cls):
         typer.echo(f"{key}  [{type_name}{' = ' + default if default else ''}]")
         if doc:
             typer.echo(f"    {' '.join(doc.split())}")

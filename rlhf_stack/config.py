@@ -8,9 +8,11 @@ the value came from a file) plus the keys allowed there.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -18,6 +20,27 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rlhf_stack.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class DataFile:
+    """Marks a config field whose value names a data file (or a `datasets` name): see `DataPath`."""
+
+    def __repr__(self) -> str:
+        return "DataFile()"
+
+
+DataPath = Annotated[str, DataFile()]
+"""The type of every config field that names data a stage reads. The runner fingerprints each
+such file, so editing it re-runs the stage (`pipeline.staleness.data_files`): type a new data
+field `DataPath` (or `DataPath | None`) and it takes part in the staleness check."""
+
+
+def is_data_path(info) -> bool:
+    """Whether a pydantic field (its FieldInfo) is typed `DataPath`, optional or not."""
+    if any(isinstance(m, DataFile) for m in info.metadata):
+        return True
+    return any(get_origin(arg) is Annotated and any(isinstance(m, DataFile) for m in arg.__metadata__)
+               for arg in get_args(info.annotation))
 
 
 class Config(BaseModel):
@@ -64,13 +87,13 @@ class ModelConfig(Config):
 
 
 class DataConfig(Config):
-    path: str
+    path: DataPath
     """A JSONL file in our format, or a `datasets` name / local dataset directory."""
     split: str = "train"
     """Split to read when `path` is a `datasets` name."""
     columns: dict[str, str] = {}
     """Rename source columns to ours, e.g. `{prompt: question, response: answer}`."""
-    eval_path: str | None = None
+    eval_path: DataPath | None = None
     """A separate eval file; when empty, `eval_fraction` of the rows are held out by prompt hash."""
     eval_fraction: float = 0.05
     """Share of prompts held out for evaluation when no `eval_path` is given (0 disables eval)."""
@@ -278,3 +301,23 @@ def _deep_copy(data):
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
+
+
+def load_callable(spec: str) -> Callable:
+    """`package.module:function` -> the function (a reward function, a judge); ConfigError with the
+    reason when it cannot be loaded."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"function {spec!r} must look like package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"function {spec!r}: cannot import {module_name} ({exc})") from None
+    fn = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ConfigError(f"function {spec!r}: {module_name} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ConfigError(f"function {spec!r} is not callable")
+    return fn

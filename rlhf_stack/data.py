@@ -53,8 +53,18 @@ class Ranking:
 
     def ordered_pairs(self) -> list[tuple[int, int]]:
         """(i, j) index pairs with completion i ranked strictly better than j; ties skipped."""
-        k = len(self.ranks)
-        return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
+        return preferred_pairs(self.ranks)
+
+
+def preferred_pairs(ranks: list[int] | tuple[int, ...]) -> list[tuple[int, int]]:
+    """The pair rule of every ranking: (i, j) for each completion i ranked strictly above j.
+
+    Dense ranks, 1 = best; ties state no preference and give no pair; ranks <= 0 are padding.
+    The reward loss (`reward.functional.preferred_pairs`, its tensor form), the evaluation's
+    margins, the labeler's export and the data statistics all count pairs by this rule.
+    """
+    k = len(ranks)
+    return [(i, j) for i in range(k) for j in range(k) if 0 < ranks[i] < ranks[j]]
 
 
 # ---- row rules ----------------------------------------------------------------------------------
@@ -307,6 +317,16 @@ def prompt_key(prompt: str | list[dict]) -> str:
     if isinstance(prompt, str):
         return prompt.strip()
     return "\n".join(f"{m['role']}: {m['content'].strip()}" for m in prompt)
+
+
+def prompt_messages(prompt: str | list[dict], response: str | None = None) -> list[dict]:
+    """Chat messages of a prompt (text -> one user turn), with `response` as the assistant turn.
+
+    The one place a prompt becomes messages: SFT, rollout, the reward model, the labeler and the
+    data statistics all go through it, so every stage sees the same conversation.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return messages if response is None else [*messages, {"role": "assistant", "content": response}]
 
 
 def row_prompt(row: dict) -> str | list[dict]:

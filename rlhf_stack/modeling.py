@@ -26,8 +26,8 @@ import torch
 
 from rlhf_stack.config import ModelConfig
 from rlhf_stack.errors import ModelNotFoundError
+from rlhf_stack.pipeline.layout import STAGE_FILE
 
-STAGE_FILE = "stage.json"
 ADAPTER_FILE = "adapter_config.json"
 
 # ChatML: used when a tokenizer ships no chat template (the demo model and the tiny fixture use it too).

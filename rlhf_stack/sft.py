@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
-from rlhf_stack.data import LINE_KEY, load_rows, split_train_eval
+from rlhf_stack.data import LINE_KEY, load_rows, prompt_messages, split_train_eval
 from rlhf_stack.errors import DataError
 
 
@@ -120,9 +120,8 @@ def to_prompt_completion(row: dict) -> dict:
     if "messages" in row:
         # Multi-turn: the loss covers the last assistant turn; earlier turns are context.
         return {"prompt": row["messages"][:-1], "completion": [row["messages"][-1]]}
-    prompt = row["prompt"]
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return {"prompt": messages, "completion": [{"role": "assistant", "content": row["response"]}]}
+    *prompt, answer = prompt_messages(row["prompt"], row["response"])
+    return {"prompt": prompt, "completion": [answer]}
 
 
 def _to_dataset(rows: list[dict], kind: str):

@@ -17,10 +17,9 @@ import torch
 
 from rlhf_stack.config import DataConfig, ModelConfig, TrainingConfig, config_to_dict
 from rlhf_stack.data import fingerprint
-from rlhf_stack.modeling import STAGE_FILE, count_parameters, read_stage_info, save_checkpoint
+from rlhf_stack.modeling import count_parameters, read_stage_info, save_checkpoint
+from rlhf_stack.pipeline.layout import CHECKPOINTS_DIR, LOGS_DIR, STAGE_FILE, TRAIN_LOG
 
-CHECKPOINTS_DIR = "checkpoints"
-LOGS_DIR = "logs"
 RESERVED = {CHECKPOINTS_DIR, LOGS_DIR}
 
 
@@ -84,7 +83,7 @@ def clear_model_files(output_dir: Path) -> None:
         shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
-def write_log(output_dir: Path, log_history: list[dict], name: str = "train_log.jsonl") -> Path:
+def write_log(output_dir: Path, log_history: list[dict], name: str = TRAIN_LOG) -> Path:
     logs = output_dir / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / name

@@ -14,6 +14,7 @@ Modules (each cheap to import; fastapi/uvicorn/torch load only where used):
 - `assign`:     leases, submissions and progress: who ranks what next.
 - `security`:   install secret, signed sessions, CSRF tokens, Host/Origin/size guard.
 - `app`:        the FastAPI app; `static/` holds the page (plain HTML/JS/CSS, no build step).
-- `server`:     `ServeSettings` and `serve()` (checks the bind, imports candidates, runs uvicorn).
+- `settings`:   `ServeSettings` (what the server needs) and the per-response flags.
+- `server`:     `serve()` (checks the bind, imports candidates, runs uvicorn).
 - `export`, `aggregate`, `stats`: rankings/pairs export, Borda / ranked pairs, agreement.
 """

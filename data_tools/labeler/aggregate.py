@@ -6,6 +6,8 @@ Input everywhere: `rankings`, a list of per-annotator rank lists over the same K
 
 from __future__ import annotations
 
+from rlhf_stack.data import preferred_pairs
+
 
 def dense_ranks_from_scores(scores: list[float]) -> list[int]:
     """Higher score = better; equal scores share a rank. [3, 1, 3, 0] -> [1, 2, 1, 3]."""
@@ -35,11 +37,9 @@ def pairwise_margins(rankings: list[list[int]]) -> list[list[int]]:
     k = len(rankings[0])
     margins = [[0] * k for _ in range(k)]
     for ranks in rankings:
-        for i in range(k):
-            for j in range(k):
-                if ranks[i] < ranks[j]:
-                    margins[i][j] += 1
-                    margins[j][i] -= 1
+        for i, j in preferred_pairs(ranks):
+            margins[i][j] += 1
+            margins[j][i] -= 1
     return margins
 
 

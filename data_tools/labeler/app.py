@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from data_tools.labeler import assign, security, store
-from data_tools.labeler.server import ServeSettings
+from data_tools.labeler.settings import ServeSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
 FlagName = Annotated[str, StringConstraints(max_length=40)]

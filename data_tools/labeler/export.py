@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from data_tools.labeler.aggregate import AGGREGATORS
-from rlhf_stack.data import RowError, check_row, write_jsonl
+from rlhf_stack.data import RowError, check_row, preferred_pairs, write_jsonl
 from rlhf_stack.errors import RlhfStackError
 
 AGGREGATE_CHOICES = ("none", *AGGREGATORS)
@@ -71,17 +71,14 @@ def pair_rows(rows: list[dict]) -> tuple[list[dict], int]:
     pairs, ties = [], 0
     for row in rows:
         ranks, completions = row["ranks"], row["completions"]
-        for i in range(len(ranks)):
-            for j in range(i + 1, len(ranks)):
-                if ranks[i] == ranks[j]:
-                    ties += 1
-                    continue
-                better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
-                pair = {"prompt": row["prompt"], "chosen": completions[better], "rejected": completions[worse],
-                        "id": row["id"]}
-                if "annotator" in row:
-                    pair["annotator"] = row["annotator"]
-                pairs.append(pair)
+        ordered = sorted(preferred_pairs(ranks), key=lambda pair: (min(pair), max(pair)))  # i < j order
+        ties += len(ranks) * (len(ranks) - 1) // 2 - len(ordered)
+        for better, worse in ordered:
+            pair = {"prompt": row["prompt"], "chosen": completions[better], "rejected": completions[worse],
+                    "id": row["id"]}
+            if "annotator" in row:
+                pair["annotator"] = row["annotator"]
+            pairs.append(pair)
     return pairs, ties
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_tools.labeler.candidates import MAX_K, MIN_K, item_id_for
-from rlhf_stack.data import RowError, iter_jsonl, load_rows
+from rlhf_stack.data import RowError, iter_jsonl, load_rows, prompt_messages
 from rlhf_stack.errors import DataError, RlhfStackError
 
 
@@ -141,7 +141,7 @@ def sample(model, tokenizer, prompts: list, settings: SamplingSettings, seed: in
     """One `generate` call: K samples for each prompt (chat template applied), decoded and stripped."""
     import torch
 
-    messages = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+    messages = [prompt_messages(p) for p in prompts]
     texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
     # The template already holds any BOS/special tokens; adding them again would double them.
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

@@ -5,14 +5,14 @@ A source module exposes `KINDS` (the `--to` kinds it can produce) and
 `(line, record)` pairs. Malformed input raises `RowError` (the driver in `data_tools.convert`
 adds `path:line`); input that is well formed but unusable (identical chosen and rejected, an empty
 response) yields a `Skip` that is counted and reported, never silently dropped.
+
+A new format is one new module here: its file name is the source name (`_` read as `-`), found
+without a list to update. `common` and `readers` are helpers, not formats.
 """
 
-SOURCES = {
-    "hh-rlhf": "data_tools.sources.hh_rlhf",
-    "ultrafeedback": "data_tools.sources.ultrafeedback",
-    "oasst": "data_tools.sources.oasst",
-    "trl": "data_tools.sources.trl",
-    "argilla": "data_tools.sources.argilla",
-    "labelstudio": "data_tools.sources.labelstudio",
-    "alpaca": "data_tools.sources.alpaca",
-}
+import pkgutil
+
+HELPERS = ("common", "readers")
+
+SOURCES = {info.name.replace("_", "-"): f"{__name__}.{info.name}"
+           for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name) if info.name not in HELPERS}

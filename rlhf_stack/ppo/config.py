@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig
-from rlhf_stack.rewards import RewardSourceConfig
+from rlhf_stack.ppo.rewards import RewardSourceConfig
 
 
 class PPOConfig(Config):

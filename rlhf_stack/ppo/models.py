@@ -111,13 +111,13 @@ class ActorCritic(nn.Module):
 
     def policy_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         """Logits predicting each response token; `(b, T) -> (b, n_response, V)`."""
-        return _causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
+        return causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
 
     @torch.no_grad()
     def ref_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         """Reference-policy logits for the response tokens; `(b, T) -> (b, n_response, V)`."""
         if self.ref_model is not None:
-            return _causal_lm_logits(self.ref_model, input_ids, attention_mask, n_response)
+            return causal_lm_logits(self.ref_model, input_ids, attention_mask, n_response)
         context = self.adapter(self.ref_adapter) if self.ref_adapter else self.policy.disable_adapter()
         with context:
             return self.policy_logits(input_ids, attention_mask, n_response)
@@ -156,7 +156,7 @@ class ActorCritic(nn.Module):
         return self.shared and bool(getattr(base, "is_gradient_checkpointing", False))
 
 
-def _causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+def causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
     """Logits at the positions that predict the last `n_response` tokens; `(b, T) -> (b, n_response, V)`.
 
     Position i predicts token i + 1, so the last token is dropped from the input (it predicts

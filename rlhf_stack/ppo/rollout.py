@@ -8,9 +8,11 @@ response starting at the same column, so response tensors are plain `(b, t)` sli
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Protocol
 
 import torch
 
+from rlhf_stack.data import prompt_messages
 from rlhf_stack.errors import DataError
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling, sampling_processors
@@ -70,9 +72,7 @@ def encode_prompts(rows: list[dict], tokenizer, max_prompt_length: int, source: 
     """Token ids of each prompt with the chat template's generation prompt; too-long prompts are errors."""
     encoded, problems = [], []
     for n, row in enumerate(rows, start=1):
-        prompt = row["prompt"]
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+        ids = tokenizer.apply_chat_template(prompt_messages(row["prompt"]), add_generation_prompt=True, tokenize=True,
                                             return_dict=True)["input_ids"]
         if len(ids) > max_prompt_length and len(problems) < 10:
             problems.append(f"{source}:{row.get('_line', n)}: the prompt is {len(ids)} tokens, "
@@ -97,8 +97,17 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> t
 # ---- generation ---------------------------------------------------------------------------------
 
 
-def generation_config(cfg, tokenizer):
-    """Sampling settings of `cfg` (a PPOConfig) as a transformers GenerationConfig.
+class SamplingSettings(Protocol):
+    """The sampling fields PPOConfig and EvalConfig share: one sampler for rollout and evaluation."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+
+
+def generation_config(cfg: SamplingSettings, tokenizer):
+    """Sampling settings of `cfg` (a PPOConfig, an EvalConfig) as a transformers GenerationConfig.
 
     Every knob that reshapes the distribution is set explicitly: an unset one falls back to the
     checkpoint's generation_config.json or transformers' defaults (top_k=50!), and PPO needs
@@ -157,6 +166,22 @@ def truncate_at_eos(response_ids: Tensor, eos_id: int, pad_id: int) -> tuple[Ten
 
 
 @torch.no_grad()
+def sequence_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
+                      temperature: float) -> Tensor:
+    """`(b, t)` log pi(a_t | s_t) of given responses under a causal LM, 0 at padding.
+
+    The rollout's layout (`[left-padded prompt | right-padded response]`) and logits
+    (`models.causal_lm_logits`), so evaluation measures KL exactly as PPO does.
+    """
+    from rlhf_stack.ppo.models import causal_lm_logits
+
+    input_ids = torch.cat([query_ids, response_ids], 1)
+    attention_mask = torch.cat([query_mask, response_mask.long()], 1)
+    logits = causal_lm_logits(model, input_ids, attention_mask, response_ids.shape[1])
+    return PF.logprobs_from_logits(logits, response_ids, temperature) * response_mask
+
+
+@torch.no_grad()
 def score_with_models(actor_critic, query_ids, query_mask, response_ids, response_mask, *,
                       temperature: float, micro_batch_size: int,
                       with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
@@ -203,3 +228,23 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
         logprobs, entropy = (x * response_mask for x in sampler.result(response_ids))
     return Rollout(query_ids, query_mask, response_ids, response_mask, has_eos, logprobs, ref_logprobs, values,
                    entropy)
+
+
+@torch.no_grad()
+def heldout_score(policy, rows: list[dict], tokenizer, gen_config, reward, accelerator, batch_size: int) -> float | None:
+    """Mean raw reward of responses sampled, as in a rollout, to held-out prompt rows (each
+    process scores its share; the mean is over all of them). None without rows."""
+    if not rows:
+        return None
+    acc, tok = accelerator, tokenizer
+    rows = rows[acc.process_index::acc.num_processes]
+    total = torch.zeros(2, device=acc.device)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        ids, mask = left_pad(encode_prompts(batch, tok, 10**9, "held-out prompts"), tok.pad_token_id, acc.device)
+        response_ids, _, _ = truncate_at_eos(generate(policy, ids, mask, gen_config), tok.eos_token_id,
+                                             tok.pad_token_id)
+        scores, _ = reward([r["prompt"] for r in batch], tok.batch_decode(response_ids, skip_special_tokens=True))
+        total += torch.tensor([float(scores.sum()), len(batch)], device=acc.device)
+    total = acc.reduce(total, "sum")
+    return float(total[0] / total[1])

@@ -1,18 +1,95 @@
-"""What train_ppo builds once before the loop, and the summary it writes after it.
+"""Everything `train_ppo` builds once before its loop, as one typed `Run`.
 
-Accelerator, tokenizer, prompt and corpus data, optimizer + LR schedule, KL controller, resume.
+Order matters and is spelled out in `build_run`: the reward config is checked before any model
+loads (a config error costs nothing), the same adapter initialisation on every process, then the
+optimizer, `accelerate.prepare`, and the resume, which restores weights, optimizer, schedule,
+controllers and RNG from the newest whole checkpoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from rlhf_stack.pipeline.layout import PPO_LOG, SAMPLES_FILE
 from rlhf_stack.ppo.control import AdaptiveKLController, FixedKLController, RunningMoments
-from rlhf_stack.ppo.rollout import generation_config  # noqa: F401  (re-exported for the trainer)
-from rlhf_stack.ppo.scoring import build_reward, check_reward_config  # noqa: F401
+from rlhf_stack.ppo.data import PPOData
+from rlhf_stack.ppo.logs import RunLog
+from rlhf_stack.ppo.models import ActorCritic, ModelInfo
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+    from rlhf_stack.ppo.config import PPOConfig
+    from rlhf_stack.ppo.rewards import CombinedReward
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the loop works with, built once by `build_run`; nothing in it is filled in later."""
+
+    accelerator: Accelerator
+    tokenizer: PreTrainedTokenizerBase  # the policy's, padding on the left
+    model: torch.nn.Module  # the ActorCritic, wrapped by accelerate (DDP) when distributed
+    actor_critic: ActorCritic  # the same model unwrapped: generation, saving, checkpoints
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    kl_ctl: FixedKLController | AdaptiveKLController
+    moments: RunningMoments  # running statistics of the raw scores (score_norm: running)
+    reward: CombinedReward  # (prompts, responses) -> ((b,), {name: (b,)})
+    data: PPOData
+    gen_config: GenerationConfig
+    info: ModelInfo  # which model layout ran (stage metrics `models`)
+    log: RunLog | None  # the main process's logs; None on the others
+    start_step: int  # the step the resumed checkpoint was taken after (0: a fresh run)
+    output_dir: Path
+
+    @property
+    def controllers(self) -> dict:
+        """The stateful controllers a checkpoint saves, by name."""
+        return {"kl_controller": self.kl_ctl, "score_moments": self.moments}
+
+
+def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
+    from rlhf_stack import training
+    from rlhf_stack.ppo import models
+    from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, resume_latest
+    from rlhf_stack.ppo.data import load_data
+    from rlhf_stack.ppo.rewards import build_reward, check_reward_config
+    from rlhf_stack.ppo.rollout import generation_config
+
+    acc = make_accelerator(cfg)
+    output_dir = Path(cfg.output_dir)
+    if acc.is_main_process:
+        training.begin_stage(output_dir)
+    torch.manual_seed(cfg.seed)  # the same adapter init on every process
+    tokenizer = policy_tokenizer(cfg)
+    data = load_data(cfg, tokenizer)
+    check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
+    actor_critic, info = models.build_actor_critic(cfg, tokenizer, acc.device)
+    reward, info = build_reward(cfg, reward_fns, acc.device, actor_critic, info)
+    optimizer, scheduler = optimizer_and_scheduler(cfg, actor_critic)
+    model, optimizer = acc.prepare(actor_critic, optimizer)
+    kl_ctl, moments = controllers(cfg)
+    torch.manual_seed(cfg.seed + acc.process_index)  # each process samples different responses
+    start_step = 0
+    if cfg.resume:
+        start_step = resume_latest(output_dir / CHECKPOINTS_DIR, model=actor_critic, optimizer=optimizer,
+                                   scheduler=scheduler, accelerator=acc,
+                                   controllers={"kl_controller": kl_ctl, "score_moments": moments})
+    log = None
+    if acc.is_main_process:
+        logs = output_dir / training.LOGS_DIR
+        log = RunLog(Path(cfg.log_file) if cfg.log_file else logs / PPO_LOG, logs / SAMPLES_FILE, start_step)
+    if cfg.report_to != ["none"]:
+        acc.init_trackers("rlhf_stack_ppo", config=cfg.model_dump(mode="json"))
+    return Run(acc, tokenizer, model, actor_critic, optimizer, scheduler, kl_ctl, moments, reward, data,
+               generation_config(cfg, tokenizer), info, log, start_step, output_dir)
 
 
 def make_accelerator(cfg):
@@ -35,90 +112,6 @@ def policy_tokenizer(cfg):
 
     return modeling.load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path, cfg.policy.chat_template,
                                    padding_side="left")
-
-
-# ---- data ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class PPOData:
-    prompts: list[dict]  # training prompt rows
-    prompt_ids: list[list[int]]  # their chat-formatted token ids
-    prompt_stream: object  # IndexStream over the training prompts
-    eval_rows: list[dict]  # held-out prompt rows
-    ptx: PtxBatches | None
-
-
-class PtxBatches:
-    """Corpus batches for PPO-ptx; batch k of process r is a function of (step, micro-batch, r)."""
-
-    def __init__(self, token_ids: list[list[int]], batch_size: int, micro_per_step: int, pad_id: int,
-                 seed: int) -> None:
-        from rlhf_stack.ppo.state import IndexStream
-
-        self.token_ids, self.batch_size, self.micro_per_step, self.pad_id = token_ids, batch_size, micro_per_step, pad_id
-        self.stream = IndexStream(len(token_ids), seed + 1)
-
-    def batch(self, step: int, micro_index: int, acc) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask, labels), each `(batch_size, T)`, right-padded; labels -100 on padding."""
-        k = ((step - 1) * self.micro_per_step + micro_index) * acc.num_processes + acc.process_index
-        seqs = [self.token_ids[i] for i in self.stream.take(k * self.batch_size, self.batch_size)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, seq in enumerate(seqs):
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        return ids.to(acc.device), mask.to(acc.device), labels.to(acc.device)
-
-
-def load_data(cfg, tokenizer) -> PPOData:
-    from rlhf_stack.data import load_rows, split_train_eval
-    from rlhf_stack.errors import DataError
-    from rlhf_stack.ppo.rollout import encode_prompts
-    from rlhf_stack.ppo.state import IndexStream
-
-    p = cfg.prompts
-    rows = load_rows(p.path, "prompts", columns=p.columns, split=p.split, max_rows=p.max_rows, keep_lines=True)
-    if p.eval_path:
-        train_rows, eval_rows = rows, load_rows(p.eval_path, "prompts", keep_lines=True)
-    else:
-        train_rows, eval_rows = split_train_eval(rows, p.eval_fraction, seed=cfg.seed)
-    if len(train_rows) < cfg.batch_size:
-        raise DataError(f"{p.path}: {len(train_rows)} training prompts, fewer than batch_size {cfg.batch_size}")
-    prompt_ids = encode_prompts(train_rows, tokenizer, cfg.max_prompt_length, p.path)
-    ptx = None
-    if cfg.ptx_coef > 0:
-        d = cfg.ptx_data
-        texts = [r["text"] for r in load_rows(d.path, "corpus", columns=d.columns, split=d.split, max_rows=d.max_rows)]
-        # Each text ends with EOS so the LM loss also keeps the policy's habit of stopping.
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:cfg.ptx_max_length - 1] + [tokenizer.eos_token_id]
-               for t in texts]
-        micro_per_step = cfg.ppo_epochs * cfg.batch_size // cfg.micro_batch_size
-        ptx = PtxBatches(ids, cfg.micro_batch_size, micro_per_step, tokenizer.pad_token_id, cfg.seed)
-    return PPOData(train_rows, prompt_ids, IndexStream(len(train_rows), cfg.seed), eval_rows, ptx)
-
-
-# ---- reward -------------------------------------------------------------------------------------
-
-
-def reward_for(cfg, reward_fns, device, model, info):
-    """(CombinedReward, info): the reward sources, where a LoRA RM over the policy's own base is
-    hosted on the shared base as one more adapter (`shared_reward`), and `info` saying where the
-    RM went."""
-    from dataclasses import replace
-
-    from rlhf_stack.ppo.shared_reward import REWARD, host_reward_model
-
-    def host(path: str):
-        return host_reward_model(model, path, info.base_model)
-
-    reward = build_reward(cfg, reward_fns, device, host if cfg.host_reward_model and model.shared else None)
-    if any(src.kind == "reward_model" for src in cfg.rewards):
-        hosted = model.shared and REWARD in model.policy.peft_config
-        info = replace(info, reward_model="adapter-on-shared-base" if hosted else "separate-model")
-    return reward, info
 
 
 # ---- optimisation and control -------------------------------------------------------------------
@@ -145,61 +138,3 @@ def controllers(cfg):
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     return kl_ctl, RunningMoments()
-
-
-def maybe_resume(cfg, run, controllers_by_name: dict) -> int:
-    """Load the newest whole checkpoint under output_dir/checkpoints (when cfg.resume); return its step."""
-    from rlhf_stack.ppo.state import CHECKPOINT_PREFIX, completed_checkpoints, load_checkpoint_state
-
-    root = Path(cfg.output_dir) / "checkpoints"
-    steps = completed_checkpoints(root)
-    if not cfg.resume or not steps:
-        return 0
-    path = root / f"{CHECKPOINT_PREFIX}{steps[-1]}"
-    step = load_checkpoint_state(path, model=run.accelerator.unwrap_model(run.model), optimizer=run.optimizer,
-                                 scheduler=run.scheduler, controllers=controllers_by_name, accelerator=run.accelerator)
-    if run.accelerator.is_main_process:
-        print(f"[ppo] resuming from {path} (step {step} of {cfg.steps})")
-    return step
-
-
-# ---- after the loop -----------------------------------------------------------------------------
-
-SUMMARY_KEYS = ("score", "reward", "kl", "kl_coef", "entropy", "response_length", "policy_loss", "value_loss",
-                "approx_kl", "clipfrac", "ptx_loss")
-
-
-def summarize(records: list[dict], runtime_s: float, steps_run: int) -> dict:
-    """Final metrics: first and last step values, means over the last 10% of steps, speed, memory."""
-    if not records:
-        return {}
-    tail = records[-max(1, len(records) // 10):]
-    metrics: dict = {"steps": records[-1]["step"], "train_runtime_s": runtime_s,
-                     "steps_per_s": steps_run / max(runtime_s, 1e-9),
-                     "peak_memory_mb": max(r["peak_memory_mb"] for r in records)}
-    for key in SUMMARY_KEYS:
-        if key in records[-1]:
-            metrics[f"{key}_first"] = records[0][key]
-            metrics[key] = sum(r[key] for r in tail) / len(tail)
-    return metrics
-
-
-@torch.no_grad()
-def eval_score(run, cfg, unwrapped) -> float | None:
-    """Mean raw reward of sampled responses to held-out prompts (this process's share, averaged)."""
-    from rlhf_stack.ppo.rollout import encode_prompts, generate, left_pad, truncate_at_eos
-
-    acc, tok = run.accelerator, run.tokenizer
-    if not run.eval_rows or not cfg.eval_max_prompts:
-        return None
-    rows = run.eval_rows[:cfg.eval_max_prompts][acc.process_index::acc.num_processes]
-    total = torch.zeros(2, device=acc.device)
-    for start in range(0, len(rows), cfg.batch_size):
-        batch = rows[start:start + cfg.batch_size]
-        ids, mask = left_pad(encode_prompts(batch, tok, 10**9, cfg.prompts.path), tok.pad_token_id, acc.device)
-        response_ids, _, _ = truncate_at_eos(generate(unwrapped.policy, ids, mask, run.gen_config),
-                                             tok.eos_token_id, tok.pad_token_id)
-        scores, _ = run.reward([r["prompt"] for r in batch], tok.batch_decode(response_ids, skip_special_tokens=True))
-        total += torch.tensor([float(scores.sum()), len(batch)], device=acc.device)
-    total = acc.reduce(total, "sum")
-    return float(total[0] / total[1])

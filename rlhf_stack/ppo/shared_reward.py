@@ -4,7 +4,7 @@ With a LoRA policy, one base already serves policy, reference and value (`models
 reward model is itself a LoRA adapter (+ score head) over that same base, as the quickstart's
 is, loading it on its own would add a second full copy of the base: instead its adapter joins
 the others as "reward" and its score head becomes a small Linear. It scores with its own
-tokenizer and chat template exactly as `rewards.RewardScorer` does (same pooling at the last
+tokenizer and chat template exactly as `reward.scorer.RewardScorer` does (same pooling at the last
 non-pad token, same bias), so the scores are the same up to float rounding (tests check 1e-5).
 Any other reward model (full weights, another base, extra trained modules) loads separately.
 """

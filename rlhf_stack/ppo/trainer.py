@@ -12,8 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
@@ -21,45 +20,22 @@ from rlhf_stack.config import StageResult
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.config import PPOConfig
 from rlhf_stack.ppo.rollout import Rollout
-
-LOG_NAME, SAMPLES_NAME = "ppo_log.jsonl", "samples.jsonl"
-
-
-@dataclass
-class Run:
-    """What the loop works with, built once by `_setup`."""
-
-    accelerator: object
-    tokenizer: object
-    model: torch.nn.Module  # ActorCritic, wrapped by accelerate (DDP) when distributed
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    kl_ctl: object  # FixedKLController | AdaptiveKLController
-    moments: object  # RunningMoments of raw scores
-    reward: Callable  # CombinedReward: (prompts, responses) -> ((b,), {name: (b,)})
-    prompts: list  # training prompt rows
-    prompt_ids: list[list[int]]
-    prompt_stream: object  # IndexStream over prompts
-    eval_rows: list
-    ptx: object | None  # PtxBatches
-    gen_config: object
-    info: object  # models.ModelInfo
-    log: object  # state.RunLog (main process) or None
-    start_step: int
-    output_dir: Path
+from rlhf_stack.ppo.setup import Run
 
 
 def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> StageResult:
     """Run PPO (PPO-ptx when cfg.ptx_coef > 0); return the policy checkpoint and final metrics."""
     from tqdm.auto import tqdm
 
+    from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, save_checkpoint_state
+    from rlhf_stack.ppo.logs import peak_memory_mb
+    from rlhf_stack.ppo.rewards import process_scores
     from rlhf_stack.ppo.rollout import collect_rollout, left_pad
-    from rlhf_stack.ppo.scoring import process_scores
-    from rlhf_stack.ppo.state import peak_memory_mb, save_checkpoint_state
+    from rlhf_stack.ppo.setup import build_run
 
-    run = _setup(cfg, reward_fns)
-    acc, tokenizer = run.accelerator, run.tokenizer
-    unwrapped = acc.unwrap_model(run.model)
+    run = build_run(cfg, reward_fns)
+    acc, tokenizer, data = run.accelerator, run.tokenizer, run.data
+    unwrapped = run.actor_critic
     kl_fn = PF.KL_ESTIMATORS[cfg.kl_estimator]  # chosen once (STYLE.md item 7)
     world, rank = acc.num_processes, acc.process_index
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
@@ -67,9 +43,9 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     started = time.perf_counter()
     for step in range(run.start_step + 1, cfg.steps + 1):
         t_start = time.perf_counter()
-        index = run.prompt_stream.take(((step - 1) * world + rank) * cfg.batch_size, cfg.batch_size)
-        prompts = [run.prompts[i]["prompt"] for i in index]
-        query_ids, query_mask = left_pad([run.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
+        index = data.prompt_stream.take(((step - 1) * world + rank) * cfg.batch_size, cfg.batch_size)
+        prompts = [data.prompts[i]["prompt"] for i in index]
+        query_ids, query_mask = left_pad([data.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
 
         # 1. generate, then evaluate the samples under policy (pi_old), reference and value
         rollout = collect_rollout(unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
@@ -128,8 +104,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         bar.update(1)
         bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.3f}")
         if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < cfg.steps:
-            save_checkpoint_state(run.output_dir / "checkpoints", step, model=unwrapped, optimizer=run.optimizer,
-                                  scheduler=run.scheduler, controllers=_controllers(run), accelerator=acc)
+            save_checkpoint_state(run.output_dir / CHECKPOINTS_DIR, step, model=unwrapped, optimizer=run.optimizer,
+                                  scheduler=run.scheduler, controllers=run.controllers, accelerator=acc)
     bar.close()
     runtime = time.perf_counter() - started
     return _finish(run, cfg, unwrapped, runtime)
@@ -151,7 +127,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[s
             mb_order = order[mb_start:mb_start + cfg.mini_batch_size]
             for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
                 micro = rollout.select(mb_order[micro_start:micro_start + cfg.micro_batch_size])
-                ptx_batch = run.ptx.batch(step, micro_index, acc) if run.ptx is not None else None
+                ptx_batch = run.data.ptx.batch(step, micro_index, acc) if run.data.ptx is not None else None
                 micro_index += 1
                 last = k == cfg.grad_accum_steps - 1
                 with nullcontext() if last else acc.no_sync(model):  # all-reduce once per mini-batch
@@ -173,7 +149,7 @@ def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfi
     One forward and one backward normally; with a shared base under gradient checkpointing, the
     value part runs (forward and backward) with its adapter active first, then the policy part.
     """
-    acc, unwrapped = run.accelerator, run.accelerator.unwrap_model(run.model)
+    acc, unwrapped = run.accelerator, run.actor_critic
     mb = mb.trimmed()
     n_response = mb.response_ids.shape[1]
     ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
@@ -216,41 +192,6 @@ def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, st
 # ---- setup and finish ---------------------------------------------------------------------------
 
 
-def _setup(cfg: PPOConfig, reward_fns) -> Run:
-    from rlhf_stack import training
-    from rlhf_stack.ppo import models, setup
-    from rlhf_stack.ppo.state import RunLog
-
-    acc = setup.make_accelerator(cfg)
-    output_dir = Path(cfg.output_dir)
-    if acc.is_main_process:
-        training.begin_stage(output_dir)
-    torch.manual_seed(cfg.seed)  # the same adapter init on every process
-    tokenizer = setup.policy_tokenizer(cfg)
-    data = setup.load_data(cfg, tokenizer)
-    setup.check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
-    model, info = models.build_actor_critic(cfg, tokenizer, acc.device)
-    reward, info = setup.reward_for(cfg, reward_fns, acc.device, model, info)
-    optimizer, scheduler = setup.optimizer_and_scheduler(cfg, model)
-    model, optimizer = acc.prepare(model, optimizer)
-    kl_ctl, moments = setup.controllers(cfg)
-    run = Run(acc, tokenizer, model, optimizer, scheduler, kl_ctl, moments, reward, data.prompts, data.prompt_ids,
-              data.prompt_stream, data.eval_rows, data.ptx, None, info, None, 0, output_dir)
-    torch.manual_seed(cfg.seed + acc.process_index)  # each process samples different responses
-    run.start_step = setup.maybe_resume(cfg, run, _controllers(run))
-    run.gen_config = setup.generation_config(cfg, tokenizer)
-    if acc.is_main_process:
-        logs = output_dir / training.LOGS_DIR
-        run.log = RunLog(Path(cfg.log_file) if cfg.log_file else logs / LOG_NAME, logs / SAMPLES_NAME, run.start_step)
-    if cfg.report_to != ["none"]:
-        acc.init_trackers("rlhf_stack_ppo", config=cfg.model_dump(mode="json"))
-    return run
-
-
-def _controllers(run: Run) -> dict:
-    return {"kl_controller": run.kl_ctl, "score_moments": run.moments}
-
-
 def _mean_over_processes(acc, stats: dict[str, torch.Tensor]) -> dict[str, float]:
     """One all-reduce for every statistic; plain floats for the log."""
     names = sorted(stats)
@@ -267,12 +208,15 @@ def _sample_rows(prompts, responses, raw_scores, scores, n: int) -> list[dict]:
 
 def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
     from rlhf_stack import training
-    from rlhf_stack.ppo import setup
+    from rlhf_stack.ppo.logs import summarize
     from rlhf_stack.ppo.models import PolicySaver
+    from rlhf_stack.ppo.rollout import heldout_score
 
     acc = run.accelerator
-    metrics = setup.summarize(run.log.records() if run.log else [], runtime, cfg.steps - run.start_step)
-    metrics.update(eval_score=setup.eval_score(run, cfg, unwrapped), resumed_from_step=run.start_step or None,
+    metrics = summarize(run.log.records() if run.log else [], runtime, cfg.steps - run.start_step)
+    eval_score = heldout_score(unwrapped.policy, run.data.eval_rows[:cfg.eval_max_prompts], run.tokenizer,
+                               run.gen_config, run.reward, acc, cfg.batch_size)
+    metrics.update(eval_score=eval_score, resumed_from_step=run.start_step or None,
                    models={"layout": run.info.layout, "reference": run.info.reference,
                            "value_init": run.info.value_init, "policy_base": run.info.base_model,
                            "reward_model": run.info.reward_model},

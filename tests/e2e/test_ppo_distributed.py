@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     from rlhf_stack.config import load_config
-    from rlhf_stack.ppo import PPOConfig, trainer
+    from rlhf_stack.ppo import PPOConfig, setup, trainer
 
     out = Path(sys.argv[2])
 
@@ -31,13 +31,13 @@ SCRIPT = textwrap.dedent("""
                 h.update(name.encode()); h.update(p.detach().cpu().numpy().tobytes())
         return h.hexdigest()
 
-    original_setup, original_finish = trainer._setup, trainer._finish
+    original_setup, original_finish = setup.build_run, trainer._finish
 
-    def setup(cfg, reward_fns):  # record the initial weights and this rank's first prompts
+    def build_run(cfg, reward_fns):  # record the initial weights and this rank's first prompts
         run = original_setup(cfg, reward_fns)
         rank = run.accelerator.process_index
-        first = run.prompt_stream.take(rank * cfg.batch_size, cfg.batch_size)
-        (out / f"init-{rank}.json").write_text(json.dumps({"digest": digest(run.accelerator.unwrap_model(run.model)),
+        first = run.data.prompt_stream.take(rank * cfg.batch_size, cfg.batch_size)
+        (out / f"init-{rank}.json").write_text(json.dumps({"digest": digest(run.actor_critic),
                                                            "prompts": first, "world": run.accelerator.num_processes}))
         return run
 
@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent("""
         (out / f"final-{rank}.json").write_text(json.dumps({"digest": digest(unwrapped)}))
         return original_finish(run, cfg, unwrapped, runtime)
 
-    trainer._setup, trainer._finish = setup, finish
+    setup.build_run, trainer._finish = build_run, finish
 
     def length_reward(prompts, responses):
         return [len(r) / 50.0 for r in responses]

@@ -11,8 +11,9 @@ import typer
 
 from rlhf_stack.config import DataConfig
 from rlhf_stack.errors import ConfigError
-from rlhf_stack.manifest import data_files
-from rlhf_stack.runner import STAGES, load_recipe
+from rlhf_stack.pipeline.runner import load_recipe
+from rlhf_stack.pipeline.stages import STAGES
+from rlhf_stack.pipeline.staleness import data_files
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -134,9 +135,9 @@ def test_unknown_key_names_its_path_and_line(tmp_path):
 
 
 def test_data_files_walks_nested_data_configs():
-    from rlhf_stack.evaluation import EvalConfig
+    from rlhf_stack.evaluation.evaluate import EvalConfig
     from rlhf_stack.ppo import PPOConfig
-    from rlhf_stack.reward import RewardConfig
+    from rlhf_stack.reward.stage import RewardConfig
 
     cfg = PPOConfig(policy={"name_or_path": "m"}, prompts=DataConfig(path="p.jsonl", eval_path="pe.jsonl"),
                     ptx_data=DataConfig(path="c.jsonl"))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_stack import manifest, runner
+from rlhf_stack.pipeline import runner, staleness
+from rlhf_stack.pipeline import manifest
 from rlhf_stack.errors import ConfigError, RlhfStackError
 
 TINY = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llama")
@@ -151,28 +152,28 @@ def test_one_runner_per_run_directory(data, tmp_path):
 def test_decide(tmp_path):
     marker = tmp_path / "sft" / "stage.json"
     entry = {"config_hash": "h", "inputs": {"sft": "c"}}
-    assert manifest.decide({}, "h", {"sft": "c"}, marker, force=False) == "fresh"  # never started
-    assert manifest.decide(entry, "h", {"sft": "c"}, marker, force=False) == "resume"  # interrupted
+    assert staleness.stage_action({}, "h", {"sft": "c"}, marker, force=False) == "fresh"  # never started
+    assert staleness.stage_action(entry, "h", {"sft": "c"}, marker, force=False) == "resume"  # interrupted
     marker.parent.mkdir()
     marker.write_text("{}")
-    assert manifest.decide(entry, "h", {"sft": "c"}, marker, force=False) == "reuse"
-    assert manifest.decide(entry, "h2", {"sft": "c"}, marker, force=False) == "fresh"  # config changed
-    assert manifest.decide(entry, "h", {"sft": "c2"}, marker, force=False) == "fresh"  # upstream re-trained
-    assert manifest.decide(entry, "h", {"sft": "c"}, marker, force=True) == "fresh"
+    assert staleness.stage_action(entry, "h", {"sft": "c"}, marker, force=False) == "reuse"
+    assert staleness.stage_action(entry, "h2", {"sft": "c"}, marker, force=False) == "fresh"  # config changed
+    assert staleness.stage_action(entry, "h", {"sft": "c2"}, marker, force=False) == "fresh"  # upstream re-trained
+    assert staleness.stage_action(entry, "h", {"sft": "c"}, marker, force=True) == "fresh"
 
 
 def test_references_are_found_and_resolved():
     cfg = {"policy": {"name_or_path": "@sft"}, "rewards": [{"path": "@reward"}, {"path": "mod:fn"}], "x": 1}
-    assert list(manifest.iter_references(cfg, "ppo")) == [("ppo.policy.name_or_path", "sft"),
+    assert list(staleness.iter_references(cfg, "ppo")) == [("ppo.policy.name_or_path", "sft"),
                                                         ("ppo.rewards.0.path", "reward")]
-    resolved = manifest.resolve_references(cfg, {"sft": "/r/sft", "reward": "/r/reward"})
+    resolved = staleness.resolve_references(cfg, {"sft": "/r/sft", "reward": "/r/reward"})
     assert resolved == {"policy": {"name_or_path": "/r/sft"}, "rewards": [{"path": "/r/reward"}, {"path": "mod:fn"}],
                         "x": 1}
 
 
 def test_stable_hash_ignores_key_order():
-    assert manifest.stable_hash({"a": 1, "b": [1, 2]}) == manifest.stable_hash({"b": [1, 2], "a": 1})
-    assert manifest.stable_hash({"a": 1}) != manifest.stable_hash({"a": 2})
+    assert staleness.stable_hash({"a": 1, "b": [1, 2]}) == staleness.stable_hash({"b": [1, 2], "a": 1})
+    assert staleness.stable_hash({"a": 1}) != staleness.stable_hash({"a": 2})
 
 
 def test_recipe_seed_fills_unset_stage_seeds(data):

@@ -167,7 +167,7 @@ def test_lora_reward_model_is_hosted_on_the_shared_base(tiny_model_dir, prompts_
     from rlhf_stack.modeling import load_tokenizer
     from rlhf_stack.ppo.models import build_actor_critic
     from rlhf_stack.ppo.shared_reward import host_reward_model
-    from rlhf_stack.rewards import RewardScorer
+    from rlhf_stack.reward.scorer import RewardScorer
 
     rm_dir = lora_reward_model(tiny_model_dir, tmp_path / "rm")
     cfg = config(tiny_model_dir, prompts_file, tmp_path)

@@ -9,15 +9,11 @@ import torch
 
 from rlhf_stack.config import load_config
 from rlhf_stack.errors import ConfigError, DataError
-from rlhf_stack.reward import (
-    RankingCollator,
-    RankingTrainer,
-    RewardConfig,
-    load_reward_model,
-    make_objective,
-    train_reward,
-)
-from rlhf_stack.rewards import RewardScorer, encode_conversation, to_messages
+from rlhf_stack.data import prompt_messages
+from rlhf_stack.reward.batching import RankingCollator, encode_conversation
+from rlhf_stack.reward.scorer import RewardScorer
+from rlhf_stack.reward.stage import RewardConfig, load_reward_model, make_objective, train_reward
+from rlhf_stack.reward.trainer import RankingTrainer
 from tests.conftest import write_jsonl
 
 COMPLETIONS = ["Apple.", "Banana is a fruit.", "no no no no", "I do not know."]
@@ -81,7 +77,7 @@ def plain_reload(checkpoint, tiny_model_dir):
 def plain_scores(model, tokenizer, prompts, responses) -> list[float]:
     out = []
     for prompt, response in zip(prompts, responses, strict=True):
-        ids = tokenizer.apply_chat_template(to_messages(prompt, response), tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(prompt_messages(prompt, response), tokenize=True, return_dict=True)["input_ids"]
         with torch.no_grad():
             out.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
     return out
@@ -219,7 +215,7 @@ def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny
     from transformers import TrainingArguments
 
     from rlhf_stack import modeling
-    from rlhf_stack.rewards import shared_prefix_length
+    from rlhf_stack.reward.batching import shared_prefix_length
 
     tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
     rows = ranking_rows(2) + [{"prompt": "Short?", "completions": ["a b", "c"], "ranks": [2, 1]}]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rlhf_stack import evaluation as ev
+from rlhf_stack.evaluation import evaluate as ev
 from rlhf_stack.config import load_config
 
 

@@ -1,17 +1,17 @@
-"""The reward model's losses (rlhf_stack.reward_functional) on hand-computed tensors."""
+"""The reward model's losses (rlhf_stack.reward.functional) on hand-computed tensors."""
 
 import math
 
 import pytest
 import torch
 
-from rlhf_stack.reward_functional import (
+from rlhf_stack.reward.batching import to_ranking_matrix
+from rlhf_stack.reward.functional import (
     center_penalty,
     listwise_loss,
     pairwise_accuracy,
     preferred_pairs,
     ranking_loss,
-    to_ranking_matrix,
 )
 
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from rlhf_stack import report
+from rlhf_stack.evaluation import report
 from rlhf_stack.errors import RlhfStackError
 
 

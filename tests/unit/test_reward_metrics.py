@@ -17,7 +17,8 @@ from rlhf_stack.metrics.ranking import (
     ranking_metrics,
     top1_accuracy,
 )
-from rlhf_stack.rewards import CombinedReward, RewardSourceConfig, build_reward_function, load_callable
+from rlhf_stack.config import load_callable
+from rlhf_stack.ppo.rewards import CombinedReward, RewardSourceConfig, build_reward_function
 
 # Two rankings: A has a tie (ranks 1,2,2), B is a full order of 3 with one mistake.
 SCORES = [[2.0, 0.5, -1.0], [0.1, 0.3, -0.4]]

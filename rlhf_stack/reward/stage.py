@@ -3,8 +3,8 @@
 `train_reward(RewardConfig) -> StageResult`. A batch element is one whole ranking: its K
 completions are scored once each (K forward sequences, not the 2*C(K,2) of pairwise expansion)
 and all C(K,2) comparisons come from those K scores, so one prompt's comparisons never straddle
-batches. The outer loop is transformers' Trainer; this module plugs in a collator and
-`compute_loss`. The losses are pure functions in `reward_functional.py`.
+batches. The outer loop is transformers' Trainer (`trainer.py` plugs in `compute_loss`); rankings
+become tensors in `batching.py`; the losses are pure functions in `functional.py`.
 
 Initialisation (`init_from`):
 - None: the base model of `model.name_or_path` with a fresh score head;
@@ -17,7 +17,7 @@ Initialisation (`init_from`):
 
 After training, `normalize_with` sets a bias so the reward of a reference set of demonstrations
 has mean 0 (InstructGPT §3.5); it is stored in stage.json (`reward_bias`) and added by
-`rewards.RewardScorer` everywhere the RM is used.
+`scorer.RewardScorer` everywhere the RM is used.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import Literal
 
 from pydantic import ValidationInfo, field_validator
 
-from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
+from rlhf_stack.config import Config, DataConfig, DataPath, ModelConfig, StageResult, TrainingConfig
 from rlhf_stack.data import LINE_KEY, load_rows, row_prompt, split_train_eval
 from rlhf_stack.errors import ConfigError, DataError
-from rlhf_stack.reward_functional import center_penalty, listwise_loss, ranking_loss
-from rlhf_stack.reward_trainer import RankingCollator, RankingTrainer, eval_metrics_fn
-from rlhf_stack.rewards import BIAS_KEY, encode_conversation, score_sequences, shared_prefix_length
+from rlhf_stack.reward.batching import RankingCollator, encode_conversation, encode_rankings
+from rlhf_stack.reward.functional import center_penalty, listwise_loss, ranking_loss
+from rlhf_stack.reward.scorer import BIAS_KEY, score_sequences
 
 BEST_METRIC = "eval_pairwise_accuracy"
 
@@ -70,7 +70,7 @@ class RewardConfig(Config):
     cache for all K (same scores up to float rounding; on the demo data 204 instead of 333 tokens
     a ranking, ~1.2x faster on CPU).
     Turn off for a model whose cache cannot be indexed by batch row."""
-    normalize_with: str | None = None
+    normalize_with: DataPath | None = None
     """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
     reward 0. None: no bias."""
     normalize_max_rows: int = 512
@@ -105,6 +105,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
     from rlhf_stack import modeling, training
+    from rlhf_stack.reward.trainer import RankingTrainer, eval_metrics_fn
 
     output_dir = Path(cfg.output_dir)
     # 1. data: validated rankings, all-tied rows kept out (counted), every completion tokenised once
@@ -112,8 +113,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     _check_init_from(cfg.init_from)
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.init_from or cfg.model.name_or_path,
                                         cfg.model.chat_template)
-    train_ds, n_truncated = _encode(train_rows, tokenizer, cfg.max_length)
-    eval_ds, _ = _encode(eval_rows, tokenizer, cfg.max_length)
+    train_ds, n_truncated = encode_rankings(train_rows, tokenizer, cfg.max_length)
+    eval_ds, _ = encode_rankings(eval_rows, tokenizer, cfg.max_length)
 
     # 2. model: sequence classifier with one output (random head), tuning method applied
     training.begin_stage(output_dir)
@@ -189,23 +190,6 @@ def _load_splits(cfg: RewardConfig) -> tuple[list[dict], list[dict], int]:
     if not train:
         raise DataError(f"{data.path}: no training ranking states a preference (all rows tied or held out)")
     return train, held, len(tied)
-
-
-def _encode(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """Rankings -> [{input_ids: K token lists, ranks: K ints, n_pairs}], and how many got truncated."""
-    items, truncated = [], 0
-    for row in rows:
-        encoded = [encode_conversation(tokenizer, row["prompt"], c, max_length) for c in row["completions"]]
-        truncated += sum(cut for _, cut in encoded)
-        ranks = list(row["ranks"])
-        n_pairs = sum(a < b for a in ranks for b in ranks)
-        seqs = [ids for ids, _ in encoded]
-        items.append({"input_ids": seqs, "ranks": ranks, "n_pairs": n_pairs,
-                      "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
-    if truncated:
-        print(f"[reward] {truncated} completions are longer than max_length={max_length} with their prompt; "
-              "the start of the prompt is cut")
-    return items, truncated
 
 
 # ---- 2. model -------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def _batched(scores: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, t
 def preferred_pairs(ranks: torch.Tensor) -> torch.Tensor:
     """(B, K, K) bool: entry [b, i, j] is True when completion i is ranked strictly above j.
 
-    Tied pairs and padding (rank <= 0) are False: a tie states no preference.
+    Tied pairs and padding (rank <= 0) are False: a tie states no preference. The tensor form of
+    `rlhf_stack.data.preferred_pairs`, the pair rule every other count uses.
     """
     valid = ranks > 0
     return (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]
@@ -99,15 +100,3 @@ def pairwise_accuracy(scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor
     diff = s[:, :, None] - s[:, None, :]
     hits = (diff > 0).float() + 0.5 * (diff == 0).float()
     return (hits * pairs).sum() / pairs.sum().clamp(min=1)
-
-
-def to_ranking_matrix(flat_scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Scores of the completions of B rankings laid end to end `(N,)` -> `(B, K)` beside `ranks`.
-
-    N must equal the number of entries with rank > 0; padding comes last in every row.
-    """
-    valid = ranks > 0
-    if int(valid.sum()) != flat_scores.numel():
-        raise ValueError(f"{flat_scores.numel()} scores for {int(valid.sum())} ranked completions")
-    out = flat_scores.new_zeros(ranks.shape)
-    return out.masked_scatter(valid, flat_scores)

@@ -1,56 +1,28 @@
-"""Resumable PPO state on disk, the per-step logs, and the data order.
+"""Resumable PPO state on disk.
 
 A checkpoint `output_dir/checkpoints/step-N/` holds everything the next step depends on: the
 trainable weights (adapters + value head, or full models), AdamW and LR-scheduler states, the KL
 controller and score moments, every process's RNG states, and the step. Data positions are a
-pure function of the step (`IndexStream`), so they need no state. The directory is written as
-`step-N.partial` and renamed when complete, so a kill -9 never leaves a checkpoint that looks whole.
+pure function of the step (`data.IndexStream`), so they need no state. The directory is written
+as `step-N.partial` and renamed when complete, so a kill -9 never leaves a checkpoint that looks
+whole.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import resource
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rlhf_stack.pipeline.layout import CHECKPOINTS_DIR  # noqa: F401  (under the stage's output_dir)
+
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "state.json"
 KEEP_CHECKPOINTS = 2  # resume needs only the newest; one more guards against a corrupt disk write
-
-
-# ---- data order -------------------------------------------------------------------------------
-
-
-class IndexStream:
-    """An endless stream of item indices: each epoch a fresh permutation seeded by (seed, epoch).
-
-    `take(start, count)` returns positions start..start+count-1 of the stream, so the data a step
-    uses is a function of the step alone and resuming needs no sampler state.
-    """
-
-    def __init__(self, n_items: int, seed: int) -> None:
-        if n_items < 1:
-            raise ValueError("IndexStream needs at least one item")
-        self.n_items, self.seed = n_items, seed
-        self._cache: dict[int, list[int]] = {}
-
-    def _epoch(self, epoch: int) -> list[int]:
-        if epoch not in self._cache:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._cache = {e: order for e, order in self._cache.items() if e >= epoch - 1}  # bounded
-            self._cache[epoch] = torch.randperm(self.n_items, generator=generator).tolist()
-        return self._cache[epoch]
-
-    def take(self, start: int, count: int) -> list[int]:
-        return [self._epoch(i // self.n_items)[i % self.n_items] for i in range(start, start + count)]
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
 
 
 def rng_state() -> dict:
@@ -137,41 +109,15 @@ def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controller
     return int(state["step"])
 
 
-# ---- logs ---------------------------------------------------------------------------------------
-
-
-class RunLog:
-    """Append-only JSONL logs: one record per step, and sample tables every N steps."""
-
-    def __init__(self, log_path: Path, samples_path: Path, resume_step: int) -> None:
-        self.log_path, self.samples_path = log_path, samples_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        # A resumed run re-does the steps after its checkpoint: drop their old records first.
-        for path in (log_path, samples_path):
-            kept = [line for line in _read_lines(path) if json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(kept))
-
-    def write(self, record: dict) -> None:
-        with self.log_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def write_samples(self, step: int, rows: list[dict]) -> None:
-        with self.samples_path.open("a") as fh:
-            for row in rows:
-                fh.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
-
-    def records(self) -> list[dict]:
-        return [json.loads(line) for line in _read_lines(self.log_path)]
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    return [line + "\n" for line in path.read_text().splitlines() if line.strip()]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA max allocated on GPU, the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def resume_latest(root: Path, *, model, optimizer, scheduler, controllers: dict, accelerator) -> int:
+    """Load the newest whole checkpoint under `root` into the given objects; return its step
+    (0 when there is none: the run starts from step 1)."""
+    steps = completed_checkpoints(root)
+    if not steps:
+        return 0
+    path = root / f"{CHECKPOINT_PREFIX}{steps[-1]}"
+    step = load_checkpoint_state(path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 controllers=controllers, accelerator=accelerator)
+    if accelerator.is_main_process:
+        print(f"[ppo] resuming from {path} (step {step})")
+    return step

@@ -1,6 +1,6 @@
 """One stage in its own process: what the runner starts under `accelerate launch`.
 
-    accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlhf_stack.runner_stage sft RUN_DIR/configs/sft.yaml 42
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m rlhf_stack.pipeline.launch sft RUN_DIR/configs/sft.yaml 42
 
 The config file is the resolved stage config the runner wrote (references replaced, output_dir set);
 the last argument is the recipe seed, set before the stage starts as the in-process path does.
@@ -9,24 +9,23 @@ the last argument is the recipe seed, set before the stage starts as the in-proc
 from __future__ import annotations
 
 import sys
-from importlib import import_module
 
 
 def main(argv: list[str] | None = None) -> int:
     from rlhf_stack.config import load_config
     from rlhf_stack.errors import RlhfStackError
-    from rlhf_stack.runner import STAGES, seed_everything
+    from rlhf_stack.pipeline.runner import seed_everything
+    from rlhf_stack.pipeline.stages import STAGES
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] not in STAGES:
-        print(f"usage: python -m rlhf_stack.runner_stage {{{','.join(STAGES)}}} CONFIG.yaml SEED", file=sys.stderr)
+        print(f"usage: python -m rlhf_stack.pipeline.launch {{{','.join(STAGES)}}} CONFIG.yaml SEED", file=sys.stderr)
         return 2
     spec = STAGES[args[0]]
-    module = import_module(spec.module)
     try:
-        cfg = load_config(getattr(module, spec.config_class), args[1])
+        cfg = load_config(spec.config_type(), args[1])
         seed_everything(int(args[2]))
-        getattr(module, spec.function)(cfg)
+        spec.entry()(cfg)
     except RlhfStackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

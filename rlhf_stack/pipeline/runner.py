@@ -5,7 +5,7 @@ chain of stages needs:
 
 - hand-off by reference: any string `@sft`, `@reward` or `@ppo` in a stage's config becomes that
   stage's checkpoint directory before the stage runs (`ppo.policy.name_or_path: "@sft"`);
-  the bookkeeping (hashes, manifest file, lock, the reuse rule) lives in `rlhf_stack.manifest`;
+  the reuse rule and its keys live in `staleness.py`, the manifest file and lock in `manifest.py`;
 - `RUN_DIR/manifest.json` (written atomically after every change): per stage its status, checkpoint,
   timings, metrics, config hash, data fingerprints; plus package versions;
 - skip and resume: a stage's config hash covers its own config, its data files' fingerprints and
@@ -14,9 +14,9 @@ chain of stages needs:
   was interrupted is called again on the same directory, where it resumes from its last checkpoint;
   any other is started over in an emptied directory.
 
-Stages run in this process, or as `accelerate launch` subprocesses (`rlhf_stack.runner_stage`)
-when the recipe names an accelerate config. Each stage's output directory is RUN_DIR/<stage>, set
-here and nowhere else.
+Stages run in this process, or as `accelerate launch` subprocesses (`launch.py`) when the recipe
+names an accelerate config. The stages come from the registry (`stages.py`); each stage's output
+directory is RUN_DIR/<stage> (`layout.py`), set here and nowhere else.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 
 import yaml
@@ -36,50 +35,29 @@ from pydantic import BaseModel
 
 from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, validate
 from rlhf_stack.errors import ConfigError, RlhfStackError
-from rlhf_stack.evaluation import RESULTS_FILE, EvalConfig
-from rlhf_stack.manifest import (
+from rlhf_stack.evaluation.evaluate import EvalConfig
+from rlhf_stack.pipeline.layout import RunLayout
+from rlhf_stack.pipeline.manifest import (
     MANIFEST_FORMAT,
-    checkpoint_id,
-    config_hash,
-    data_files,
-    decide,
-    iter_references,
     now,
     package_versions,
     read_manifest,
-    resolve_references,
     run_lock,
     write_atomic,
     write_manifest,
 )
-from rlhf_stack.ppo import PPOConfig
-from rlhf_stack.reward import RewardConfig
+from rlhf_stack.pipeline.stages import ORDER, REFERABLE, STAGES, StageSpec
+from rlhf_stack.pipeline.staleness import (
+    checkpoint_id,
+    config_hash,
+    data_files,
+    iter_references,
+    resolve_references,
+    stage_action,
+)
+from rlhf_stack.ppo.config import PPOConfig
+from rlhf_stack.reward.stage import RewardConfig
 from rlhf_stack.sft import SFTConfig
-
-STAGE_FILE = "stage.json"  # = modeling.STAGE_FILE, repeated to keep this import light
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """How the runner calls one stage."""
-
-    name: str  # stage name: manifest key, RUN_DIR/<name>, `--only` value
-    field: str  # the Recipe field holding its config
-    module: str  # module with the config class and the function
-    config_class: str
-    function: str  # cfg -> StageResult (training stages) or results dict (eval)
-    marker: str  # file whose presence in the output dir marks it finished
-
-
-STAGES: dict[str, StageSpec] = {
-    "sft": StageSpec("sft", "sft", "rlhf_stack.sft", "SFTConfig", "train_sft", STAGE_FILE),
-    "reward": StageSpec("reward", "reward", "rlhf_stack.reward", "RewardConfig", "train_reward", STAGE_FILE),
-    "ppo": StageSpec("ppo", "ppo", "rlhf_stack.ppo", "PPOConfig", "train_ppo", STAGE_FILE),
-    "eval": StageSpec("eval", "evaluation", "rlhf_stack.evaluation", "EvalConfig", "evaluate_from_config",
-                      RESULTS_FILE),
-}
-ORDER = tuple(STAGES)
-REFERABLE = ("sft", "reward", "ppo")  # stages whose checkpoint another stage may name as @stage
 
 
 class Recipe(Config):
@@ -194,7 +172,7 @@ def run_recipe(recipe: Recipe | str | Path | dict, overrides=(), *, run_dir: str
             run.visit(STAGES[name], name in selected)
         report = None
         if recipe.report:
-            from rlhf_stack.report import write_report
+            from rlhf_stack.evaluation.report import write_report
 
             report = write_report(run_dir)
             run.manifest["report"] = report.name
@@ -226,7 +204,7 @@ def _open_manifest(run_dir: Path, recipe: Recipe, origin: str, selected: list[st
         entry = manifest["stages"].setdefault(name, {"status": "pending"})
         if entry["status"] == "running":  # we hold the lock: that run was killed
             entry.update(status="pending", note="interrupted; resumes from its last checkpoint")
-    write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True),
+    write_atomic(RunLayout(run_dir).recipe, yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True),
                                                          sort_keys=False))
     write_manifest(run_dir, manifest)
     return manifest
@@ -237,12 +215,13 @@ class _Run:
 
     def __init__(self, recipe: Recipe, run_dir: Path, manifest: dict, force: bool):
         self.recipe, self.run_dir, self.manifest, self.force = recipe, run_dir, manifest, force
+        self.layout = RunLayout(run_dir)
         self.results: dict[str, StageResult] = {}
         self.ran: list[str] = []
         self.reused: list[str] = []
 
     def visit(self, spec: StageSpec, selected: bool) -> None:
-        stage_dir = self.run_dir / spec.name
+        stage_dir = self.layout.stage_dir(spec.name)
         entry = self.manifest["stages"].setdefault(spec.name, {"status": "pending"})
         try:
             config, resolved, key, inputs, data = self.prepare(spec)
@@ -251,7 +230,7 @@ class _Run:
                 raise
             entry.update(status="skipped", note="not selected, and an upstream stage has no checkpoint")
             return write_manifest(self.run_dir, self.manifest)
-        action = decide(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
+        action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
         if action == "reuse":
             entry.update(status="done", metrics=read_metrics(spec, stage_dir))
             entry.pop("note", None)
@@ -272,7 +251,7 @@ class _Run:
         config = stage_dict(self.recipe, spec)
         upstream, inputs, checkpoints = {}, {}, {}
         for key, ref in iter_references(config, spec.field):
-            ref_dir = self.run_dir / ref
+            ref_dir = self.layout.stage_dir(ref)
             ckpt = checkpoint_id(ref_dir, STAGES[ref].marker)
             if ckpt is None:
                 raise ConfigError(f"{key}: '@{ref}' needs a finished {ref} checkpoint in {ref_dir}, and there is "
@@ -281,7 +260,7 @@ class _Run:
             inputs[ref], checkpoints[ref] = ckpt, str(ref_dir.resolve())
         data = {path: fingerprint(path) for path in data_files(getattr(self.recipe, spec.field))}
         key = config_hash(spec.name, config, data, upstream)
-        resolved = {**resolve_references(config, checkpoints), "output_dir": str(self.run_dir / spec.name)}
+        resolved = {**resolve_references(config, checkpoints), "output_dir": str(self.layout.stage_dir(spec.name))}
         return config, resolved, key, inputs, data
 
     def launcher(self, spec: StageSpec) -> str:
@@ -292,12 +271,12 @@ class _Run:
 
     def execute(self, spec: StageSpec, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
                 fresh: bool) -> None:
-        stage_dir = self.run_dir / spec.name
+        stage_dir = self.layout.stage_dir(spec.name)
         if fresh:
             # Emptied before the new hash is recorded: a kill in between leaves the old hash, so the
             # next run starts over again rather than trusting files from another config.
             shutil.rmtree(stage_dir, ignore_errors=True)
-        config_file = self.run_dir / "configs" / f"{spec.name}.yaml"
+        config_file = self.layout.config_file(spec.name)
         write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
         entry.update(status="running", checkpoint=str(stage_dir), config_hash=key, inputs=inputs, data=data,
                      launcher=self.launcher(spec),
@@ -321,17 +300,16 @@ class _Run:
     def launch(self, spec: StageSpec, resolved: dict, config_file: Path) -> None:
         if self.launcher(spec).startswith("accelerate:"):
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(self.recipe.accelerate_config), "-m", "rlhf_stack.runner_stage", spec.name, str(config_file),
+                   str(self.recipe.accelerate_config), "-m", "rlhf_stack.pipeline.launch", spec.name, str(config_file),
                    str(self.recipe.seed)]
             code = subprocess.run(cmd, check=False, env=launch_env()).returncode
             if code != 0:
                 raise RlhfStackError(f"stage {spec.name} failed under accelerate launch (exit code {code}); "
                                      "its output is above")
             return
-        module = import_module(spec.module)
-        cfg = validate(getattr(module, spec.config_class), resolved, origin=spec.field)
+        cfg = validate(spec.config_type(), resolved, origin=spec.field)
         seed_everything(self.recipe.seed)
-        getattr(module, spec.function)(cfg)
+        spec.entry()(cfg)
 
 
 def launch_env() -> dict[str, str]:

@@ -3,8 +3,9 @@
 `evaluate_from_config(EvalConfig)` samples one response per prompt from the policy and from the
 baseline, and N from the baseline for best-of-N, then reports for each:
 
-- win rate against the baseline under a judge (the demo's hidden gold judge, a trained reward
-  model, or any Python `f(prompt, response) -> float`); ties count one half (InstructGPT fig. 1);
+- win rate against the baseline under a judge (`judges.py`: a trained reward model, any Python
+  scorer, or a registered judge such as the demo's hidden gold judge); ties count one half
+  (InstructGPT fig. 1);
 - mean judge score and mean proxy-RM score;
 - KL(policy || reference) estimated on the policy's own samples, summed over response tokens
   (k1 and k3, Schulman 2020); best-of-N's is the analytic log N - (N-1)/N (Stiennon 2020,
@@ -13,6 +14,8 @@ baseline, and N from the baseline for best-of-N, then reports for each:
 - perplexity on a held-out corpus: the "alignment tax" (InstructGPT section 4.2).
 
 `evaluate_reward_model(checkpoint, rankings)` is the stage-2 metric set on any rankings file.
+The judges are in `judges.py`, the models that sample and score in `models.py`, the report in
+`report.py`.
 Results go to `output_dir/results.json` and the side-by-side samples to `output_dir/samples.jsonl`.
 """
 
@@ -21,27 +24,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
-from rlhf_stack.config import Config, config_to_dict
-from rlhf_stack.errors import ConfigError
-from rlhf_stack.eval_models import LM, Samples
-
-RESULTS_FILE = "results.json"
-SAMPLES_FILE = "samples.jsonl"
-
-
-class JudgeConfig(Config):
-    """Who decides which of two responses is better."""
-
-    kind: Literal["gold", "reward_model", "python"] = "gold"
-    """`gold`: the demo data's hidden gold judge (`data_tools.demo`); `reward_model`: a trained RM
-    checkpoint; `python`: `f(prompts, responses) -> list[float]` named `package.module:function`
-    (the same contract as a python reward source)."""
-    path: str | None = None
-    """The RM checkpoint (kind reward_model; `@reward` in a recipe) or `module:function` (kind python)."""
+from rlhf_stack.config import Config, DataPath, config_to_dict
+from rlhf_stack.data import preferred_pairs
+from rlhf_stack.evaluation.judges import JudgeConfig, ScoreFn, build_judge, reward_model_scorer
+from rlhf_stack.evaluation.models import LM, Samples
+from rlhf_stack.pipeline.layout import RESULTS_FILE, SAMPLES_FILE
 
 
 class EvalConfig(Config):
@@ -57,7 +47,7 @@ class EvalConfig(Config):
     """Name of the policy in tables and plots (e.g. PPO)."""
     baseline_label: str = "baseline"
     """Name of the baseline in tables and plots (e.g. SFT)."""
-    prompts: str
+    prompts: DataPath
     """Held-out prompts file (prompts format; rows of any format with a `prompt` also work)."""
     n_prompts: int = 64
     """Evaluate on the first N prompts of the file."""
@@ -78,13 +68,13 @@ class EvalConfig(Config):
     """Sample among the k most likely tokens (0: off)."""
     max_prompt_length: int = 256
     """Longest prompt in tokens after the chat template; longer prompts are a data error."""
-    corpus: str | None = None
+    corpus: DataPath | None = None
     """Held-out corpus file (`{"text"}` rows) for perplexity; None skips perplexity."""
     n_corpus: int = 64
     """Perplexity over the first N corpus rows."""
     corpus_max_length: int = 256
     """Tokens per corpus row for perplexity."""
-    rankings: str | None = None
+    rankings: DataPath | None = None
     """Held-out rankings file: the reward model's pairwise accuracy on it (needs `reward_model`)."""
     n_rankings: int | None = None
     """Use the first N rankings of that file (None: all)."""
@@ -125,47 +115,11 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
 
 def ranking_pair_margins(scores: Sequence[float], ranks: Sequence[int]) -> list[float]:
     """score(better) - score(worse) for every strictly ordered pair of one ranking (ties skipped)."""
-    k = len(ranks)
-    return [scores[i] - scores[j] for i in range(k) for j in range(k) if ranks[i] < ranks[j]]
+    return [scores[i] - scores[j] for i, j in preferred_pairs(ranks)]
 
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-
-
-# ---- judges -------------------------------------------------------------------------------------
-
-
-ScoreFn = Callable[[list, list[str]], list[float]]
-"""(prompts, responses) -> one float per response, higher is better (the reward-source contract)."""
-
-
-def pointwise(fn: Callable) -> ScoreFn:
-    """Lift f(prompt, response) -> float to a batch scorer."""
-    return lambda prompts, responses: [float(fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
-
-
-def reward_model_scorer(checkpoint: str) -> ScoreFn:
-    from rlhf_stack.rewards import RewardScorer
-
-    return RewardScorer(checkpoint).score
-
-
-def build_judge(judge: JudgeConfig) -> ScoreFn:
-    """The judge's batch scorer: higher is better."""
-    if judge.kind == "gold":
-        from data_tools.demo import gold_score
-        from rlhf_stack.data import prompt_key
-
-        return pointwise(lambda prompt, response: gold_score(prompt_key(prompt), response))
-    if not judge.path:
-        raise ConfigError(f"judge.path is required for judge kind {judge.kind}")
-    if judge.kind == "python":
-        from rlhf_stack.rewards import load_callable
-
-        fn = load_callable(judge.path)
-        return lambda prompts, responses: [float(x) for x in fn(list(prompts), list(responses))]
-    return reward_model_scorer(judge.path)
 
 
 def sequence_kl(policy_logprobs: list, ref_logprobs: list) -> dict[str, float]:
@@ -189,6 +143,7 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     rows_in = load_rows(cfg.prompts, "prompts", max_rows=cfg.n_prompts, keep_lines=True)
     prompts = [row["prompt"] for row in rows_in]
     reference_name = cfg.reference or cfg.baseline
+    how = {"max_prompt_length": cfg.max_prompt_length, "batch_size": cfg.batch_size, "source": cfg.prompts}
 
     # 1. sample: baseline (one response, and N for best-of-N), then the policy
     baseline = LM(cfg.baseline) if cfg.baseline else None
@@ -196,14 +151,14 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     sides: dict[str, Samples] = {}
     if baseline is not None:
         torch.manual_seed(cfg.seed)
-        sides["baseline"] = baseline.sample(rows_in, cfg)
+        sides["baseline"] = baseline.sample(rows_in, cfg, **how)
     bon = None
     if baseline is not None and cfg.best_of_n > 1:
         torch.manual_seed(cfg.seed + 1)
-        bon = baseline.sample(rows_in, cfg, n=cfg.best_of_n)
+        bon = baseline.sample(rows_in, cfg, n=cfg.best_of_n, **how)
     policy = LM(cfg.policy)
     torch.manual_seed(cfg.seed)
-    sides["policy"] = policy.sample(rows_in, cfg)
+    sides["policy"] = policy.sample(rows_in, cfg, **how)
 
     # 2. KL to the reference on each side's own samples, and the alignment tax (perplexity)
     rows = {name: _length_row(s) for name, s in sides.items()}
@@ -214,7 +169,7 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
         texts = [r["text"] for r in load_rows(cfg.corpus, "corpus", max_rows=cfg.n_corpus)]
         for name, model in (("baseline", baseline), ("policy", policy)):
             if model is not None:
-                rows[name]["perplexity"] = perplexity(*model.corpus_nll(texts, cfg))
+                rows[name]["perplexity"] = perplexity(*model.corpus_nll(texts, cfg.corpus_max_length, cfg.batch_size))
     del policy, baseline, reference
 
     # 3. judge (and proxy RM) scores; best-of-N picks by the RM, or by the judge when there is none
@@ -250,7 +205,8 @@ def _kl_row(model: LM, reference: LM, samples: Samples, cfg: EvalConfig) -> dict
         return {"kl": 0.0, "kl_k3": 0.0, "kl_source": "identical"}
     if model.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
         return {"kl": None, "kl_source": "different tokenizers"}
-    kl = sequence_kl(model.response_logprobs(samples, cfg), reference.response_logprobs(samples, cfg))
+    kl = sequence_kl(model.response_logprobs(samples, cfg.temperature, cfg.batch_size),
+                     reference.response_logprobs(samples, cfg.temperature, cfg.batch_size))
     return {**kl, "kl_source": "sampled"}
 
 

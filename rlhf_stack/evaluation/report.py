@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 
 from rlhf_stack.errors import RlhfStackError
+from rlhf_stack.evaluation.plots import histogram, line_plot, scatter_plot, use_file_backend
+from rlhf_stack.pipeline.layout import PLOTS_DIR, PPO_LOG, SAMPLES_FILE, TRAIN_LOG, RunLayout
 
-REPORT_FILE = "report.md"
-PLOTS_DIR = "plots"
 N_SAMPLE_ROWS = 8
 CELL_CHARS = 400
 
@@ -35,17 +35,17 @@ PPO_SERIES = {
 
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write RUN_DIR/report.md and RUN_DIR/plots/*.png from what the run left on disk."""
-    import matplotlib
+    from rlhf_stack.pipeline.stages import STAGES
 
-    matplotlib.use("Agg")  # files only; no display needed
-
+    use_file_backend()
     run_dir = Path(run_dir)
-    manifest = _read_json(run_dir / "manifest.json")
-    if manifest is None and not any((run_dir / s).is_dir() for s in ("sft", "reward", "ppo", "eval")):
+    layout = RunLayout(run_dir)
+    manifest = _read_json(layout.manifest)
+    if manifest is None and not any(layout.stage_dir(s).is_dir() for s in STAGES):
         raise RlhfStackError(f"{run_dir} is not a run directory (no manifest.json and no stage directories)")
     manifest = manifest or {"stages": {}}
-    (run_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
-    results = _read_json(run_dir / "eval" / "results.json")
+    layout.plots.mkdir(parents=True, exist_ok=True)
+    results = _read_json(layout.stage_dir("eval") / STAGES["eval"].marker)
     parts = [
         _header(run_dir, manifest),
         _summary_section(manifest, results),
@@ -57,7 +57,7 @@ def write_report(run_dir: str | Path) -> Path:
         _samples_section(run_dir, results),
     ]
     text = "\n\n".join(p for p in parts if p) + "\n"
-    path = run_dir / REPORT_FILE
+    path = layout.report
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -123,69 +123,6 @@ def _prompt_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
-# ---- plots --------------------------------------------------------------------------------------
-
-
-def line_plot(path: Path, panels: list[tuple[str, list[tuple[str, list, list]]]], xlabel: str = "step") -> bool:
-    """One row of panels; each panel (title, [(label, xs, ys), ...]). False when there is nothing to draw."""
-    import matplotlib.pyplot as plt
-
-    panels = [(title, [c for c in curves if c[1]]) for title, curves in panels]
-    panels = [p for p in panels if p[1]]
-    if not panels:
-        return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels, strict=True):
-        for label, xs, ys in curves:
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-        if len(curves) > 1:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def histogram(path: Path, values: list[float], title: str, xlabel: str) -> bool:
-    import matplotlib.pyplot as plt
-
-    if not values:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.hist(values, bins=min(40, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
-    ax.axvline(0.0, color="black", linewidth=1)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("pairs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def scatter_plot(path: Path, points: list[tuple[str, float, float]], xlabel: str, ylabel: str) -> bool:
-    import matplotlib.pyplot as plt
-
-    points = [p for p in points if p[1] is not None and p[2] is not None]
-    if not points:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, x, y in points:
-        ax.scatter([x], [y], s=40)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def _image(run_dir: Path, name: str, alt: str) -> str:
@@ -271,8 +208,8 @@ def _stages_section(manifest: dict) -> str:
 
 
 def _sft_section(run_dir: Path) -> str:
-    log = read_jsonl(run_dir / "sft" / "logs" / "train_log.jsonl")
-    info = _read_json(run_dir / "sft" / "stage.json") or {}
+    log = read_jsonl(RunLayout(run_dir).log("sft", TRAIN_LOG))
+    info = _read_json(RunLayout(run_dir).stage_record("sft")) or {}
     metrics = info.get("metrics") or {}
     if not log and not metrics:
         return ""
@@ -281,7 +218,7 @@ def _sft_section(run_dir: Path) -> str:
         before = metrics.get("eval_loss_before")
         out.append(f"Held-out loss {fmt(before)} before tuning, {fmt(metrics['eval_loss'])} after "
                    f"({fmt(metrics.get('n_train'))} training examples, {fmt(metrics.get('steps'))} steps).")
-    drawn = line_plot(run_dir / PLOTS_DIR / "sft_loss.png", [
+    drawn = line_plot(RunLayout(run_dir).plots / "sft_loss.png", [
         ("loss", [("train", *series(log, "loss")), ("eval", *series(log, "eval_loss"))])])
     if drawn:
         out.append(_image(run_dir, "sft_loss.png", "SFT train and eval loss"))
@@ -289,8 +226,8 @@ def _sft_section(run_dir: Path) -> str:
 
 
 def _reward_section(run_dir: Path, results: dict | None) -> str:
-    log = read_jsonl(run_dir / "reward" / "logs" / "train_log.jsonl")
-    metrics = (_read_json(run_dir / "reward" / "stage.json") or {}).get("metrics") or {}
+    log = read_jsonl(RunLayout(run_dir).log("reward", TRAIN_LOG))
+    metrics = (_read_json(RunLayout(run_dir).stage_record("reward")) or {}).get("metrics") or {}
     rm_eval = (results or {}).get("reward_model") or {}
     if not (log or metrics or rm_eval):
         return ""
@@ -303,37 +240,37 @@ def _reward_section(run_dir: Path, results: dict | None) -> str:
                    f"{fmt(rm_eval.get('top1_accuracy'))}, Kendall tau {fmt(rm_eval.get('kendall_tau'))}, "
                    f"mean margin {fmt(rm_eval.get('mean_margin'))}.")
     accuracy_key = next((k for e in log for k in e if k.startswith("eval_") and "accuracy" in k), None)
-    drawn = line_plot(run_dir / PLOTS_DIR / "reward_training.png", [
+    drawn = line_plot(RunLayout(run_dir).plots / "reward_training.png", [
         ("train loss", [("train", *series(log, "loss"))]),
         ("eval accuracy", [(accuracy_key or "", *series(log, accuracy_key or "-"))]),
     ])
     if drawn:
         out.append(_image(run_dir, "reward_training.png", "reward model loss and eval accuracy"))
-    if histogram(run_dir / PLOTS_DIR / "reward_margins.png", rm_eval.get("margins") or [],
+    if histogram(RunLayout(run_dir).plots / "reward_margins.png", rm_eval.get("margins") or [],
                  "reward margin, better - worse", "r(better) - r(worse)"):
         out.append(_image(run_dir, "reward_margins.png", "reward margin histogram"))
     return "\n\n".join(out)
 
 
 def _ppo_section(run_dir: Path) -> str:
-    log = read_jsonl(run_dir / "ppo" / "logs" / "ppo_log.jsonl")
+    log = read_jsonl(RunLayout(run_dir).log("ppo", PPO_LOG))
     if not log:
         return ""
     s = {name: series(log, keys) for name, keys in PPO_SERIES.items()}
     out = ["## Stage 3: PPO"]
-    metrics = (_read_json(run_dir / "ppo" / "stage.json") or {}).get("metrics") or {}
+    metrics = (_read_json(RunLayout(run_dir).stage_record("ppo")) or {}).get("metrics") or {}
     moved = [[key, metrics[f"{key}_first"], metrics[key]] for key in PPO_SERIES
              if isinstance(metrics.get(key), int | float) and isinstance(metrics.get(f"{key}_first"), int | float)]
     if moved:
         out.append(f"{fmt(metrics.get('steps'))} steps. " + table(["", "first step", "last step"], moved))
-    drawn = line_plot(run_dir / PLOTS_DIR / "ppo_reward_kl.png", [
+    drawn = line_plot(RunLayout(run_dir).plots / "ppo_reward_kl.png", [
         ("score and reward", [("RM score", *s["score"]), ("reward (score - KL penalty)", *s["reward"])]),
         ("KL(policy || reference)", [("kl", *s["kl"])]),
         ("kl_coef", [("kl_coef", *s["kl_coef"])]),
     ])
     if drawn:
         out.append(_image(run_dir, "ppo_reward_kl.png", "PPO score, reward, KL and kl_coef"))
-    if line_plot(run_dir / PLOTS_DIR / "ppo_policy.png", [
+    if line_plot(RunLayout(run_dir).plots / "ppo_policy.png", [
         ("entropy", [("entropy", *s["entropy"])]),
         ("response length (tokens)", [("length", *s["response_length"])]),
     ]):
@@ -359,7 +296,7 @@ def _eval_section(run_dir: Path, results: dict | None) -> str:
     if policy and policy.get("win_rate") is not None:
         out.append(f"**{policy['label']} wins {100 * policy['win_rate']:.0f}% against {baseline}** under the "
                    f"{judge} judge, at KL {fmt(policy.get('kl'))} nats.")
-    if scatter_plot(run_dir / PLOTS_DIR / "eval_win_rate_kl.png",
+    if scatter_plot(RunLayout(run_dir).plots / "eval_win_rate_kl.png",
                     [(m["label"], m.get("kl"), m.get("win_rate")) for m in models if m["name"] != "baseline"],
                     "KL to reference (nats)", f"win rate vs {baseline}"):
         out.append(_image(run_dir, "eval_win_rate_kl.png", "win rate against KL"))
@@ -367,7 +304,7 @@ def _eval_section(run_dir: Path, results: dict | None) -> str:
 
 
 def _samples_section(run_dir: Path, results: dict | None) -> str:
-    rows = read_jsonl(run_dir / "eval" / "samples.jsonl")[:N_SAMPLE_ROWS]
+    rows = read_jsonl(RunLayout(run_dir).stage_dir("eval") / SAMPLES_FILE)[:N_SAMPLE_ROWS]
     if not rows or not results:
         return ""
     labels = {m["name"]: m["label"] for m in results.get("models", [])}

@@ -1,0 +1,89 @@
+"""What stage 3 reads, and in which order: prompts, held-out prompts, and PPO-ptx corpus batches.
+
+Data positions are a pure function of the step (`IndexStream`), so resuming needs no sampler
+state: step k of process r always takes the same prompts and the same corpus rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_stack.errors import DataError
+from rlhf_stack.reward.batching import pad_right
+
+
+class IndexStream:
+    """An endless stream of item indices: each epoch a fresh permutation seeded by (seed, epoch).
+
+    `take(start, count)` returns positions start..start+count-1 of the stream, so the data a step
+    uses is a function of the step alone and resuming needs no sampler state.
+    """
+
+    def __init__(self, n_items: int, seed: int) -> None:
+        if n_items < 1:
+            raise ValueError("IndexStream needs at least one item")
+        self.n_items, self.seed = n_items, seed
+        self._cache: dict[int, list[int]] = {}
+
+    def _epoch(self, epoch: int) -> list[int]:
+        if epoch not in self._cache:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._cache = {e: order for e, order in self._cache.items() if e >= epoch - 1}  # bounded
+            self._cache[epoch] = torch.randperm(self.n_items, generator=generator).tolist()
+        return self._cache[epoch]
+
+    def take(self, start: int, count: int) -> list[int]:
+        return [self._epoch(i // self.n_items)[i % self.n_items] for i in range(start, start + count)]
+
+
+@dataclass
+class PPOData:
+    prompts: list[dict]  # training prompt rows
+    prompt_ids: list[list[int]]  # their chat-formatted token ids
+    prompt_stream: IndexStream  # order of the training prompts, a function of the step
+    eval_rows: list[dict]  # held-out prompt rows
+    ptx: PtxBatches | None
+
+
+class PtxBatches:
+    """Corpus batches for PPO-ptx; batch k of process r is a function of (step, micro-batch, r)."""
+
+    def __init__(self, token_ids: list[list[int]], batch_size: int, micro_per_step: int, pad_id: int,
+                 seed: int) -> None:
+        self.token_ids, self.batch_size, self.micro_per_step, self.pad_id = token_ids, batch_size, micro_per_step, pad_id
+        self.stream = IndexStream(len(token_ids), seed + 1)
+
+    def batch(self, step: int, micro_index: int, acc) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, labels), each `(batch_size, T)`, right-padded; labels -100 on padding."""
+        k = ((step - 1) * self.micro_per_step + micro_index) * acc.num_processes + acc.process_index
+        seqs = [self.token_ids[i] for i in self.stream.take(k * self.batch_size, self.batch_size)]
+        ids, mask = pad_right(seqs, self.pad_id, acc.device)
+        labels = ids.masked_fill(mask == 0, -100)
+        return ids, mask, labels
+
+
+def load_data(cfg, tokenizer) -> PPOData:
+    from rlhf_stack.data import load_rows, split_train_eval
+    from rlhf_stack.ppo.rollout import encode_prompts
+
+    p = cfg.prompts
+    rows = load_rows(p.path, "prompts", columns=p.columns, split=p.split, max_rows=p.max_rows, keep_lines=True)
+    if p.eval_path:
+        train_rows, eval_rows = rows, load_rows(p.eval_path, "prompts", keep_lines=True)
+    else:
+        train_rows, eval_rows = split_train_eval(rows, p.eval_fraction, seed=cfg.seed)
+    if len(train_rows) < cfg.batch_size:
+        raise DataError(f"{p.path}: {len(train_rows)} training prompts, fewer than batch_size {cfg.batch_size}")
+    prompt_ids = encode_prompts(train_rows, tokenizer, cfg.max_prompt_length, p.path)
+    ptx = None
+    if cfg.ptx_coef > 0:
+        d = cfg.ptx_data
+        texts = [r["text"] for r in load_rows(d.path, "corpus", columns=d.columns, split=d.split, max_rows=d.max_rows)]
+        # Each text ends with EOS so the LM loss also keeps the policy's habit of stopping.
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:cfg.ptx_max_length - 1] + [tokenizer.eos_token_id]
+               for t in texts]
+        micro_per_step = cfg.ppo_epochs * cfg.batch_size // cfg.micro_batch_size
+        ptx = PtxBatches(ids, cfg.micro_batch_size, micro_per_step, tokenizer.pad_token_id, cfg.seed)
+    return PPOData(train_rows, prompt_ids, IndexStream(len(train_rows), cfg.seed), eval_rows, ptx)

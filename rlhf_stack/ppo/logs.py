@@ -1,0 +1,65 @@
+"""PPO's logs: one JSONL record a step, sample tables, memory, and the summary of a run."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+
+class RunLog:
+    """Append-only JSONL logs: one record per step, and sample tables every N steps."""
+
+    def __init__(self, log_path: Path, samples_path: Path, resume_step: int) -> None:
+        self.log_path, self.samples_path = log_path, samples_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A resumed run re-does the steps after its checkpoint: drop their old records first.
+        for path in (log_path, samples_path):
+            kept = [line for line in _read_lines(path) if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(kept))
+
+    def write(self, record: dict) -> None:
+        with self.log_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def write_samples(self, step: int, rows: list[dict]) -> None:
+        with self.samples_path.open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in _read_lines(self.log_path)]
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line + "\n" for line in path.read_text().splitlines() if line.strip()]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA max allocated on GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+SUMMARY_KEYS = ("score", "reward", "kl", "kl_coef", "entropy", "response_length", "policy_loss", "value_loss",
+                "approx_kl", "clipfrac", "ptx_loss")
+
+
+def summarize(records: list[dict], runtime_s: float, steps_run: int) -> dict:
+    """Final metrics: first and last step values, means over the last 10% of steps, speed, memory."""
+    if not records:
+        return {}
+    tail = records[-max(1, len(records) // 10):]
+    metrics: dict = {"steps": records[-1]["step"], "train_runtime_s": runtime_s,
+                     "steps_per_s": steps_run / max(runtime_s, 1e-9),
+                     "peak_memory_mb": max(r["peak_memory_mb"] for r in records)}
+    for key in SUMMARY_KEYS:
+        if key in records[-1]:
+            metrics[f"{key}_first"] = records[0][key]
+            metrics[key] = sum(r[key] for r in tail) / len(tail)
+    return metrics

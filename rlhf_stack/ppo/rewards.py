@@ -1,0 +1,236 @@
+"""Stage 3's reward: the sources PPO scores responses with, their weighted sum, and the
+processing from raw score to the terminal reward.
+
+- a trained RM (`reward.scorer.RewardScorer`, with its own tokenizer and chat template, so the
+  policy may use another vocabulary; a LoRA RM over the policy's base is hosted on the shared base,
+  `shared_reward.py`);
+- `ClassifierScorer`: any text-classification checkpoint (num_labels >= 2, id2label); the reward is
+  the probability of one label (e.g. POSITIVE of a sentiment model, TRL's IMDB example);
+- Python functions `f(prompts, responses) -> list[float]` named `package.module:function`, or
+  passed to `train_ppo(cfg, reward_fns=[...])`;
+- `build_reward_function(sources) -> CombinedReward`: the weighted sum, with each part by name;
+- `process_scores`: normalise, clip, penalise a missing EOS (step 2 of the loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhf_stack.config import Config, load_callable
+from rlhf_stack.errors import ConfigError
+from rlhf_stack.ppo import functional as PF
+from rlhf_stack.ppo.control import RunningMoments
+from rlhf_stack.reward.batching import Prompt
+
+# ---- a text classifier ----------------------------------------------------------------------------
+
+
+class ClassifierScorer:
+    """Reward = P(label | response) under a text-classification checkpoint (e.g. a sentiment model)."""
+
+    def __init__(self, checkpoint: str | Path, label: str, device=None, batch_size: int = 16,
+                 max_length: int = 512, with_prompt: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from rlhf_stack import modeling
+
+        path = modeling.resolve_model_path(str(checkpoint))
+        self.device = torch.device(device) if device is not None else modeling.resolve_device()
+        self.batch_size, self.max_length, self.with_prompt = batch_size, max_length, with_prompt
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        labels = {str(v): int(k) for k, v in self.model.config.id2label.items()}
+        if self.model.config.num_labels < 2 or label not in labels:
+            raise ConfigError(f"classifier {checkpoint} has labels {sorted(labels)}; reward label {label!r} is "
+                              "not one of them (set `label` to one of these)")
+        self.label_id = labels[label]
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        texts = [_classifier_text(p, r, self.with_prompt) for p, r in zip(prompts, responses, strict=True)]
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            probs = self.model(**batch).logits.float().softmax(dim=-1)
+            out.extend(probs[:, self.label_id].tolist())
+        return out
+
+
+def _classifier_text(prompt: Prompt, response: str, with_prompt: bool) -> str:
+    if not with_prompt:
+        return response
+    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    return f"{text}\n{response}"
+
+
+# ---- sources and their weighted sum -----------------------------------------------------------------
+
+
+class RewardSourceConfig(Config):
+    """One term of the reward: a trained RM, a classifier label probability, or a Python function."""
+
+    kind: Literal["reward_model", "classifier", "python"] = "reward_model"
+    """`reward_model`: a reward-stage checkpoint; `classifier`: P(label) of a text classifier;
+    `python`: `f(prompts, responses) -> list[float]` named `package.module:function`."""
+    path: str
+    """Checkpoint directory / hub id (`@reward` in a recipe), or `package.module:function`."""
+    weight: float = 1.0
+    """Multiplier of this term in the summed reward."""
+    label: str | None = None
+    """Classifier only: the label whose probability is the reward (e.g. POSITIVE)."""
+    name: str | None = None
+    """Name of the term in logs (default: derived from kind and path)."""
+    batch_size: int = 16
+    """Sequences per forward pass when scoring."""
+    max_length: int = 1024
+    """Tokens per scored sequence (longer ones lose their start)."""
+    apply_bias: bool = True
+    """reward_model only: add the checkpoint's normalisation bias (mean 0 on the reference set)."""
+    classifier_with_prompt: bool = False
+    """Classifier only: classify prompt + response instead of the response alone."""
+
+
+def source_name(src: RewardSourceConfig) -> str:
+    if src.name:
+        return src.name
+    if src.kind == "python":
+        return src.path.rpartition(":")[2]
+    base = Path(src.path).name or src.path
+    return f"{src.kind}:{base}" + (f":{src.label}" if src.label else "")
+
+
+class CombinedReward:
+    """sum_k weight_k * source_k(prompts, responses); call -> ((b,) float32 CPU, {name: (b,)})."""
+
+    def __init__(self, terms: list[tuple[str, float, Callable]], biases: dict[str, float] | None = None):
+        self.terms = terms
+        self.biases = biases or {}
+        """Normalisation bias already added inside each reward-model term, by name."""
+
+    @property
+    def bias(self) -> float:
+        """The part of the summed reward that is normalisation bias (weighted)."""
+        return sum(weight * self.biases.get(name, 0.0) for name, weight, _ in self.terms)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.terms]
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> tuple[torch.Tensor, dict]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        total = torch.zeros(len(responses), dtype=torch.float32)
+        parts: dict[str, torch.Tensor] = {}
+        for name, weight, fn in self.terms:
+            values = torch.as_tensor(fn(list(prompts), list(responses)), dtype=torch.float32).reshape(-1).cpu()
+            if values.numel() != len(responses):
+                raise ValueError(f"reward {name!r} returned {values.numel()} values for {len(responses)} responses")
+            parts[name] = values
+            total += weight * values
+        return total, parts
+
+
+def check_reward_sources(sources: list[RewardSourceConfig]) -> None:
+    """ConfigError for a source that cannot work, found without loading any model: a classifier
+    without `label`, a Python function that does not import."""
+    for src in sources:
+        if src.kind == "classifier" and not src.label:
+            raise ConfigError(f"reward source {source_name(src)}: kind classifier needs `label` (e.g. POSITIVE)")
+        if src.kind == "python":
+            load_callable(src.path)
+
+
+def build_reward_function(sources: list[RewardSourceConfig], extra_fns: list[Callable] | None = None,
+                          device=None, host: Callable[[str], torch.nn.Module | None] | None = None) -> CombinedReward:
+    """Load every source once and return their weighted sum (extra functions weigh 1).
+
+    host: given a reward_model source's path, a model already holding it in memory, or None
+    to load it (PPO passes one that puts a LoRA RM on the policy's shared base).
+    """
+    check_reward_sources(sources)
+    terms: list[tuple[str, float, Callable]] = []
+    biases: dict[str, float] = {}
+    for src in sources:
+        name = source_name(src)
+        if src.kind == "reward_model":
+            from rlhf_stack.reward.scorer import RewardScorer
+
+            scorer = RewardScorer(src.path, device=device, batch_size=src.batch_size, max_length=src.max_length,
+                                  apply_bias=src.apply_bias, model=host(src.path) if host else None)
+            biases[name] = scorer.bias if src.apply_bias else 0.0
+            fn: Callable = scorer.score
+        elif src.kind == "classifier":
+            fn = ClassifierScorer(src.path, src.label, device=device, batch_size=src.batch_size,
+                                  max_length=src.max_length, with_prompt=src.classifier_with_prompt).score
+        else:
+            fn = load_callable(src.path)
+        terms.append((name, src.weight, fn))
+    for fn in extra_fns or []:
+        terms.append((getattr(fn, "__name__", f"fn{len(terms)}"), 1.0, fn))
+    names = [name for name, _, _ in terms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward sources need distinct names (got {names}); set `name` on each")
+    if not terms:
+        raise ConfigError("no reward source given")
+    return CombinedReward(terms, biases)
+
+
+# ---- PPO's use of the sources -------------------------------------------------------------------
+
+
+def check_reward_config(cfg, reward_fns: list[Callable] | None) -> None:
+    """The reward settings' errors, found before any model is loaded."""
+    if not cfg.rewards and not reward_fns:
+        raise ConfigError("ppo: no reward: set `rewards` in the config or pass reward_fns to train_ppo")
+    if cfg.score_norm == "rm_bias" and not any(s.kind == "reward_model" and s.apply_bias for s in cfg.rewards):
+        raise ConfigError("score_norm: rm_bias needs a reward source of kind reward_model with apply_bias: true")
+    check_reward_sources(list(cfg.rewards))
+
+
+def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
+    """(CombinedReward, info): `cfg.rewards` plus the Python callables `reward_fns` (weight 1 each),
+    where a LoRA RM over the policy's own base is hosted on the shared base as one more adapter
+    (`shared_reward`), and `info` (models.ModelInfo) says where the RM went. Call
+    `check_reward_config` first (train_ppo does, before it loads any model)."""
+    from dataclasses import replace
+
+    from rlhf_stack.ppo.shared_reward import REWARD, host_reward_model
+
+    def host(path: str):
+        return host_reward_model(model, path, info.base_model)
+
+    use_host = cfg.host_reward_model and model.shared
+    reward = build_reward_function(list(cfg.rewards), extra_fns=list(reward_fns or []), device=device,
+                                   host=host if use_host else None)
+    if any(src.kind == "reward_model" for src in cfg.rewards):
+        hosted = model.shared and REWARD in model.policy.peft_config
+        info = replace(info, reward_model="adapter-on-shared-base" if hosted else "separate-model")
+    return reward, info
+
+
+def process_scores(raw: torch.Tensor, has_eos: torch.Tensor, all_raw: torch.Tensor, cfg,
+                   moments: RunningMoments) -> torch.Tensor:
+    """Raw combined scores `(b,)` -> the terminal reward used by PPO `(b,)`.
+
+    all_raw: the raw scores of every process (equal to `raw` on one process), so the running
+    statistics agree across ranks. Order: normalise, clip, then the missing-EOS penalty, so
+    the penalty is in the same units whatever the normalisation.
+    `rm_bias` needs nothing here: the RM sources already added their stored bias.
+    """
+    scores = raw
+    if cfg.score_norm == "running":
+        # Normalise by the statistics of everything seen so far, this batch included
+        # (Huang et al. 2024 discuss reward normalisation; OpenRLHF normalises the same way).
+        moments.update(all_raw)
+        std = moments.std if moments.std > 0 else 1.0
+        scores = (scores - moments.mean) / std
+    if cfg.score_clip is not None:
+        scores = PF.clip_scores(scores, cfg.score_clip)
+    if cfg.missing_eos_penalty:
+        scores = PF.apply_missing_eos_penalty(scores, has_eos, cfg.missing_eos_penalty)
+    return scores

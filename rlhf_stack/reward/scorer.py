@@ -1,0 +1,132 @@
+"""A finished reward model scoring text: `RewardScorer`, and the forward passes behind it.
+
+`RewardScorer(checkpoint).score(prompts, responses)`: a reward-model checkpoint (full weights or a
+LoRA adapter with its score head) scoring with its OWN tokenizer and chat template (prompt as the
+user turn, response as the assistant turn), so the policy may use another tokenizer. The
+normalisation bias stored by the reward stage (`stage.json` key `reward_bias`) is added.
+
+Outside this library a reward checkpoint is a plain HF directory: `AutoModelForSequenceClassification`
+(full) or that class on `adapter_config.json`'s base + `PeftModel.from_pretrained` (LoRA; the score
+head is in the adapter), with `config.pad_token_id = tokenizer.pad_token_id`; the logit of
+`tokenizer.apply_chat_template([user prompt, assistant response])` plus stage.json's `reward_bias`
+is what `RewardScorer` returns (tests/stages/test_reward_stage.py checks it to 1e-5).
+
+`forward_scores` / `forward_scores_shared` are the reward model's forward passes; the reward
+stage trains through them too (`trainer.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from rlhf_stack.errors import ModelNotFoundError
+from rlhf_stack.reward.batching import Prompt, encode_conversation, pad_right
+
+BIAS_KEY = "reward_bias"  # stage.json key of the normalisation bias
+
+
+def forward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(n,) float32 rewards: the sequence classifier's logit at the last non-pad token.
+
+    transformers' *ForSequenceClassification pools the rightmost token that is not
+    `config.pad_token_id`, which is why that id must equal the tokenizer's pad id.
+    """
+    width = int(attention_mask.sum(dim=1).max())  # drop columns that are padding in every row
+    out = model(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width], use_cache=False)
+    return out.logits[:, 0].float()
+
+
+def forward_scores_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, prefix_lengths: torch.Tensor,
+                          owner: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          prefix_model=None) -> torch.Tensor:
+    """(n,) rewards of completions that continue shared prompts, each prompt encoded once.
+
+    prefix_ids / prefix_mask: (B, P) right-padded prompt tokens of B rankings; prefix_lengths (B,);
+    owner (n,): the ranking of each completion; input_ids / attention_mask (n, C): the completion
+    tokens after their prompt, right-padded. The prompts' key/value cache is computed once and
+    indexed per completion, so a ranking costs P + K*C tokens instead of K*(P + C); the scores
+    equal `forward_scores` on the full sequences up to float rounding (same positions, same
+    attention). prefix_model: the module for the prompt pass (the unwrapped model under DDP, so
+    the wrapper sees one forward per backward).
+    """
+    needed, index = owner.unique(return_inverse=True)  # only the prompts of these completions
+    p_mask = prefix_mask[needed]
+    width = int(p_mask.sum(dim=1).max())
+    p_mask = p_mask[:, :width]
+    cache = (prefix_model or model)(input_ids=prefix_ids[needed, :width], attention_mask=p_mask,
+                                    use_cache=True).past_key_values
+    cache.batch_select_indices(index)
+    c_width = int(attention_mask.sum(dim=1).max())
+    positions = prefix_lengths[owner][:, None] + torch.arange(c_width, device=input_ids.device)[None, :]
+    out = model(input_ids=input_ids[:, :c_width], attention_mask=torch.cat([p_mask[index], attention_mask[:, :c_width]], 1),
+                position_ids=positions, past_key_values=cache, use_cache=True)
+    return out.logits[:, 0].float()
+
+
+@torch.no_grad()
+def score_sequences(model, seqs: Sequence[Sequence[int]], pad_token_id: int, batch_size: int,
+                    device: torch.device) -> torch.Tensor:
+    """(n,) float32 CPU rewards of token sequences, batched by similar length, in input order."""
+    order = sorted(range(len(seqs)), key=lambda n: len(seqs[n]))
+    out = torch.empty(len(seqs), dtype=torch.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        input_ids, attention_mask = pad_right([seqs[n] for n in idx], pad_token_id, device)
+        out[idx] = forward_scores(model, input_ids, attention_mask).cpu()
+    return out
+
+
+# ---- a trained reward model ---------------------------------------------------------------------
+
+
+class RewardScorer:
+    """Scores (prompt, response) pairs with a reward-model checkpoint, batched, bias added."""
+
+    def __init__(self, checkpoint: str | Path, device=None, batch_size: int = 16, max_length: int = 1024,
+                 apply_bias: bool = True, dtype: str = "auto", model: torch.nn.Module | None = None):
+        """model: the checkpoint already in memory as a one-label sequence classifier (PPO hosts a
+        LoRA RM on its shared base, `ppo.shared_reward`); None loads it from `checkpoint`."""
+        from rlhf_stack import modeling
+        from rlhf_stack.config import ModelConfig
+
+        self.checkpoint = str(checkpoint)
+        self.device = torch.device(device) if device is not None else modeling.resolve_device()
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.apply_bias = apply_bias
+        self.tokenizer = modeling.load_tokenizer(self.checkpoint)
+        if model is None:
+            cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
+            model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device)
+        self.model = model.eval()
+        if self.model.config.num_labels != 1:
+            raise ModelNotFoundError(f"{checkpoint} has {self.model.config.num_labels} output labels, not one "
+                                     "reward; use a `classifier` reward source for a text classifier")
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.bias = read_reward_bias(self.checkpoint)  # from the reward stage; 0.0 when none was computed
+
+    def score_tensor(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        """(b,) float32 CPU rewards, `bias` added when `apply_bias`."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not prompts:
+            return torch.zeros(0)
+        seqs = [encode_conversation(self.tokenizer, p, r, self.max_length)[0] for p, r in zip(prompts, responses, strict=True)]
+        scores = score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size, self.device)
+        return scores + self.bias if self.apply_bias else scores
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        return self.score_tensor(prompts, responses).tolist()
+
+    __call__ = score
+
+
+def read_reward_bias(checkpoint: str | Path) -> float:
+    """The normalisation bias a reward checkpoint stores in stage.json (0.0 if none)."""
+    from rlhf_stack.modeling import read_stage_info
+
+    info = read_stage_info(checkpoint) or {}
+    return float(info.get(BIAS_KEY) or 0.0)
