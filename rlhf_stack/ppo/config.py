@@ -143,6 +143,11 @@ class PPOConfig(Config):
     (LoRA r16 on all linear layers, 16 x 48 tokens, 2 CPU cores): generation 9% faster, but every
     round trip leaves rounding drift (~1e-7) in the shared base, which is also the reference and
     breaks exact resume; so it is off by default (benchmarks/ppo_generation_merge.py); float32 only."""
+    cache_frozen_trunk: bool = True
+    """With LoRA on the top blocks only (`policy.lora.last_n_layers`), run the blocks below every
+    adapter once per rollout and reuse their output in every later pass over it (reference, value,
+    each PPO epoch): same results up to float rounding, checked at setup (`ppo/trunk.py`).
+    No effect with full tuning or adapters on every block."""
 
     @model_validator(mode="after")
     def _check_batches(self) -> PPOConfig:

@@ -23,13 +23,9 @@ from torch import nn
 
 from rlhf_stack import modeling
 from rlhf_stack.config import ModelConfig
+from rlhf_stack.ppo.trunk import Trunk, position_ids_from_mask
 
 POLICY, REF, VALUE = "default", "ref", "value"  # "default": peft saves it as a top-level adapter
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding; `(b, T) -> (b, T)`, as generate() computes them."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 class ValueHead(nn.Module):
@@ -51,7 +47,9 @@ class ActorCritic(nn.Module):
 
     `forward` runs policy and value in one call so that DDP (accelerate) sees a single forward and
     one backward per micro-batch. Sequences are `[left-padded prompt | right-padded response]`;
-    every method returns tensors for the last `n_response` positions only.
+    every method returns tensors for the last `n_response` positions only. Each takes `hidden`,
+    the frozen trunk's output for `input_ids[:, :-1]` (`trunk_hidden`), when there is a trunk:
+    then only the blocks above it run.
     """
 
     def __init__(self, policy: nn.Module, value_head: ValueHead, *, value_backbone: nn.Module | None = None,
@@ -66,6 +64,25 @@ class ActorCritic(nn.Module):
         self._active = POLICY  # adapter active on the shared base
         self.policy_params: list[nn.Parameter] = []
         self.value_params: list[nn.Parameter] = []
+        self.trunk: Trunk | None = None  # set by use_trunk() once every adapter is in place
+
+    def use_trunk(self, probe_ids: torch.Tensor, probe_mask: torch.Tensor) -> int:
+        """Split off the blocks below every adapter (shared base only; see `trunk.py`); call after
+        the last adapter was added. Returns their number (0: no trunk, full passes)."""
+        if self.shared:
+            with self.adapter(POLICY):
+                self.trunk = Trunk.build(self._backbone(), probe_ids, probe_mask)
+        return self.trunk.depth if self.trunk else 0
+
+    def trunk_hidden(self, input_ids, attention_mask) -> torch.Tensor | None:
+        """`(b, T) -> (b, T - 1, H)`: the trunk's output for every position that predicts a token
+        (the last token is dropped, as in every pass below); None without a trunk."""
+        if self.trunk is None:
+            return None
+        return self.trunk.hidden(input_ids[:, :-1], attention_mask[:, :-1])
+
+    def _backbone(self) -> nn.Module:
+        return self.policy.get_base_model().base_model if self.shared else self.value_backbone
 
     def set_trainable(self, policy_params: list[nn.Parameter], value_params: list[nn.Parameter]) -> None:
         """Fix the trainable set once; adapter switches restore it (peft's set_adapter changes it)."""
@@ -109,30 +126,36 @@ class ActorCritic(nn.Module):
         for p in self.policy_params + self.value_params:
             p.requires_grad_(True)
 
-    def policy_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    def policy_logits(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
         """Logits predicting each response token; `(b, T) -> (b, n_response, V)`."""
-        return causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
+        if hidden is None:
+            return causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
+        top = self.trunk.top(hidden, attention_mask[:, :-1])
+        return self.policy.get_base_model().get_output_embeddings()(top[:, -n_response:])
 
     @torch.no_grad()
-    def ref_logits(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    def ref_logits(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
         """Reference-policy logits for the response tokens; `(b, T) -> (b, n_response, V)`."""
         if self.ref_model is not None:
             return causal_lm_logits(self.ref_model, input_ids, attention_mask, n_response)
         context = self.adapter(self.ref_adapter) if self.ref_adapter else self.policy.disable_adapter()
         with context:
-            return self.policy_logits(input_ids, attention_mask, n_response)
+            return self.policy_logits(input_ids, attention_mask, n_response, hidden)
 
-    def values(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
+    def values(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
         """V(s_t) for each response position t (state = prompt + response[:t]); `(b, n_response)`."""
-        backbone = self.value_backbone if not self.shared else self.policy.get_base_model().base_model
-        input_ids, attention_mask = input_ids[:, :-1], attention_mask[:, :-1]  # the last token is no state
+        attention_mask = attention_mask[:, :-1]  # the last token is no state
         with self.adapter(VALUE):
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-        return self.value_head(hidden[:, -n_response:])
+            if hidden is not None:
+                top = self.trunk.top(hidden, attention_mask)
+            else:
+                top = self._backbone()(input_ids=input_ids[:, :-1], attention_mask=attention_mask,
+                                       position_ids=position_ids_from_mask(attention_mask),
+                                       use_cache=False).last_hidden_state
+        return self.value_head(top[:, -n_response:])
 
     def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None,
-                part: str = "both"):
+                part: str = "both", hidden=None):
         """Training pass: (policy logits `(b, t, V)` | None, values `(b, t)` | None, ptx logits | None).
 
         part: "both", or "policy" / "value" alone (the split the trainer uses for a shared base
@@ -140,12 +163,12 @@ class ActorCritic(nn.Module):
         """
         logits = values = ptx_logits = None
         if part in ("both", "policy"):
-            logits = self.policy_logits(input_ids, attention_mask, n_response)
+            logits = self.policy_logits(input_ids, attention_mask, n_response, hidden)
             if ptx_input_ids is not None:
                 ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask,
                                          use_cache=False).logits
         if part in ("both", "value"):
-            values = self.values(input_ids, attention_mask, n_response)
+            values = self.values(input_ids, attention_mask, n_response, hidden)
         return logits, values, ptx_logits
 
     @property
@@ -176,6 +199,7 @@ class ModelInfo:
     value_init: str  # "reward-model" | "policy-base"
     base_model: str  # what the saved policy needs to reload (adapter base or the full model)
     reward_model: str = "none"  # "adapter-on-shared-base" | "separate-model" | "none" (no RM source)
+    trunk_blocks: int = 0  # blocks below every adapter, run once per rollout (trunk.py); 0: none
 
 
 def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCritic, ModelInfo]:

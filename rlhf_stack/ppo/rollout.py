@@ -33,6 +33,7 @@ class Rollout:
     ref_logprobs: Tensor  # (b, t) log pi_ref(a_t | s_t), the SFT model
     values: Tensor  # (b, t) V_old(s_t), value estimate before each response token
     entropy: Tensor  # (b, t) entropy of pi_old(. | s_t), the distribution a_t was sampled from
+    hidden: Tensor | None = None  # (b, p + t - 1, H) output of the frozen trunk for input_ids[:, :-1] (trunk.py), or None
     scores: Tensor | None = None  # (b,) processed sequence score (after norm, clip, EOS penalty)
     rewards: Tensor | None = None  # (b, t) per-token reward: -kl_coef * kl_t, + score at the last token
     advantages: Tensor | None = None  # (b, t) GAE advantages (whitened when configured)
@@ -55,8 +56,10 @@ class Rollout:
         width = max(int(self.response_mask.sum(1).max()), 1)
         query = {"query_ids": self.query_ids[:, first:], "query_mask": self.query_mask[:, first:]}
         response = {f.name: getattr(self, f.name)[:, :width] for f in fields(self)
-                    if f.name not in ("query_ids", "query_mask") and getattr(self, f.name) is not None
+                    if f.name not in ("query_ids", "query_mask", "hidden") and getattr(self, f.name) is not None
                     and getattr(self, f.name).dim() == 2}
+        if self.hidden is not None:  # the same columns of [prompt | response][:, :-1]
+            response["hidden"] = self.hidden[:, first:self.query_ids.shape[1] + width - 1]
         return replace(self, **query, **response)
 
     def select(self, index: Tensor) -> Rollout:
@@ -184,8 +187,10 @@ def sequence_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids
 @torch.no_grad()
 def score_with_models(actor_critic, query_ids, query_mask, response_ids, response_mask, *,
                       temperature: float, micro_batch_size: int,
-                      with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
-    """(logprobs, entropy, ref_logprobs, values), each `(b, t)`, in micro-batches; 0 at padding.
+                      with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor, Tensor | None]:
+    """(logprobs, entropy, ref_logprobs, values, hidden) in micro-batches: the first four `(b, t)`
+    with 0 at padding, `hidden` the frozen trunk's output `(b, p + t - 1, H)` (None without a trunk),
+    computed once here and reused by every pass over the batch.
 
     with_policy=False skips the policy's own pass (logprobs and entropy come back None): the
     caller recorded them while sampling.
@@ -193,41 +198,52 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
     n_response = response_ids.shape[1]
-    logprobs, entropy, ref_logprobs, values = [], [], [], []
+    logprobs, entropy, ref_logprobs, values, hidden = [], [], [], [], []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         mb = slice(start, start + micro_batch_size)
         mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
+        mb_hidden = actor_critic.trunk_hidden(mb_ids, mb_mask)
         if with_policy:
-            logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response)
+            logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response, mb_hidden)
             logprobs.append(PF.logprobs_from_logits(logits, mb_response, temperature))
             entropy.append(PF.entropy_from_logits(logits, temperature))
             del logits
-        ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response)
+        ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response, mb_hidden)
         ref_logprobs.append(PF.logprobs_from_logits(ref_logits, mb_response, temperature))
         del ref_logits
-        values.append(actor_critic.values(mb_ids, mb_mask, n_response).float())
+        values.append(actor_critic.values(mb_ids, mb_mask, n_response, mb_hidden).float())
+        if mb_hidden is not None:
+            hidden.append(mb_hidden)
     mask = response_mask
     policy_part = (torch.cat(logprobs) * mask, torch.cat(entropy) * mask) if with_policy else (None, None)
-    return *policy_part, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask
+    return *policy_part, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask, torch.cat(hidden) if hidden else None
 
 
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
-                    temperature: float, micro_batch_size: int, merge_lora: bool = False) -> Rollout:
+                    temperature: float, micro_batch_size: int, merge_lora: bool = False,
+                    timings: dict | None = None) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
-    policy runs once more over the finished sequences.
+    policy runs once more over the finished sequences. timings: filled with `sample_s` (generation)
+    and `forward_s` (the passes over the finished batch).
     """
+    import time
+
+    start = time.perf_counter()
     sampler = RolloutSampler(record=True) if records_sampling(gen_config) and not merge_lora else None
     raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
-    logprobs, entropy, ref_logprobs, values = score_with_models(
+    sampled = time.perf_counter()
+    logprobs, entropy, ref_logprobs, values, hidden = score_with_models(
         actor_critic, query_ids, query_mask, response_ids, response_mask,
         temperature=temperature, micro_batch_size=micro_batch_size, with_policy=sampler is None)
     if sampler is not None:
         logprobs, entropy = (x * response_mask for x in sampler.result(response_ids))
+    if timings is not None:
+        timings.update(sample_s=sampled - start, forward_s=time.perf_counter() - sampled)
     return Rollout(query_ids, query_mask, response_ids, response_mask, has_eos, logprobs, ref_logprobs, values,
-                   entropy)
+                   entropy, hidden)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ controllers and RNG from the newest whole checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +61,7 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, resume_latest
     from rlhf_stack.ppo.data import load_data
     from rlhf_stack.ppo.rewards import build_reward, check_reward_config
-    from rlhf_stack.ppo.rollout import generation_config
+    from rlhf_stack.ppo.rollout import generation_config, left_pad
 
     acc = make_accelerator(cfg)
     output_dir = Path(cfg.output_dir)
@@ -73,6 +73,10 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
     actor_critic, info = models.build_actor_critic(cfg, tokenizer, acc.device)
     reward, info = build_reward(cfg, reward_fns, acc.device, actor_critic, info)
+    if cfg.cache_frozen_trunk:  # after the last adapter (the hosted reward model's) is in place
+        probe = [data.prompt_ids[i] for i in range(min(2, len(data.prompt_ids)))]
+        probe_ids, probe_mask = left_pad(probe, tokenizer.pad_token_id, acc.device)
+        info = replace(info, trunk_blocks=actor_critic.use_trunk(probe_ids, probe_mask))
     optimizer, scheduler = optimizer_and_scheduler(cfg, actor_critic)
     model, optimizer = acc.prepare(actor_critic, optimizer)
     kl_ctl, moments = controllers(cfg)

@@ -48,10 +48,11 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         query_ids, query_mask = left_pad([data.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
 
         # 1. generate, then evaluate the samples under policy (pi_old), reference and value
+        phases: dict[str, float] = {}
         rollout = collect_rollout(unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                                   temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
-                                  merge_lora=cfg.merge_lora_for_generation and unwrapped.shared)
+                                  merge_lora=cfg.merge_lora_for_generation and unwrapped.shared, timings=phases)
         t_generate = time.perf_counter()
 
         # 2. score the decoded text, then normalise / clip / penalise missing EOS
@@ -90,7 +91,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         }
         record = {"step": step, **_mean_over_processes(acc, {**rollout_stats, **train_stats}), "kl_coef": kl_coef,
                   "lr": run.scheduler.get_last_lr()[0],
-                  "time_generate_s": t_generate - t_start, "time_score_s": t_score - t_generate,
+                  "time_generate_s": t_generate - t_start, "time_sample_s": phases["sample_s"],
+                  "time_rollout_forward_s": phases["forward_s"], "time_score_s": t_score - t_generate,
                   "time_train_s": t_train - t_score, "time_step_s": t_train - t_start,
                   "elapsed_s": t_train - started,
                   "tokens_per_s": acc.reduce(n_tokens, "sum").item() / max(t_train - t_start, 1e-9),
@@ -156,13 +158,15 @@ def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfi
     stats: dict[str, torch.Tensor] = {}
     if unwrapped.needs_split_backward:
         with unwrapped.adapter("value"), nullcontext() if not last else acc.no_sync(model):
-            _, values, _ = model(mb.input_ids, mb.attention_mask, n_response, part="value")
+            _, values, _ = model(mb.input_ids, mb.attention_mask, n_response, part="value", hidden=mb.hidden)
             value_loss = _value_loss(values, mb, cfg, stats)
             acc.backward(cfg.vf_coef * value_loss / cfg.grad_accum_steps)
-        logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask, part="policy")
+        logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask, part="policy",
+                                      hidden=mb.hidden)
         loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
     else:
-        logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask)
+        logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask,
+                                           hidden=mb.hidden)
         loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
         loss = loss + cfg.vf_coef * _value_loss(values, mb, cfg, stats)
     acc.backward(loss / cfg.grad_accum_steps)
@@ -219,7 +223,7 @@ def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
     metrics.update(eval_score=eval_score, resumed_from_step=run.start_step or None,
                    models={"layout": run.info.layout, "reference": run.info.reference,
                            "value_init": run.info.value_init, "policy_base": run.info.base_model,
-                           "reward_model": run.info.reward_model},
+                           "reward_model": run.info.reward_model, "trunk_blocks": run.info.trunk_blocks},
                    world_size=acc.num_processes)
     if acc.is_main_process:
         fingerprints = training.data_fingerprints(cfg.prompts, cfg.ptx_data)

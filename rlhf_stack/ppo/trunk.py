@@ -1,0 +1,96 @@
+"""The frozen trunk: the blocks below every adapter on PPO's shared base, run once per rollout.
+
+With LoRA on the top blocks only (`lora.last_n_layers`), the blocks below the lowest adapter
+compute one function for the policy, the reference, the value and the reward adapters, and it
+does not change during training. Their output for a rollout batch is computed once, right after
+sampling (`Trunk.hidden`); every later pass over that batch (reference and value in the rollout,
+policy and value in each PPO epoch) runs only the blocks above it (`Trunk.top`). On the
+quickstart (adapters on 4 of 30 blocks) every pass but the first skips 26/30 of the block work.
+
+The split runs the backbone's own forward over a slice of its blocks (the bottom slice without
+the final norm; the top slice from the hidden states as `inputs_embeds`), so positions, masks
+and rotary embeddings are computed exactly as in one full pass. A model whose forward does more
+to `inputs_embeds` (Gemma scales them) would differ: `Trunk.build` checks the split against a
+full forward on a probe batch and returns None (no trunk, the full passes run) when they differ.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from rlhf_stack import modeling
+
+Tensor = torch.Tensor
+
+
+def first_adapted_block(backbone: nn.Module) -> int:
+    """Index of the lowest decoder block holding any adapter (the number of blocks when none does)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    blocks = modeling.transformer_blocks(backbone)
+    for index, block in enumerate(blocks):
+        if any(isinstance(module, BaseTunerLayer) for module in block.modules()):
+            return index
+    return len(blocks)
+
+
+@contextmanager
+def _only_blocks(backbone: nn.Module, start: int, stop: int | None, final_norm: bool):
+    """Run `backbone` over blocks[start:stop] only (and without its final norm unless asked)."""
+    layers, norm = backbone.layers, backbone.norm
+    backbone.layers = nn.ModuleList(list(layers)[start:stop])
+    if not final_norm:
+        backbone.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        backbone.layers, backbone.norm = layers, norm
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding; `(b, T) -> (b, T)`, as generate() computes them."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+class Trunk:
+    """The bottom `depth` blocks of a decoder backbone (e.g. LlamaModel), split from the rest."""
+
+    def __init__(self, backbone: nn.Module, depth: int) -> None:
+        self.backbone = backbone
+        self.depth = depth
+
+    @torch.no_grad()
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """`(b, T) -> (b, T, H)`: the hidden states after the frozen blocks (no gradient)."""
+        with _only_blocks(self.backbone, 0, self.depth, final_norm=False):
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                 position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+
+    def top(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """`(b, T, H) -> (b, T, H)`: the remaining blocks and the final norm, from `hidden`, with
+        whatever adapter is active (the backbone's last_hidden_state of a full pass)."""
+        with _only_blocks(self.backbone, self.depth, None, final_norm=True):
+            return self.backbone(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False,
+                                 position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+
+    @classmethod
+    def build(cls, backbone: nn.Module, probe_ids: Tensor, probe_mask: Tensor, atol: float = 1e-4) -> Trunk | None:
+        """The trunk of `backbone` when at least one block lies below every adapter and the split
+        pass equals a full pass on the probe batch (to `atol`); else None."""
+        if not (hasattr(backbone, "layers") and hasattr(backbone, "norm")):
+            return None
+        depth = first_adapted_block(backbone)
+        if depth == 0:
+            return None
+        trunk = cls(backbone, depth)
+        with torch.no_grad():
+            full = backbone(input_ids=probe_ids, attention_mask=probe_mask, use_cache=False,
+                            position_ids=position_ids_from_mask(probe_mask)).last_hidden_state
+            split = trunk.top(trunk.hidden(probe_ids, probe_mask), probe_mask)
+        keep = probe_mask.bool()
+        if not torch.allclose(full[keep].float(), split[keep].float(), atol=atol, rtol=1e-4):
+            return None
+        return trunk

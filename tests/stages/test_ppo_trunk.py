@@ -1,0 +1,79 @@
+"""The frozen trunk (ppo/trunk.py): blocks below every adapter run once per rollout, same results."""
+
+import json
+
+import pytest
+import torch
+
+from rlhf_stack.config import load_config
+from rlhf_stack.ppo import PPOConfig, train_ppo
+from rlhf_stack.ppo.models import build_actor_critic
+from rlhf_stack.ppo.rollout import left_pad, score_with_models
+from rlhf_stack.ppo.setup import policy_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def config(tiny_model_dir, prompts_file, tmp_path, **overrides) -> PPOConfig:
+    # The tiny model has 2 blocks: adapters on the last one leave one frozen block below them.
+    raw = {"policy": {"name_or_path": str(tiny_model_dir), "tuning": "lora",
+                      "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "last_n_layers": 1}},
+           "prompts": {"path": str(prompts_file), "eval_fraction": 0.0}, "output_dir": str(tmp_path / "ppo"),
+           "steps": 3, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 6, "learning_rate": 1e-2,
+           "progress_bar": False, "save_every_steps": None, "seed": 3}
+    raw.update(overrides)
+    return load_config(PPOConfig, raw)
+
+
+def word_count(prompts, responses):
+    return [float(len(r.split())) for r in responses]
+
+
+def test_trunk_passes_equal_full_passes(tiny_model_dir, prompts_file, tmp_path):
+    cfg = config(tiny_model_dir, prompts_file, tmp_path)
+    tokenizer = policy_tokenizer(cfg)
+    model, _ = build_actor_critic(cfg, tokenizer, torch.device("cpu"))
+    with torch.no_grad():  # make every adapter differ from zero, so a wrong adapter would show
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    query_ids, query_mask = left_pad([[5, 6, 7], [8, 9]], tokenizer.pad_token_id, torch.device("cpu"))
+    assert model.use_trunk(query_ids, query_mask) == 1  # block 0 has no adapter, block 1 has all of them
+    response_ids = torch.tensor([[11, 12, 13, tokenizer.pad_token_id], [14, 15, 16, 17]])
+    response_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    with_trunk = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
+                                   temperature=0.7, micro_batch_size=1)
+    trunk, model.trunk = model.trunk, None
+    full = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
+                             temperature=0.7, micro_batch_size=2)
+    assert with_trunk[4].shape == (2, 3 + 4 - 1, model.policy.config.hidden_size) and full[4] is None
+    for a, b in zip(with_trunk[:4], full[:4], strict=True):  # logprobs, entropy, ref_logprobs, values
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the training pass with gradients: policy logits and values from the trunk match too
+    model.trunk = trunk
+    input_ids = torch.cat([query_ids, response_ids], 1)
+    mask = torch.cat([query_mask, response_mask.long()], 1)
+    logits, values, _ = model(input_ids, mask, 4, hidden=model.trunk_hidden(input_ids, mask))
+    (logits.sum() + values.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.trunk = None
+    logits_full, values_full, _ = model(input_ids, mask, 4)
+    (logits_full.sum() + values_full.sum()).backward()
+    torch.testing.assert_close(logits, logits_full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(values, values_full, atol=1e-5, rtol=1e-5)
+    assert grads and all(torch.allclose(g, dict(model.named_parameters())[n].grad, atol=1e-4) for n, g in grads.items())
+
+
+def test_ppo_with_and_without_the_trunk_learn_the_same(tiny_model_dir, prompts_file, tmp_path):
+    runs = {}
+    for use in (True, False):
+        cfg = config(tiny_model_dir, prompts_file, tmp_path / str(use), cache_frozen_trunk=use)
+        result = train_ppo(cfg, reward_fns=[word_count])
+        log = [json.loads(line) for line in (tmp_path / str(use) / "ppo" / "logs" / "ppo_log.jsonl").read_text().splitlines()]
+        runs[use] = (result.metrics, log)
+    assert runs[True][0]["models"]["trunk_blocks"] == 1 and runs[False][0]["models"]["trunk_blocks"] == 0
+    for with_trunk, without in zip(runs[True][1], runs[False][1], strict=True):
+        assert with_trunk["score"] == pytest.approx(without["score"], abs=1e-6)  # same samples
+        for key in ("kl", "policy_loss", "value_loss", "approx_kl"):
+            assert with_trunk[key] == pytest.approx(without[key], abs=1e-4, rel=1e-3), key
