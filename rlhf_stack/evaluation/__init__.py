@@ -1,8 +1,10 @@
 """Did RLHF help? Evaluation of trained policies and reward models, and the run report.
 
 Where to look:
-- `evaluate.py` `EvalConfig`, `evaluate_from_config` (win rate, KL, best-of-N, perplexity) and
-  `evaluate_reward_model` (stage-2 metrics on any rankings file);
+- `evaluate.py` `EvalConfig`, `evaluate_from_config` (win rate, KL, the best-of-n frontier,
+  perplexity) and `evaluate_reward_model` (stage-2 metrics on any rankings file);
+- `stats.py`    the statistics, pure functions: win rates, the prompt bootstrap, best-of-n picks,
+  the frontier and a policy's position against it;
 - `judges.py`   the judge registry (a reward model, a Python scorer, or a judge registered by name);
 - `models.py`   the models under test, sampled and scored through stage 3's own rollout path;
 - `report.py`   RUN_DIR/report.md; `plots.py` its figures.

@@ -4,8 +4,9 @@ Sections, each present only when its stage left something to show:
 stages (status, time, headline metric) · SFT train/eval loss · reward model eval accuracy beside the
 labelers' own agreement on the same rankings (the noise ceiling) and the reward-margin histogram ·
 PPO score, KL and kl_coef, entropy and response length over steps ·
-evaluation table (baseline vs policy vs best-of-N: win rate, scores, KL, length, perplexity) ·
-sample responses to the same prompts side by side.
+evaluation table (baseline vs each policy vs best-of-n: win rate with its interval, scores, KL,
+length, perplexity) · the KL-win-rate frontier (best-of-n curve, each policy as a point, and where
+each lies against the curve at its KL) · sample responses to the same prompts side by side.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 
 from rlhf_stack.errors import RlhfStackError
-from rlhf_stack.evaluation.plots import histogram, line_plot, scatter_plot, use_file_backend
+from rlhf_stack.evaluation.plots import frontier_plot, histogram, line_plot, use_file_backend
 from rlhf_stack.pipeline.layout import PLOTS_DIR, PPO_LOG, SAMPLES_FILE, TRAIN_LOG, RunLayout
 
 N_SAMPLE_ROWS = 8
@@ -119,6 +120,33 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def win_text(row: dict) -> str | float | None:
+    """A win rate as `64.1% [55.2, 72.7]` (with its interval, in percent); a bare number when the
+    results predate intervals; None when there is none."""
+    win, low, high = row.get("win_rate"), row.get("win_rate_low"), row.get("win_rate_high")
+    if win is None or low is None or high is None:
+        return win
+    return f"{100 * win:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def frontier_sentence(placed: dict, last: dict | None) -> str:
+    """Where one policy lies against the best-of-n curve (`frontier.policies` of results.json)."""
+    label, kl, position = placed["label"], placed.get("kl"), placed["position"]
+    if position in ("above", "below", "on"):
+        where = "on" if position == "on" else f"{100 * abs(placed['margin']):.1f} points {position}"
+        text = (f"{label} lies {where} best-of-n at its KL (KL {fmt(kl)} nats; best-of-n interpolated at "
+                f"that KL: {100 * placed['curve_win_rate']:.1f}%).")
+        if placed.get("intervals_overlap"):
+            text += " Its interval overlaps the curve's there: not a clear separation."
+        return text
+    if position == "beyond the curve" and last is not None:
+        return (f"{label}'s KL ({fmt(kl)} nats) is beyond the best-of-n curve, which ends at best-of-{last['n']} "
+                f"({fmt(last['kl'])} nats): no best-of-n point at its KL.")
+    if position == "before the curve":
+        return f"{label}'s KL ({fmt(kl)} nats) is below the first best-of-n point: no best-of-n point at its KL."
+    return f"{label}: no KL to the reference, so no place against the best-of-n curve."
+
+
 def _prompt_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
@@ -180,13 +208,15 @@ def _summary_section(manifest: dict, results: dict | None) -> str:
     rm_eval = (results or {}).get("reward_model") or {}
     if rm_eval.get("pairwise_accuracy") is not None:
         lines.append(f"- Reward model on `{rm_eval.get('rankings')}`: {_rm_accuracy_text(rm_eval, bold=True)}")
-    models = {m["name"]: m for m in (results or {}).get("models", [])}
-    baseline = models.get("baseline", {}).get("label", "baseline")
-    for name in ("policy", "best_of_n"):
-        m = models.get(name)
-        if m and m.get("win_rate") is not None:
-            lines.append(f"- {m['label']} vs {baseline}, {results.get('judge')} judge: win rate **{fmt(m['win_rate'])}** "
+    models = (results or {}).get("models", [])
+    baseline = next((m["label"] for m in models if m["name"] == "baseline"), "baseline")
+    for m in models:
+        if m.get("win_rate") is not None:
+            lines.append(f"- {m['label']} vs {baseline}, {results.get('judge')} judge: win rate **{win_text(m)}** "
                          f"at KL {fmt(m.get('kl'))} nats")
+    frontier = (results or {}).get("frontier") or {}
+    last = (frontier.get("best_of_n") or [None])[-1]
+    lines += [f"- {frontier_sentence(placed, last)}" for placed in frontier.get("policies", [])]
     durations = [e["duration_s"] for e in stages.values() if isinstance(e.get("duration_s"), int | float)]
     if durations:
         lines.append(f"- Stage time: {sum(durations) / 60:.1f} min in all (the last attempt of each stage)")
@@ -284,33 +314,68 @@ def _eval_section(run_dir: Path, results: dict | None) -> str:
     models = results["models"]
     baseline = next((m["label"] for m in models if m["name"] == "baseline"), "baseline")
     judge = results.get("judge", "judge")
-    rows = [[m["label"], m.get("win_rate"), m.get("judge_score"), m.get("rm_score"), m.get("kl"),
+    rows = [[m["label"], win_text(m), m.get("judge_score"), m.get("rm_score"), m.get("kl"),
              m.get("response_tokens"), m.get("perplexity")] for m in models]
     out = ["## Evaluation", table(
         ["model", f"win rate vs {baseline} ({judge} judge)", f"{judge} score", "RM score", "KL to reference (nats)",
          "response tokens", "held-out perplexity"], rows)]
-    out.append(f"{results.get('n_prompts')} held-out prompts, one sample each (ties count 1/2). KL is summed over "
-               "response tokens and estimated on the model's own samples (k1); best-of-N's is the analytic "
-               "log N - (N-1)/N. Perplexity on the held-out corpus measures the alignment tax.")
-    policy = next((m for m in models if m["name"] == "policy"), None)
-    if policy and policy.get("win_rate") is not None:
-        out.append(f"**{policy['label']} wins {100 * policy['win_rate']:.0f}% against {baseline}** under the "
-                   f"{judge} judge, at KL {fmt(policy.get('kl'))} nats.")
-    if scatter_plot(RunLayout(run_dir).plots / "eval_win_rate_kl.png",
-                    [(m["label"], m.get("kl"), m.get("win_rate")) for m in models if m["name"] != "baseline"],
-                    "KL to reference (nats)", f"win rate vs {baseline}"):
-        out.append(_image(run_dir, "eval_win_rate_kl.png", "win rate against KL"))
+    per_prompt = results.get("samples_per_prompt")
+    how = (f"{per_prompt} samples a side each; a policy's j-th sample meets {baseline}'s j-th, a best-of-n "
+           f"pick meets every {baseline} sample" if per_prompt else "one sample each")
+    interval = (f" In brackets: {100 * results['confidence']:.0f}% percentile bootstrap intervals over prompts "
+                f"({results.get('bootstrap_samples')} resamples; a prompt's samples move together)."
+                if results.get("confidence") else "")
+    out.append(f"{results.get('n_prompts')} held-out prompts, {how} (ties count 1/2).{interval} KL is summed "
+               "over response tokens and estimated on the model's own samples (k1); best-of-n's is the analytic "
+               "log n - (n-1)/n. Perplexity on the held-out corpus measures the alignment tax.")
+    for m in models:
+        if m["name"] not in ("baseline", "best_of_n") and m.get("win_rate") is not None:
+            bounds = (f" ({100 * results['confidence']:.0f}% interval {100 * m['win_rate_low']:.1f}-"
+                      f"{100 * m['win_rate_high']:.1f}%)" if m.get("win_rate_low") is not None else "")
+            out.append(f"**{m['label']} wins {100 * m['win_rate']:.0f}% against {baseline}**{bounds} under the "
+                       f"{judge} judge, at KL {fmt(m.get('kl'))} nats.")
+    out.append(_frontier_section(run_dir, results, baseline, judge))
+    return "\n\n".join(p for p in out if p)
+
+
+def _frontier_section(run_dir: Path, results: dict, baseline: str, judge: str) -> str:
+    """The best-of-n curve and each policy against it; results written before the frontier existed
+    draw their one best-of-n row as the curve."""
+    models = results["models"]
+    frontier = results.get("frontier") or {}
+    points = frontier.get("best_of_n") or [{"n": m.get("n", "N"), **m} for m in models if m["name"] == "best_of_n"]
+    out = []
+    if frontier.get("best_of_n"):
+        picker = "the reward model picks" if frontier.get("picker") == "reward_model" else \
+            "the judge picks: an oracle, an upper bound"
+        out.append(f"### KL-win-rate frontier\n\nBest-of-n from {baseline} ({picker}; one pool of "
+                   f"{points[-1]['n']} samples per prompt, best-of-n takes the first n):\n\n" + table(
+                       ["n", "KL (nats, analytic)", f"win rate vs {baseline}", f"{judge} score", "RM score",
+                        "response tokens"],
+                       [[p["n"], p["kl"], win_text(p), p.get("judge_score"), p.get("rm_score"),
+                         p.get("response_tokens")] for p in points]))
+    sentences = [frontier_sentence(placed, points[-1] if points else None) for placed in frontier.get("policies", [])]
+    if sentences:
+        out.append("\n".join(f"- {s}" for s in sentences))
+    curve = [(p["n"], p["kl"], p["win_rate"], p.get("win_rate_low"), p.get("win_rate_high"))
+             for p in points if p.get("kl") is not None and p.get("win_rate") is not None]
+    policies = [(m["label"], m.get("kl"), m.get("win_rate"), m.get("win_rate_low"), m.get("win_rate_high"))
+                for m in models if m["name"] not in ("baseline", "best_of_n")]
+    if frontier_plot(RunLayout(run_dir).plots / "eval_win_rate_kl.png", curve, policies, "KL to reference (nats)",
+                     f"{judge} win rate vs {baseline}", f"best-of-n ({baseline})"):
+        out.append(_image(run_dir, "eval_win_rate_kl.png", "win rate against KL: best-of-n curve and policies"))
     return "\n\n".join(out)
 
 
 def _samples_section(run_dir: Path, results: dict | None) -> str:
-    rows = read_jsonl(RunLayout(run_dir).stage_dir("eval") / SAMPLES_FILE)[:N_SAMPLE_ROWS]
+    rows = [r for r in read_jsonl(RunLayout(run_dir).stage_dir("eval") / SAMPLES_FILE) if r.get("sample", 0) == 0]
+    rows = rows[:N_SAMPLE_ROWS]
     if not rows or not results:
         return ""
     labels = {m["name"]: m["label"] for m in results.get("models", [])}
-    sides = [name for name in ("baseline", "policy") if name in rows[0]]
+    sides = [name for name in labels if name != "best_of_n" and name in rows[0]]
     header = ["prompt"] + [f"{labels.get(name, name)} (score)" for name in sides]
     body = [[_prompt_text(r["prompt"])] + [f"{r[name]}\n\n*({fmt(r.get(name + '_judge'))})*" for name in sides]
             for r in rows]
-    return "## Samples\n\nThe same held-out prompts, one sample from each model, with the judge's score.\n\n" + \
+    return "## Samples\n\nThe same held-out prompts, the first sample from each model, with the judge's score.\n\n" + \
         table(header, body)

@@ -6,35 +6,37 @@ import math
 import pytest
 import torch
 
-from rlhf_stack.evaluation import evaluate as ev
 from rlhf_stack.config import load_config
+from rlhf_stack.errors import ConfigError
+from rlhf_stack.evaluation import evaluate as ev
+from rlhf_stack.evaluation import stats
 
 
 def test_win_rate_counts_ties_as_half():
     # prompt 1 tie (0.5), prompt 2 win (1), prompt 3 loss (0): 1.5 / 3
-    assert ev.win_rate([1.0, 2.0, 3.0], [1.0, 1.0, 4.0]) == pytest.approx(0.5)
-    assert ev.win_rate([2.0, 2.0], [1.0, 1.0]) == 1.0
+    assert stats.win_rate([1.0, 2.0, 3.0], [1.0, 1.0, 4.0]) == pytest.approx(0.5)
+    assert stats.win_rate([2.0, 2.0], [1.0, 1.0]) == 1.0
     with pytest.raises(ValueError):
-        ev.win_rate([1.0], [1.0, 2.0])
+        stats.win_rate([1.0], [1.0, 2.0])
 
 
 def test_best_of_n_kl_is_log_n_minus_n_minus_one_over_n():
-    assert ev.best_of_n_kl(1) == 0.0
-    assert ev.best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)  # 0.1931
-    assert ev.best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.6363
+    assert stats.best_of_n_kl(1) == 0.0
+    assert stats.best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)  # 0.1931
+    assert stats.best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.6363
     with pytest.raises(ValueError):
-        ev.best_of_n_kl(0)
+        stats.best_of_n_kl(0)
 
 
 def test_perplexity_is_exp_of_mean_nll():
     # 5 tokens, each with NLL ln 10 -> perplexity 10
-    assert ev.perplexity(5 * math.log(10), 5) == pytest.approx(10.0)
+    assert stats.perplexity(5 * math.log(10), 5) == pytest.approx(10.0)
 
 
 def test_ranking_pair_margins_skip_ties():
     # ranks [1, 3, 2, 2]: ordered pairs (0,1) (0,2) (0,3) (2,1) (3,1); (2,3) tie skipped
     scores = [3.0, 1.0, 2.0, 0.5]
-    margins = ev.ranking_pair_margins(scores, [1, 3, 2, 2])
+    margins = stats.ranking_pair_margins(scores, [1, 3, 2, 2])
     assert sorted(margins) == sorted([3 - 1, 3 - 2, 3 - 0.5, 2 - 1, 0.5 - 1])
 
 
@@ -44,7 +46,7 @@ def test_sequence_kl_k1_and_k3_by_hand():
     # k1 = sum(logp - logq) = 0.5 - 1.0 = -0.5
     # k3 with log r = logq - logp = [-0.5, 1.0]: (e^-0.5 - 1 + 0.5) + (e^1 - 1 - 1)
     k3 = (math.exp(-0.5) - 1 + 0.5) + (math.exp(1.0) - 1 - 1.0)
-    out = ev.sequence_kl(policy, ref)
+    out = stats.sequence_kl(policy, ref)
     assert out["kl"] == pytest.approx(-0.5)
     assert out["kl_k3"] == pytest.approx(k3, rel=1e-6)
 
@@ -53,12 +55,31 @@ def test_best_of_n_picks_the_proxy_favourite_and_judges_it():
     texts = ["a", "bbb", "cc", "d"]  # prompt 0: a, bbb; prompt 1: cc, d
     proxy = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
     judge = lambda prompts, responses: [1.0 if r == "bbb" else 0.0 for r in responses]  # noqa: E731
-    chosen, scores = ev._best_of_n(["p0", "p1"], texts, 2, judge, proxy)
+    scores = ev._best_of_n_curve(["p0", "p1"], texts, 2, [2], judge, proxy)[2]
+    chosen = scores["texts"]
     assert chosen == ["bbb", "cc"]
     assert scores["judge"] == [1.0, 0.0]
     assert scores["rm"] == [3.0, 2.0]
-    chosen, _ = ev._best_of_n(["p0", "p1"], texts, 2, judge, None)  # no RM: the judge picks
+    chosen = ev._best_of_n_curve(["p0", "p1"], texts, 2, [2], judge, None)[2]["texts"]  # no RM: the judge picks
     assert chosen[0] == "bbb"
+
+
+def test_best_of_n_curve_uses_the_first_n_of_one_pool_and_judges_each_pick_once():
+    # one pool of 4 per prompt; the RM prefers longer texts, the judge counts the letter x
+    texts = ["x", "xxxx", "yy", "xxx",  # prompt 0: RM picks n=1 -> "x", n=2 -> "xxxx", n=4 -> "xxxx"
+             "yyy", "y", "xxxxx", "z"]  # prompt 1: n=1 -> "yyy", n=2 -> "yyy", n=4 -> "xxxxx"
+    proxy = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
+    calls = []
+
+    def judge(prompts, responses):
+        calls.append(list(responses))
+        return [float(r.count("x")) for r in responses]
+
+    curve = ev._best_of_n_curve(["p0", "p1"], texts, 4, [1, 2, 4], judge, proxy)
+    assert {n: c["texts"] for n, c in curve.items()} == {1: ["x", "yyy"], 2: ["xxxx", "yyy"], 4: ["xxxx", "xxxxx"]}
+    assert curve[4]["judge"] == [4.0, 5.0] and curve[4]["rm"] == [4.0, 5.0]
+    # picks over all n: indices 0, 1, 4, 6 -> the judge saw exactly those four, once, in one call
+    assert calls == [["x", "xxxx", "yyy", "xxxxx"]]
 
 
 def test_python_judge_path_errors_are_config_errors():
@@ -126,6 +147,216 @@ def test_same_model_on_both_sides_ties_with_zero_kl(tmp_path, tiny_model_dir, pr
     saved = json.loads((tmp_path / "out" / ev.RESULTS_FILE).read_text())
     assert saved["summary"]["policy_win_rate"] == 0.5
     samples = [json.loads(line) for line in (tmp_path / "out" / ev.SAMPLES_FILE).read_text().splitlines()]
-    assert len(samples) == 6
+    assert len(samples) == 6 * 2  # one row per prompt and sample (samples_per_prompt 2 by default)
     assert all(s["policy"] == s["baseline"] for s in samples)
     assert {"prompt", "best_of_n", "policy_judge", "baseline_judge"} <= set(samples[0])
+
+
+# ---- the frontier's statistics ------------------------------------------------------------------
+
+
+def test_paired_outcomes_pair_the_jth_samples_and_broadcast_a_single_pick():
+    # prompt 0: (3 vs 1) win, (1 vs 1) tie; prompt 1: (2 vs 5) loss, (2 vs 2) tie
+    assert stats.paired_outcomes([3, 1, 2, 2], [1, 1, 5, 2], 2) == [[1.0, 0.5], [0.0, 0.5]]
+    # one best-of-n pick per prompt meets both baseline samples: 2 vs (1, 3); 0 vs (0, 0)
+    assert stats.paired_outcomes([2, 0], [1, 3, 0, 0], 2) == [[1.0, 0.0], [0.5, 0.5]]
+    with pytest.raises(ValueError):
+        stats.paired_outcomes([1, 2, 3, 4], [1, 2, 3, 4, 5, 6], 2)  # 2 per prompt against 3
+
+
+def test_bootstrap_interval_of_certain_outcomes_is_a_point():
+    assert stats.bootstrap_interval([[1.0, 1.0]] * 10) == (1.0, 1.0)  # every resample's mean is 1
+    assert stats.bootstrap_interval([[0.5, 0.5], [0.5]]) == (0.5, 0.5)  # all ties
+    with pytest.raises(ValueError):
+        stats.bootstrap_interval([])
+
+
+def test_bootstrap_interval_of_one_win_and_one_loss_spans_zero_to_one():
+    # Two prompts, one won, one lost: a resample draws (loss, loss) with probability 1/4, mean 0,
+    # and (win, win) with 1/4, mean 1; so the 2.5% and 97.5% quantiles are 0 and 1.
+    assert stats.bootstrap_interval([[1.0], [0.0]], n_resamples=1000, seed=3) == (0.0, 1.0)
+
+
+def test_bootstrap_resamples_prompts_and_pools_their_samples():
+    # A prompt's samples move together: doubling every sample inside its prompt changes no resample,
+    # so the interval is identical; the same 20 outcomes as 20 independent prompts give a narrower one.
+    by_prompt = stats.bootstrap_interval([[1.0, 1.0]] * 5 + [[0.0, 0.0]] * 5, seed=0)
+    assert by_prompt == stats.bootstrap_interval([[1.0]] * 5 + [[0.0]] * 5, seed=0)
+    flat = stats.bootstrap_interval([[1.0]] * 10 + [[0.0]] * 10, seed=0)
+    # half-widths ~1.96 * sqrt(0.25 / 10) = 0.31 against 1.96 * sqrt(0.25 / 20) = 0.22
+    assert (flat[1] - flat[0]) < (by_prompt[1] - by_prompt[0]) - 0.1
+    # The statistic pools samples: prompts [1, 1, 1] and [0]. A mixed resample has mean 3/4 (not
+    # the mean of prompt means, 1/2), drawn with probability 1/2 between the two ends (1/4 each),
+    # so the 30% and 70% quantiles are both 3/4.
+    assert stats.bootstrap_interval([[1.0, 1.0, 1.0], [0.0]], confidence=0.4) == (0.75, 0.75)
+
+
+def test_win_rate_with_interval_fixed_seed_regression():
+    outcomes = [[1, 0.5], [1, 1], [0, 0], [1, 0], [0.5, 0.5], [1, 1], [0, 1], [1, 0]]
+    w = stats.win_rate_with_interval(outcomes, n_resamples=1000, confidence=0.95, seed=0)
+    # 1.5 + 2 + 0 + 1 + 1 + 2 + 1 + 1 = 9.5 wins in 16 pairs
+    assert w.win_rate == pytest.approx(9.5 / 16) and (w.n_samples, w.n_prompts) == (16, 8)
+    assert w.low < w.win_rate < w.high
+    # about 0.59 +- 1.96 * 0.107 (the sd of the 8 prompt means, 0.30, over sqrt 8); pinned: numpy PCG64, seed 0
+    assert (w.low, w.high) == pytest.approx((0.375, 0.78125), abs=1e-12)
+    assert stats.win_rate_with_interval(outcomes, n_resamples=1000, confidence=0.95, seed=0) == w  # fixed seed
+
+
+def test_best_of_n_picks_use_the_first_n_of_each_pool():
+    selector = [0.1, 0.9, 0.5, 0.2,  # prompt 0
+                0.3, 0.3, 0.8, 0.9]  # prompt 1
+    assert stats.best_of_n_picks(selector, 4, 1) == [0, 4]
+    assert stats.best_of_n_picks(selector, 4, 2) == [1, 4]  # a tie (0.3, 0.3): the earlier sample
+    assert stats.best_of_n_picks(selector, 4, 3) == [1, 6]
+    assert stats.best_of_n_picks(selector, 4, 4) == [1, 7]
+    with pytest.raises(ValueError):
+        stats.best_of_n_picks(selector, 4, 5)
+
+
+def test_best_of_n_frontier_points_in_increasing_n():
+    points = stats.best_of_n_frontier({4: [[1.0], [1.0]], 1: [[1.0], [0.0]]}, seed=3)
+    assert [p.n for p in points] == [1, 4]
+    assert (points[0].kl, points[0].win_rate, points[0].low, points[0].high) == (0.0, 0.5, 0.0, 1.0)
+    assert points[1].kl == pytest.approx(math.log(4) - 0.75)  # 0.6363
+    assert (points[1].win_rate, points[1].low, points[1].high) == (1.0, 1.0, 1.0)
+
+
+def _curve():
+    P = stats.FrontierPoint
+    return [P(1, 0.0, 0.50, 0.40, 0.60), P(2, math.log(2) - 0.5, 0.60, 0.50, 0.70),
+            P(4, math.log(4) - 0.75, 0.70, 0.60, 0.80)]
+
+
+def test_frontier_position_interpolates_linearly_in_kl():
+    # halfway between n=2 (KL 0.1931) and n=4 (KL 0.6363): KL 0.4147, curve (0.6 + 0.7) / 2 = 0.65
+    kl = (math.log(2) - 0.5 + math.log(4) - 0.75) / 2
+    at = stats.frontier_position(kl, 0.70, _curve())
+    assert at.position == "above" and at.between == (2, 4)
+    assert at.curve_win_rate == pytest.approx(0.65) and at.margin == pytest.approx(0.05)
+    assert (at.curve_low, at.curve_high) == pytest.approx((0.55, 0.75))
+    # a quarter of the way from n=1 (KL 0, 0.5) to n=2 (0.1931, 0.6): curve 0.525, policy 0.5 below it
+    at = stats.frontier_position((math.log(2) - 0.5) / 4, 0.5, _curve())
+    assert at.position == "below" and at.margin == pytest.approx(-0.025) and at.between == (1, 2)
+
+
+def test_frontier_position_at_the_ends():
+    # a sampled k1 KL just below 0 counts as the best-of-1 point's KL 0
+    at = stats.frontier_position(-0.05, 0.45, _curve())
+    assert at.position == "below" and at.curve_win_rate == pytest.approx(0.5) and at.margin == pytest.approx(-0.05)
+    assert stats.frontier_position(1.0, 0.9, _curve()).position == "beyond the curve"
+    assert stats.frontier_position(1.0, 0.9, _curve()).margin is None
+    assert stats.frontier_position(0.1, 0.9, _curve()[1:]).position == "before the curve"  # no best-of-1
+    assert stats.frontier_position(None, 0.9, _curve()).position == "no KL"
+    only_4 = _curve()[2:]  # a one-point curve: its own KL is on it, anything else off it
+    assert stats.frontier_position(math.log(4) - 0.75, 0.7, only_4).between == (4, 4)
+    assert stats.frontier_position(0.6, 0.7, only_4).position == "before the curve"
+    assert stats.frontier_position(math.log(4) - 0.75, 0.7, _curve()).position == "on"
+
+
+# ---- the config ---------------------------------------------------------------------------------
+
+
+def _eval_cfg(**kw):
+    return load_config(ev.EvalConfig, {"policy": "p", "prompts": "q.jsonl", **kw})
+
+
+def test_best_of_n_accepts_one_number_or_a_list():
+    assert _eval_cfg().best_of_n == [1, 2, 4, 8, 16]
+    assert _eval_cfg(best_of_n=4).best_of_n == [4]  # old recipes
+    assert _eval_cfg(best_of_n=1).best_of_n == [] and _eval_cfg(best_of_n=0).best_of_n == []
+    assert _eval_cfg(best_of_n=[16, 1, 4, 4]).best_of_n == [1, 4, 16]
+    assert _eval_cfg(best_of_n=[1]).best_of_n == [] and _eval_cfg(best_of_n=[]).best_of_n == []
+    with pytest.raises(ConfigError, match="best_of_n"):
+        _eval_cfg(best_of_n=[0, 2])
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        _eval_cfg(samples_per_prompt=0)
+    with pytest.raises(ConfigError, match="confidence"):
+        _eval_cfg(confidence=1.0)
+
+
+def test_policies_list_beside_or_instead_of_policy():
+    cfg = _eval_cfg(policy_label="PPO", policies=[{"name": "rloo", "path": "r", "label": "RLOO"},
+                                                  {"name": "dpo", "path": "d"}])
+    assert cfg.policy_specs() == [("policy", "PPO", "p"), ("rloo", "RLOO", "r"), ("dpo", "dpo", "d")]
+    alone = load_config(ev.EvalConfig, {"prompts": "q.jsonl", "policies": [{"name": "dpo", "path": "d"}]})
+    assert alone.policy_specs() == [("dpo", "dpo", "d")]
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        load_config(ev.EvalConfig, {"prompts": "q.jsonl"})
+    for bad in ([{"name": "a", "path": "x"}, {"name": "a", "path": "y"}], [{"name": "baseline", "path": "x"}],
+                [{"name": "best_of_4", "path": "x"}]):
+        with pytest.raises(ConfigError, match="names must be unique"):
+            _eval_cfg(policies=bad)
+    with pytest.raises(ConfigError, match="name"):
+        _eval_cfg(policies=[{"name": "has space", "path": "x"}])
+
+
+def test_every_eval_field_documented():
+    from rlhf_stack.config import describe
+
+    for cls in (ev.EvalConfig, ev.PolicySpec):
+        assert not [key for key, _, _, doc in describe(cls) if not doc]
+
+
+@pytest.mark.slow
+def test_two_policies_on_one_frontier_with_an_oracle_best_of_n(tmp_path, tiny_model_dir, prompts_file,
+                                                                 monkeypatch):
+    # The same weights as `policy` and as a `policies` entry, and as the baseline; no reward model, so
+    # the judge picks best-of-n (an oracle): its judge score can only grow with n.
+    (tmp_path / "judge_mod.py").write_text(
+        "def by_length(prompts, responses):\n    return [float(len(r)) for r in responses]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(ev.EvalConfig, {
+        "policy": str(tiny_model_dir), "policy_label": "PPO", "baseline": str(tiny_model_dir),
+        "policies": [{"name": "twin", "path": str(tiny_model_dir), "label": "Twin"}],
+        "prompts": str(prompts_file), "n_prompts": 5, "samples_per_prompt": 3, "best_of_n": [1, 2, 4],
+        "judge": {"kind": "python", "path": "judge_mod:by_length"}, "max_new_tokens": 6,
+        "bootstrap_samples": 200, "output_dir": str(tmp_path / "out"), "batch_size": 8,
+    })
+    results = ev.evaluate_from_config(cfg)
+    rows = {row["name"]: row for row in results["models"]}
+    assert list(rows) == ["baseline", "policy", "twin", "best_of_n"]
+    for name in ("policy", "twin"):  # same weights, same seed as the baseline: all ties
+        assert rows[name]["win_rate"] == 0.5 and rows[name]["n_samples"] == 5 * 3
+        assert (rows[name]["win_rate_low"], rows[name]["win_rate_high"]) == (0.5, 0.5)
+    best = rows["best_of_n"]
+    assert best["n"] == 4 and "oracle" in best["label"] and best["n_samples"] == 5 * 3
+    assert best["kl"] == pytest.approx(math.log(4) - 0.75) and "rm_score" not in best
+    frontier = results["frontier"]
+    assert frontier["picker"] == "judge (oracle)" and frontier["confidence"] == 0.95
+    points = frontier["best_of_n"]
+    assert [p["n"] for p in points] == [1, 2, 4]
+    assert [p["kl"] for p in points] == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+    judge_scores = [p["judge_score"] for p in points]
+    assert judge_scores == sorted(judge_scores)  # the oracle's max over more samples never falls
+    assert all(p["win_rate_low"] <= p["win_rate"] <= p["win_rate_high"] for p in points)
+    assert best["win_rate"] == points[-1]["win_rate"]  # the `best_of_n` row is the largest n
+    placed = {p["name"]: p for p in frontier["policies"]}
+    assert set(placed) == {"policy", "twin"}
+    for p in placed.values():  # KL 0 (identical weights): on the best-of-1 point
+        assert p["between_n"] == [1, 1] and p["curve_win_rate"] == pytest.approx(points[0]["win_rate"])
+        assert p["margin"] == pytest.approx(0.5 - points[0]["win_rate"])
+    summary = results["summary"]
+    assert summary["twin_win_rate"] == 0.5 and summary["best_of_n_win_rate"] == points[-1]["win_rate"]
+    assert summary["policy_frontier_margin"] == placed["policy"]["margin"]
+    samples = [json.loads(line) for line in (tmp_path / "out" / ev.SAMPLES_FILE).read_text().splitlines()]
+    assert len(samples) == 5 * 3 and [s["sample"] for s in samples[:3]] == [0, 1, 2]
+    assert all(s["twin"] == s["policy"] == s["baseline"] for s in samples)  # each policy, the same seeds
+    assert samples[0]["best_of_n"] == samples[2]["best_of_n"]  # one pick per prompt
+
+
+def test_policies_take_stage_references_in_a_recipe():
+    from pathlib import Path
+
+    import yaml
+
+    from rlhf_stack.pipeline import runner, staleness
+
+    quickstart = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+    recipe = yaml.safe_load(quickstart.read_text())
+    recipe["evaluation"]["policies"] = [{"name": "sft_again", "path": "@sft"}]
+    loaded, _ = runner.load_recipe(recipe)
+    assert loaded.evaluation.best_of_n == [4]  # the quickstart's `best_of_n: 4`, read as a list
+    stage = runner.stage_dict(loaded, runner.STAGES["eval"])
+    assert ("evaluation.policies.0.path", "sft") in list(staleness.iter_references(stage, "evaluation"))
+    resolved = staleness.resolve_references(stage, {"sft": "/r/sft", "ppo": "/r/ppo", "reward": "/r/reward"})
+    assert resolved["policies"] == [{"name": "sft_again", "path": "/r/sft", "label": None}]

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from rlhf_stack.evaluation import report
 from rlhf_stack.errors import RlhfStackError
+from rlhf_stack.evaluation import report
 
 
 def _jsonl(path, rows):
@@ -99,3 +99,63 @@ def test_fmt_and_cell():
     assert report.fmt(7) == "7"
     assert report.cell("a|b\nc") == "a\\|b<br>c"
     assert report.cell("x" * 500).endswith("…")
+
+
+def _frontier_run(run_dir):
+    """A run whose results.json has intervals, two policies and the best-of-n frontier."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"stages": {"eval": {"status": "done"}}}))
+    points = [{"n": 1, "kl": 0.0, "win_rate": 0.5, "win_rate_low": 0.4, "win_rate_high": 0.6, "judge_score": 0.1},
+              {"n": 2, "kl": 0.1931, "win_rate": 0.6, "win_rate_low": 0.5, "win_rate_high": 0.7, "judge_score": 0.2},
+              {"n": 4, "kl": 0.6363, "win_rate": 0.7, "win_rate_low": 0.6, "win_rate_high": 0.8, "judge_score": 0.3}]
+    models = [
+        {"name": "baseline", "label": "SFT", "judge_score": 0.1, "kl": 0.0, "n_samples": 8},
+        {"name": "policy", "label": "PPO", "win_rate": 0.75, "win_rate_low": 0.55, "win_rate_high": 0.9,
+         "judge_score": 0.5, "kl": 0.4147, "n_samples": 8},
+        {"name": "rloo", "label": "RLOO", "win_rate": 0.8125, "win_rate_low": 0.625, "win_rate_high": 0.9375,
+         "judge_score": 0.6, "kl": 2.5, "n_samples": 8},
+        {"name": "best_of_n", "label": "best-of-4 (SFT)", "n": 4, **points[-1], "n_samples": 8}]
+    placed = [{"name": "policy", "label": "PPO", "kl": 0.4147, "win_rate": 0.75, "position": "above",
+               "curve_win_rate": 0.675, "margin": 0.075, "intervals_overlap": True},
+              {"name": "rloo", "label": "RLOO", "kl": 2.5, "win_rate": 0.8125, "position": "beyond the curve",
+               "curve_win_rate": None, "margin": None, "intervals_overlap": None}]
+    results = {"judge": "gold", "n_prompts": 4, "samples_per_prompt": 2, "confidence": 0.95,
+               "bootstrap_samples": 1000, "models": models,
+               "frontier": {"picker": "reward_model", "best_of_n": points, "policies": placed}}
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval/results.json").write_text(json.dumps(results))
+    _jsonl(run_dir / "eval/samples.jsonl", [
+        {"prompt": f"p{i}", "sample": j, "baseline": f"b{i}{j}", "policy": f"q{i}{j}", "rloo": f"r{i}{j}",
+         "baseline_judge": 0.0, "policy_judge": 1.0, "rloo_judge": 1.0, "best_of_n": f"x{i}", "best_of_n_judge": 0.5}
+        for i in range(4) for j in range(2)])
+
+
+def test_frontier_report_shows_intervals_the_curve_and_each_policy_against_it(tmp_path):
+    run_dir = tmp_path / "run"
+    _frontier_run(run_dir)
+    text = report.write_report(run_dir).read_text()
+    assert "| PPO | 75.0% [55.0, 90.0] | 0.5 |" in text
+    assert "| RLOO | 81.2% [62.5, 93.8] |" in text
+    assert "**PPO wins 75% against SFT** (95% interval 55.0-90.0%)" in text
+    assert "4 held-out prompts, 2 samples a side each" in text and "1000 resamples" in text
+    # the curve's table and the sentence per policy (0.75 - 0.675 = 7.5 points)
+    assert "| 4 | 0.636 | 70.0% [60.0, 80.0] |" in text
+    sentence = ("PPO lies 7.5 points above best-of-n at its KL (KL 0.415 nats; best-of-n interpolated at that "
+                "KL: 67.5%). Its interval overlaps the curve's there")
+    assert sentence in text.split("## Evaluation")[1] and sentence in text.split("## Stages")[0]  # and the summary
+    assert "RLOO's KL (2.5 nats) is beyond the best-of-n curve, which ends at best-of-4 (0.636 nats)" in text
+    assert (run_dir / "plots" / "eval_win_rate_kl.png").stat().st_size > 1000
+    # samples: the first sample of each prompt, every policy a column
+    samples = text.split("## Samples")[1]
+    assert "| prompt | SFT (score) | PPO (score) | RLOO (score) |" in samples
+    assert "b00" in samples and "b01" not in samples
+
+
+def test_frontier_plot_needs_something_to_draw(tmp_path):
+    from rlhf_stack.evaluation import plots
+
+    plots.use_file_backend()
+    assert not plots.frontier_plot(tmp_path / "a.png", [], [("PPO", None, 0.7, None, None)], "kl", "win", "bon")
+    curve = [(1, 0.0, 0.5, 0.4, 0.6), (2, 0.19, 0.6, None, None)]  # a bound missing: no band, still a curve
+    assert plots.frontier_plot(tmp_path / "b.png", curve, [("PPO", 0.3, 0.7, 0.6, 0.8)], "kl", "win", "bon")
+    assert (tmp_path / "b.png").stat().st_size > 1000
