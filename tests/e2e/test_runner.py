@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_stack.pipeline import runner, staleness
-from rlhf_stack.pipeline import manifest
 from rlhf_stack.errors import ConfigError, RlhfStackError
+from rlhf_stack.pipeline import manifest, runner, staleness
 
 TINY = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llama")
 

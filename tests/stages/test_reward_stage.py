@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhf_stack.config import load_config
-from rlhf_stack.errors import ConfigError, DataError
 from rlhf_stack.data import prompt_messages
+from rlhf_stack.errors import ConfigError, DataError
 from rlhf_stack.reward.batching import RankingCollator, encode_conversation
 from rlhf_stack.reward.scorer import RewardScorer
 from rlhf_stack.reward.stage import RewardConfig, load_reward_model, make_objective, train_reward

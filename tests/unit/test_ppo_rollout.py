@@ -5,10 +5,10 @@ import torch
 
 from rlhf_stack.config import load_config
 from rlhf_stack.ppo.control import RunningMoments
-from rlhf_stack.ppo.models import position_ids_from_mask
-from rlhf_stack.ppo.rollout import Rollout, left_pad, truncate_at_eos
 from rlhf_stack.ppo.data import IndexStream
+from rlhf_stack.ppo.models import position_ids_from_mask
 from rlhf_stack.ppo.rewards import process_scores
+from rlhf_stack.ppo.rollout import Rollout, left_pad, truncate_at_eos
 
 EOS, PAD = 2, 0
 

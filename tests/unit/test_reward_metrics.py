@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlhf_stack.config import load_callable
 from rlhf_stack.data import Ranking
 from rlhf_stack.errors import ConfigError
 from rlhf_stack.metrics import RANKING_METRICS, load_metric, metric_path
@@ -17,7 +18,6 @@ from rlhf_stack.metrics.ranking import (
     ranking_metrics,
     top1_accuracy,
 )
-from rlhf_stack.config import load_callable
 from rlhf_stack.ppo.rewards import CombinedReward, RewardSourceConfig, build_reward_function
 
 # Two rankings: A has a tie (ranks 1,2,2), B is a full order of 3 with one mistake.

@@ -47,10 +47,9 @@ def test_the_stage_configs_declare_their_data_fields():
 
 
 def test_the_stage_registry_and_the_recipe_agree():
+    from rlhf_stack.config import _config_class
     from rlhf_stack.pipeline.runner import Recipe
     from rlhf_stack.pipeline.stages import STAGES
-
-    from rlhf_stack.config import _config_class
 
     stage_fields = {name for name, info in Recipe.model_fields.items() if _config_class(info.annotation)}
     assert {spec.field for spec in STAGES.values()} == stage_fields
