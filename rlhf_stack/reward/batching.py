@@ -96,7 +96,9 @@ class RankingCollator:
             ranks[n, :len(item["ranks"])] = torch.as_tensor(item["ranks"])
         batch = {"ranks": ranks}
         shared = [item["prefix_length"] if self.share_prompt else 0 for item in items]
-        if min(shared) > 0:
+        if min(shared) == 0:  # one ranking shares nothing (e.g. cut by max_length): every sequence goes whole
+            shared = [0] * len(items)
+        else:
             batch["prefix_ids"], batch["prefix_mask"] = pad_right(
                 [item["input_ids"][0][:p] for item, p in zip(items, shared, strict=True)], self.pad_token_id)
             batch["prefix_lengths"] = torch.as_tensor(shared)
