@@ -60,9 +60,10 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_token_id: int) -> in
     return min(length, last_scored)
 
 
-def encode_rankings(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "reward") -> tuple[list[dict], int]:
     """Rankings -> [{input_ids: K token lists, ranks: K ints, n_pairs, prefix_length}], and how
-    many completions were truncated (their prompt's start cut to fit `max_length`)."""
+    many completions were truncated (their prompt's start cut to fit `max_length`; said on stdout
+    under `[stage]`)."""
     items, truncated = [], 0
     for row in rows:
         encoded = [encode_conversation(tokenizer, row["prompt"], c, max_length) for c in row["completions"]]
@@ -71,7 +72,7 @@ def encode_rankings(rows: list[dict], tokenizer, max_length: int) -> tuple[list[
         items.append({"input_ids": seqs, "ranks": list(row["ranks"]), "n_pairs": len(preferred_pairs(row["ranks"])),
                       "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
     if truncated:
-        print(f"[reward] {truncated} completions are longer than max_length={max_length} with their prompt; "
+        print(f"[{stage}] {truncated} completions are longer than max_length={max_length} with their prompt; "
               "the start of the prompt is cut")
     return items, truncated
 

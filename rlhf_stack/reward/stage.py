@@ -148,7 +148,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds)}
     resume = training.last_trainer_checkpoint(output_dir)
     if has_eval and cfg.eval_before_training and resume is None:
-        metrics.update({f"{k}_before": v for k, v in _eval(trainer).items()})
+        metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})
     result = trainer.train(resume_from_checkpoint=resume)
     metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
                    train_rankings_per_s=result.metrics["train_samples_per_second"],
@@ -156,7 +156,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:
-        metrics.update(_best_eval(trainer))
+        metrics.update(training.best_eval_metrics(trainer, BEST_METRIC))
         # The noise ceiling of eval_pairwise_accuracy: how often the annotators of these same
         # held-out rankings order a pair alike (None when no prompt has two annotators).
         from rlhf_stack.metrics.agreement import annotator_agreement
@@ -243,21 +243,6 @@ def make_objective(cfg: RewardConfig):
     if not cfg.center_coef:
         return base
     return lambda scores, ranks: base(scores, ranks) + cfg.center_coef * center_penalty(scores, ranks)
-
-
-def _best_eval(trainer) -> dict:
-    """Eval metrics of the model training ended with (the best one, reloaded): taken from the log of
-    the evaluation that picked it (saves a pass over the eval set), else measured now."""
-    best = trainer.state.best_global_step
-    logged = [e for e in trainer.state.log_history if BEST_METRIC in e and e.get("step") == best]
-    if best is not None and logged:
-        return {k: v for k, v in logged[-1].items() if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
-    return _eval(trainer)
-
-
-def _eval(trainer) -> dict:
-    raw = trainer.evaluate()
-    return {k: v for k, v in raw.items() if not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
 
 
 # ---- 5. normalisation --------------------------------------------------------------------------------
