@@ -55,6 +55,8 @@ def ipo_loss(logratios: torch.Tensor, ranks: torch.Tensor, beta: float) -> torch
 
     IPO regresses the log-ratio gap to a finite target instead of pushing it to infinity, so it
     does not overfit deterministic preferences the way the sigmoid loss can (the paper's §5).
+    The log-ratios are summed over tokens, as eq. 17 writes them; TRL's `ipo` divides each by its
+    completion's token count first, so a beta tuned there does not carry over unchanged.
     """
     x = logratios.float()
     if x.dim() == 1:
