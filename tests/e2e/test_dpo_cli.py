@@ -1,5 +1,5 @@
 """`rlhf-stack dpo` as a user runs it (a subprocess), `config show dpo`, and DPO in a recipe:
-after `reward`, before `ppo`, fed by `@sft` and referable as `@dpo`."""
+after `reward`, before `ppo`, fed by `@sft` and referable as `@dpo`, run and reused by the runner."""
 
 import json
 import os
@@ -40,16 +40,24 @@ def dpo_config(tmp_path, rankings_file) -> Path:
 
 
 @pytest.mark.e2e
-def test_rlhf_stack_dpo_runs_and_a_bad_key_is_one_error_line(dpo_config, tmp_path):
+def test_rlhf_stack_dpo_runs(dpo_config, tmp_path):
     done = cli("dpo", "--config", str(dpo_config), "--set", "beta=0.2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"checkpoint: {tmp_path / 'dpo'}" in done.stdout and "eval_pairwise_accuracy" in done.stdout
     info = json.loads((tmp_path / "dpo" / "stage.json").read_text())
     assert info["stage"] == "dpo" and info["config"]["beta"] == 0.2 and info["metrics"]["steps"] == 2
 
-    bad = cli("dpo", "--config", str(dpo_config), "--set", "beta=-1")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "error: " in bad.stderr and "beta: Input should be greater than 0" in bad.stderr
+
+def test_a_bad_value_is_one_error_line_and_exit_code_2(dpo_config, tmp_path, monkeypatch, capsys):
+    from rlhf_stack.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["rlhf-stack", "dpo", "--config", str(dpo_config), "--set", "beta=-1"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.startswith("error: ") and "beta: Input should be greater than 0" in err
+    assert not (tmp_path / "dpo").exists()
 
 
 def test_config_show_dpo_lists_every_key():
@@ -79,23 +87,35 @@ def test_dpo_sits_between_reward_and_ppo_in_a_recipe(rankings_file):
         runner.load_recipe(early)
 
 
+@pytest.fixture
+def one_thread():
+    # The tiny model gains nothing from threads; on a busy 2-core machine two spin against each other.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.e2e
-def test_a_recipe_runs_sft_then_dpo_on_one_base_copy(tmp_path, rankings_file, instructions_file):
-    quick = {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
-             "early_stopping_patience": None}
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
-    recipe = {"sft": {"model": {"name_or_path": TINY, "tuning": "lora", "lora": lora},
-                      "data": {"path": str(instructions_file), "eval_fraction": 0}, "train": quick, "max_length": 64,
-                      "eval_before_training": False},
-              "dpo": {"policy": {"name_or_path": "@sft", "tuning": "lora"},
-                      "data": {"path": str(rankings_file), "eval_fraction": 0.25}, "train": quick, "max_length": 64},
+def test_the_runner_runs_dpo_from_an_sft_adapter_and_reuses_it(tmp_path, rankings_file, one_thread):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sft_dir = tmp_path / "sft"  # what the SFT stage hands on under LoRA: an adapter over the base
+    get_peft_model(AutoModelForCausalLM.from_pretrained(TINY),
+                   LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")).save_pretrained(sft_dir)
+    AutoTokenizer.from_pretrained(TINY).save_pretrained(sft_dir)
+    recipe = {"dpo": {"policy": {"name_or_path": str(sft_dir), "tuning": "lora"},
+                      "data": {"path": str(rankings_file), "eval_fraction": 0.25}, "max_length": 64,
+                      "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
+                                "early_stopping_patience": None}},
               "report": False}
     result = runner.run_recipe(recipe, run_dir=tmp_path / "run")
-    assert result.ran == ["sft", "dpo"]
-    dpo = result.manifest["stages"]["dpo"]
-    assert dpo["status"] == "done" and dpo["inputs"]["sft"]
-    assert dpo["metrics"]["models"]["reference"] == "sft-adapter-copy"  # the SFT adapter, frozen, on the same base
+    assert result.ran == ["dpo"] and result.manifest["stages"]["dpo"]["status"] == "done"
+    assert result.stages["dpo"].metrics["models"]["reference"] == "sft-adapter-copy"  # frozen, on the same base
     adapter = json.loads((tmp_path / "run" / "dpo" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(Path(TINY).resolve())
     again = runner.run_recipe(recipe, run_dir=tmp_path / "run")
-    assert again.reused == ["sft", "dpo"] and again.ran == []
+    assert again.reused == ["dpo"] and again.ran == []
