@@ -1,4 +1,4 @@
-"""rlhf_stack: the InstructGPT pipeline (SFT -> K-wise reward model -> PPO/PPO-ptx) on the HF stack.
+"""rlhf_stack: the InstructGPT pipeline (SFT -> K-wise reward model -> PPO/PPO-ptx, or DPO) on the HF stack.
 
 Light re-exports only: `import rlhf_stack` loads no model code; each name is imported on first use.
 """
@@ -11,6 +11,7 @@ _EXPORTS = {
     "SFTConfig": "rlhf_stack.sft", "train_sft": "rlhf_stack.sft",
     "RewardConfig": "rlhf_stack.reward.stage", "train_reward": "rlhf_stack.reward.stage",
     "RewardScorer": "rlhf_stack.reward.scorer",
+    "DPOConfig": "rlhf_stack.dpo.stage", "train_dpo": "rlhf_stack.dpo.stage",
     "PPOConfig": "rlhf_stack.ppo.config", "train_ppo": "rlhf_stack.ppo.trainer",
     "Recipe": "rlhf_stack.pipeline.runner", "run_recipe": "rlhf_stack.pipeline.runner",
     "RunResult": "rlhf_stack.pipeline.runner",

@@ -1,11 +1,11 @@
 """`rlhf-stack`: the command line. Each command is a thin wrapper over the Python API.
 
     rlhf-stack run RECIPE.yaml [--set k=v ...] [--run-dir DIR] [--only STAGE ...] [--from STAGE] [--force]
-    rlhf-stack sft|reward|ppo --config FILE [--set k=v ...]
+    rlhf-stack sft|reward|dpo|ppo --config FILE [--set k=v ...]
     rlhf-stack eval --config FILE [--set k=v ...]
     rlhf-stack report RUN_DIR
     rlhf-stack export CHECKPOINT OUT [--merge]
-    rlhf-stack config show sft|reward|ppo|eval|recipe
+    rlhf-stack config show sft|reward|dpo|ppo|eval|recipe
     rlhf-stack label ...   (the labeling tool, data_tools/labeler)
     rlhf-stack data ...    (convert / validate / stats / split, data_tools)
 
@@ -71,6 +71,12 @@ def reward(config: ConfigOpt, set: SetOpt = None) -> None:  # noqa: A002
 
 
 @app.command()
+def dpo(config: ConfigOpt, set: SetOpt = None) -> None:  # noqa: A002
+    """DPO from the SFT policy on K-wise rankings: the offline alternative to reward model + PPO."""
+    _run_stage("dpo", config, set)
+
+
+@app.command()
 def ppo(config: ConfigOpt, set: SetOpt = None) -> None:  # noqa: A002
     """Stage 3: PPO (and PPO-ptx) against the reward model."""
     _run_stage("ppo", config, set)
@@ -129,7 +135,7 @@ def export(
 
 
 @config_app.command("show")
-def config_show(stage: Annotated[str, typer.Argument(help="sft | reward | ppo | eval | recipe")]) -> None:
+def config_show(stage: Annotated[str, typer.Argument(help="sft | reward | dpo | ppo | eval | recipe")]) -> None:
     """Print every key of a stage config with its type, default and documentation."""
     from rlhf_stack.config import describe
     from rlhf_stack.pipeline.stages import STAGES

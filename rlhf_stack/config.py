@@ -258,8 +258,8 @@ def describe(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str
     for name, info in cls.model_fields.items():
         key = f"{prefix}{name}"
         sub = _config_class(info.annotation)
-        if sub is not None and isinstance(info.default, BaseModel | type(None)):
-            rows.append((key, sub.__name__, "", info.description or ""))
+        if sub is not None and (info.is_required() or isinstance(info.default, BaseModel | type(None))):
+            rows.append((key, sub.__name__, "(required)" if info.is_required() else "", info.description or ""))
             rows.extend(describe(sub, key + "."))
             continue
         default = "(required)" if info.is_required() else repr(info.default)

@@ -355,6 +355,31 @@ def split_train_eval(rows: list[dict], eval_fraction: float, seed: int = 0) -> t
     return train, held
 
 
+def load_ranking_splits(data, seed: int, stage: str) -> tuple[list[dict], list[dict], int]:
+    """(train, held-out, n_all_tied) rankings of a stage's `config.DataConfig` (the reward and DPO stages).
+
+    Held out: the rows of `data.eval_path`, else `data.eval_fraction` of the prompts (`split_train_eval`).
+    A ranking whose completions all tie states no preference and holds no pair to learn from: such
+    rows are left out of both sides, counted, and the first few named on stdout under `[stage]`.
+    """
+    rows = load_rows(data.path, "rankings", columns=data.columns, split=data.split, max_rows=data.max_rows,
+                     keep_lines=True)
+    if data.eval_path:
+        train, held = rows, load_rows(data.eval_path, "rankings", keep_lines=True)
+    else:
+        train, held = split_train_eval(rows, data.eval_fraction, seed=seed)
+    tied = [r for r in train + held if len(set(r["ranks"])) == 1]
+    if tied:
+        where = ", ".join(f"line {r.get(LINE_KEY, '?')}" for r in tied[:5])
+        print(f"[{stage}] {len(tied)} rankings with all completions tied are skipped ({where}"
+              f"{', ...' if len(tied) > 5 else ''})")
+    train = [r for r in train if len(set(r["ranks"])) > 1]
+    held = [r for r in held if len(set(r["ranks"])) > 1]
+    if not train:
+        raise DataError(f"{data.path}: no training ranking states a preference (all rows tied or held out)")
+    return train, held, len(tied)
+
+
 def fingerprint(source: str | Path) -> str:
     """sha256 of a data file's bytes (or of the name, for a `datasets` id): the runner's input key."""
     path = Path(source)

@@ -1,4 +1,4 @@
-"""What the Trainer-based stages (SFT, reward model) share: arguments, resume, logs, stage.json.
+"""What the Trainer-based stages (SFT, reward model, DPO) share: arguments, resume, evals, logs, stage.json.
 
 A stage's `output_dir` is its checkpoint: model files + tokenizer + `stage.json` (written last, the
 commit marker), with Trainer states for resume under `output_dir/checkpoints/` and the training log
@@ -89,6 +89,22 @@ def write_log(output_dir: Path, log_history: list[dict], name: str = TRAIN_LOG) 
     path = logs / name
     path.write_text("".join(json.dumps(entry) + "\n" for entry in log_history))
     return path
+
+
+def eval_metrics(trainer) -> dict:
+    """`trainer.evaluate()` without the timing entries and the epoch."""
+    raw = trainer.evaluate()
+    return {k: v for k, v in raw.items() if not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
+
+
+def best_eval_metrics(trainer, metric: str) -> dict:
+    """Eval metrics of the model training ended with (the best by `metric`, reloaded): taken from the
+    log of the evaluation that picked it (saves a pass over the eval set), else measured now."""
+    best = trainer.state.best_global_step
+    logged = [e for e in trainer.state.log_history if metric in e and e.get("step") == best]
+    if best is not None and logged:
+        return {k: v for k, v in logged[-1].items() if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
+    return eval_metrics(trainer)
 
 
 def data_fingerprints(*data: DataConfig | None) -> dict[str, str]:

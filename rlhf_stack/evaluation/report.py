@@ -162,6 +162,7 @@ def _image(run_dir: Path, name: str, alt: str) -> str:
 HEADLINES = {
     "sft": ("eval_loss_before", "eval_loss", "train_loss"),
     "reward": ("eval_pairwise_accuracy", "pairwise_accuracy", "eval_accuracy", "accuracy", "eval_loss"),
+    "dpo": ("eval_pairwise_accuracy", "eval_mean_margin", "eval_chosen_logratio", "train_loss"),
     "ppo": ("score", "mean_score", "reward", "kl", "steps"),
     "eval": ("policy_win_rate", "policy_kl", "best_of_n_win_rate", "rm_pairwise_accuracy", "rm_labeler_agreement"),
 }

@@ -1,9 +1,9 @@
-"""The stage runner: one recipe -> SFT, reward model, PPO, evaluation, report, resumable.
+"""The stage runner: one recipe -> SFT, reward model, DPO and/or PPO, evaluation, report, resumable.
 
 `run_recipe(recipe, overrides)` composes the stage functions (STYLE item 1) and adds only what a
 chain of stages needs:
 
-- hand-off by reference: any string `@sft`, `@reward` or `@ppo` in a stage's config becomes that
+- hand-off by reference: any string `@sft`, `@reward`, `@dpo` or `@ppo` in a stage's config becomes that
   stage's checkpoint directory before the stage runs (`ppo.policy.name_or_path: "@sft"`);
   the reuse rule and its keys live in `staleness.py`, the manifest file and lock in `manifest.py`;
 - `RUN_DIR/manifest.json` (written atomically after every change): per stage its status, checkpoint,
@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel
 
 from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, validate
+from rlhf_stack.dpo.stage import DPOConfig
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.evaluation.evaluate import EvalConfig
 from rlhf_stack.pipeline.layout import RunLayout
@@ -64,7 +65,7 @@ class Recipe(Config):
     """A whole pipeline in one file: the stages to run and how they hand checkpoints on."""
 
     run_dir: str | None = None
-    """Where every stage writes (RUN_DIR/sft, /reward, /ppo, /eval, manifest.json, report.md).
+    """Where every stage writes (RUN_DIR/sft, /reward, /dpo, /ppo, /eval, manifest.json, report.md).
     Default: runs/<recipe file name>. `--run-dir` overrides it."""
     seed: int = 42
     """Seed for every stage whose own seed (`train.seed` / `seed`) the recipe leaves unset."""
@@ -72,6 +73,9 @@ class Recipe(Config):
     """Stage 1 (its output_dir is set by the runner: RUN_DIR/sft)."""
     reward: RewardConfig | None = None
     """Stage 2; `init_from: "@sft"` starts the reward model from the SFT checkpoint."""
+    dpo: DPOConfig | None = None
+    """DPO, the offline alternative to PPO on the same rankings: `policy.name_or_path: "@sft"`.
+    Runs after `reward` and before `ppo` (which may then start from `@dpo`)."""
     ppo: PPOConfig | None = None
     """Stage 3; `policy.name_or_path: "@sft"`, reward sources with `path: "@reward"`."""
     evaluation: EvalConfig | None = None

@@ -41,6 +41,7 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
     StageSpec("sft", "sft", "rlhf_stack.sft:SFTConfig", "rlhf_stack.sft:train_sft", STAGE_FILE, True),
     StageSpec("reward", "reward", "rlhf_stack.reward.stage:RewardConfig", "rlhf_stack.reward.stage:train_reward",
               STAGE_FILE, True),
+    StageSpec("dpo", "dpo", "rlhf_stack.dpo.stage:DPOConfig", "rlhf_stack.dpo.stage:train_dpo", STAGE_FILE, True),
     StageSpec("ppo", "ppo", "rlhf_stack.ppo.config:PPOConfig", "rlhf_stack.ppo.trainer:train_ppo", STAGE_FILE, True),
     StageSpec("eval", "evaluation", "rlhf_stack.evaluation.evaluate:EvalConfig",
               "rlhf_stack.evaluation.evaluate:evaluate_from_config", RESULTS_FILE, False),

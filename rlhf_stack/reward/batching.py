@@ -60,9 +60,10 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_token_id: int) -> in
     return min(length, last_scored)
 
 
-def encode_rankings(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "reward") -> tuple[list[dict], int]:
     """Rankings -> [{input_ids: K token lists, ranks: K ints, n_pairs, prefix_length}], and how
-    many completions were truncated (their prompt's start cut to fit `max_length`)."""
+    many completions were truncated (their prompt's start cut to fit `max_length`; said on stdout
+    under `[stage]`)."""
     items, truncated = [], 0
     for row in rows:
         encoded = [encode_conversation(tokenizer, row["prompt"], c, max_length) for c in row["completions"]]
@@ -71,7 +72,7 @@ def encode_rankings(rows: list[dict], tokenizer, max_length: int) -> tuple[list[
         items.append({"input_ids": seqs, "ranks": list(row["ranks"]), "n_pairs": len(preferred_pairs(row["ranks"])),
                       "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
     if truncated:
-        print(f"[reward] {truncated} completions are longer than max_length={max_length} with their prompt; "
+        print(f"[{stage}] {truncated} completions are longer than max_length={max_length} with their prompt; "
               "the start of the prompt is cut")
     return items, truncated
 
@@ -96,7 +97,9 @@ class RankingCollator:
             ranks[n, :len(item["ranks"])] = torch.as_tensor(item["ranks"])
         batch = {"ranks": ranks}
         shared = [item["prefix_length"] if self.share_prompt else 0 for item in items]
-        if min(shared) > 0:
+        if min(shared) == 0:  # one ranking shares nothing (e.g. cut by max_length): every sequence goes whole
+            shared = [0] * len(items)
+        else:
             batch["prefix_ids"], batch["prefix_mask"] = pad_right(
                 [item["input_ids"][0][:p] for item, p in zip(items, shared, strict=True)], self.pad_token_id)
             batch["prefix_lengths"] = torch.as_tensor(shared)

@@ -12,7 +12,8 @@ head is in the adapter), with `config.pad_token_id = tokenizer.pad_token_id`; th
 is what `RewardScorer` returns (tests/stages/test_reward_stage.py checks it to 1e-5).
 
 `forward_scores` / `forward_scores_shared` are the reward model's forward passes; the reward
-stage trains through them too (`trainer.py`).
+stage trains through them too (`trainer.py`). `forward_shared` is the prompt-sharing pass itself,
+which the DPO stage runs on a causal LM.
 """
 
 from __future__ import annotations
@@ -44,13 +45,27 @@ def forward_scores_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Te
                           prefix_model=None) -> torch.Tensor:
     """(n,) rewards of completions that continue shared prompts, each prompt encoded once.
 
+    The arguments are `forward_shared`'s; the scores equal `forward_scores` on the full sequences
+    up to float rounding (same positions, same attention).
+    """
+    c_width = int(attention_mask.sum(dim=1).max())
+    out = forward_shared(model, prefix_ids, prefix_mask, prefix_lengths, owner, input_ids[:, :c_width],
+                         attention_mask[:, :c_width], prefix_model=prefix_model)
+    return out.logits[:, 0].float()
+
+
+def forward_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, prefix_lengths: torch.Tensor,
+                   owner: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   prefix_model=None, **kwargs):
+    """`model`'s output on completions that continue shared prompts, each prompt encoded once.
+
     prefix_ids / prefix_mask: (B, P) right-padded prompt tokens of B rankings; prefix_lengths (B,);
     owner (n,): the ranking of each completion; input_ids / attention_mask (n, C): the completion
     tokens after their prompt, right-padded. The prompts' key/value cache is computed once and
-    indexed per completion, so a ranking costs P + K*C tokens instead of K*(P + C); the scores
-    equal `forward_scores` on the full sequences up to float rounding (same positions, same
-    attention). prefix_model: the module for the prompt pass (the unwrapped model under DDP, so
-    the wrapper sees one forward per backward).
+    indexed per completion, so a ranking costs P + K*C tokens instead of K*(P + C). prefix_model:
+    the module for the prompt pass (the unwrapped model under DDP, so the wrapper sees one forward
+    per backward; or the decoder alone when only its cache is needed). kwargs go to the completion
+    pass (e.g. `logits_to_keep`).
     """
     needed, index = owner.unique(return_inverse=True)  # only the prompts of these completions
     p_mask = prefix_mask[needed]
@@ -59,11 +74,9 @@ def forward_scores_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Te
     cache = (prefix_model or model)(input_ids=prefix_ids[needed, :width], attention_mask=p_mask,
                                     use_cache=True).past_key_values
     cache.batch_select_indices(index)
-    c_width = int(attention_mask.sum(dim=1).max())
-    positions = prefix_lengths[owner][:, None] + torch.arange(c_width, device=input_ids.device)[None, :]
-    out = model(input_ids=input_ids[:, :c_width], attention_mask=torch.cat([p_mask[index], attention_mask[:, :c_width]], 1),
-                position_ids=positions, past_key_values=cache, use_cache=True)
-    return out.logits[:, 0].float()
+    positions = prefix_lengths[owner][:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    return model(input_ids=input_ids, attention_mask=torch.cat([p_mask[index], attention_mask], 1),
+                 position_ids=positions, past_key_values=cache, use_cache=True, **kwargs)
 
 
 @torch.no_grad()

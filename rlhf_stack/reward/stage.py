@@ -29,8 +29,8 @@ from typing import Literal
 from pydantic import ValidationInfo, field_validator
 
 from rlhf_stack.config import Config, DataConfig, DataPath, ModelConfig, StageResult, TrainingConfig
-from rlhf_stack.data import LINE_KEY, load_rows, row_prompt, split_train_eval
-from rlhf_stack.errors import ConfigError, DataError
+from rlhf_stack.data import load_ranking_splits, load_rows, row_prompt
+from rlhf_stack.errors import ConfigError
 from rlhf_stack.reward.batching import RankingCollator, encode_conversation, encode_rankings
 from rlhf_stack.reward.functional import center_penalty, listwise_loss, ranking_loss
 from rlhf_stack.reward.scorer import BIAS_KEY, score_sequences
@@ -69,7 +69,8 @@ class RewardConfig(Config):
     """Encode the prompt tokens a ranking's K completions share once and reuse their key/value
     cache for all K (same scores up to float rounding; on the demo data 204 instead of 333 tokens
     a ranking, ~1.2x faster on CPU).
-    Turn off for a model whose cache cannot be indexed by batch row."""
+    Turn off for a model whose cache cannot be indexed by batch row. Off under
+    `model.gradient_checkpointing` (see `shares_prompt`)."""
     normalize_with: DataPath | None = None
     """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
     reward 0. None: no bias."""
@@ -79,6 +80,12 @@ class RewardConfig(Config):
     """Measure the untrained model's eval metrics first (reported with the suffix `_before`)."""
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
+
+    @property
+    def shares_prompt(self) -> bool:
+        """Prompt sharing in effect: it needs the prompt's key/value cache, which transformers drops
+        under gradient checkpointing while training, so gradient checkpointing turns it off."""
+        return self.share_prompt and not self.model.gradient_checkpointing
 
     @field_validator("margin", "center_coef")
     @classmethod
@@ -109,7 +116,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     output_dir = Path(cfg.output_dir)
     # 1. data: validated rankings, all-tied rows kept out (counted), every completion tokenised once
-    train_rows, eval_rows, n_all_tied = _load_splits(cfg)
+    train_rows, eval_rows, n_all_tied = load_ranking_splits(cfg.data, cfg.train.seed, "reward")
     _check_init_from(cfg.init_from)
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.init_from or cfg.model.name_or_path,
                                         cfg.model.chat_template)
@@ -131,7 +138,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = RankingTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
-        data_collator=RankingCollator(tokenizer.pad_token_id, cfg.share_prompt), processing_class=tokenizer, callbacks=callbacks,
+        data_collator=RankingCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer, callbacks=callbacks,
         compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=make_objective(cfg), micro_batch_completions=cfg.micro_batch_completions)
 
@@ -141,7 +148,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds)}
     resume = training.last_trainer_checkpoint(output_dir)
     if has_eval and cfg.eval_before_training and resume is None:
-        metrics.update({f"{k}_before": v for k, v in _eval(trainer).items()})
+        metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})
     result = trainer.train(resume_from_checkpoint=resume)
     metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
                    train_rankings_per_s=result.metrics["train_samples_per_second"],
@@ -149,7 +156,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:
-        metrics.update(_best_eval(trainer))
+        metrics.update(training.best_eval_metrics(trainer, BEST_METRIC))
         # The noise ceiling of eval_pairwise_accuracy: how often the annotators of these same
         # held-out rankings order a pair alike (None when no prompt has two annotators).
         from rlhf_stack.metrics.agreement import annotator_agreement
@@ -166,30 +173,6 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     record.update({BIAS_KEY: norm["bias"], "normalization": norm, "init_from": cfg.init_from})
     training.finish_stage(model, tokenizer, output_dir, record, cfg.keep_checkpoints)
     return StageResult(output_dir, metrics)
-
-
-# ---- 1. data ------------------------------------------------------------------------------------
-
-
-def _load_splits(cfg: RewardConfig) -> tuple[list[dict], list[dict], int]:
-    data = cfg.data
-    rows = load_rows(data.path, "rankings", columns=data.columns, split=data.split, max_rows=data.max_rows,
-                     keep_lines=True)
-    if data.eval_path:
-        train, held = rows, load_rows(data.eval_path, "rankings", keep_lines=True)
-    else:
-        train, held = split_train_eval(rows, data.eval_fraction, seed=cfg.train.seed)
-    # A ranking whose completions all tie states no preference: it holds no pair to learn from.
-    tied = [r for r in train + held if len(set(r["ranks"])) == 1]
-    if tied:
-        where = ", ".join(f"line {r.get(LINE_KEY, '?')}" for r in tied[:5])
-        print(f"[reward] {len(tied)} rankings with all completions tied are skipped ({where}"
-              f"{', ...' if len(tied) > 5 else ''})")
-    train = [r for r in train if len(set(r["ranks"])) > 1]
-    held = [r for r in held if len(set(r["ranks"])) > 1]
-    if not train:
-        raise DataError(f"{data.path}: no training ranking states a preference (all rows tied or held out)")
-    return train, held, len(tied)
 
 
 # ---- 2. model -------------------------------------------------------------------------------------
@@ -260,21 +243,6 @@ def make_objective(cfg: RewardConfig):
     if not cfg.center_coef:
         return base
     return lambda scores, ranks: base(scores, ranks) + cfg.center_coef * center_penalty(scores, ranks)
-
-
-def _best_eval(trainer) -> dict:
-    """Eval metrics of the model training ended with (the best one, reloaded): taken from the log of
-    the evaluation that picked it (saves a pass over the eval set), else measured now."""
-    best = trainer.state.best_global_step
-    logged = [e for e in trainer.state.log_history if BEST_METRIC in e and e.get("step") == best]
-    if best is not None and logged:
-        return {k: v for k, v in logged[-1].items() if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
-    return _eval(trainer)
-
-
-def _eval(trainer) -> dict:
-    raw = trainer.evaluate()
-    return {k: v for k, v in raw.items() if not k.endswith(("_runtime", "_per_second")) and k != "epoch"}
 
 
 # ---- 5. normalisation --------------------------------------------------------------------------------

@@ -249,6 +249,28 @@ def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny
                 assert torch.allclose(grad, base_grads[name], atol=1e-6, rtol=1e-4), (loss, key, name)
 
 
+def test_a_batch_shares_the_prompt_only_when_every_ranking_shares_one():
+    # The second ranking's sequences start differently (a prompt cut by max_length): sharing would
+    # strip the first ranking's prompt with nowhere to put it, so every completion goes in whole.
+    items = [{"input_ids": [[5, 6, 7, 8], [5, 6, 9]], "ranks": [1, 2], "prefix_length": 2},
+             {"input_ids": [[10, 11], [12, 13]], "ranks": [1, 2], "prefix_length": 0}]
+    batch = RankingCollator(pad_token_id=3, share_prompt=True)(items)
+    assert "owner" not in batch
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [5, 6, 9, 3], [10, 11, 3, 3], [12, 13, 3, 3]]
+    shared = RankingCollator(pad_token_id=3, share_prompt=True)(items[:1])
+    assert shared["prefix_ids"].tolist() == [[5, 6]] and shared["input_ids"].tolist() == [[7, 8], [9, 3]]
+
+
+def test_gradient_checkpointing_trains_with_the_prompt_encoded_in_full(data, tiny_model_dir, tmp_path):
+    # transformers drops the key/value cache under gradient checkpointing while training, so the
+    # shared-prompt pass has no cache to reuse: the stage then encodes every sequence whole.
+    cfg = make_cfg(data, tiny_model_dir, tmp_path / "rm", "full", train={"max_steps": 1},
+                   model={"gradient_checkpointing": True})
+    assert cfg.share_prompt and not cfg.shares_prompt
+    result = train_reward(cfg)
+    assert math.isfinite(result.metrics["train_loss"]) and result.metrics["steps"] == 1
+
+
 # ---- bad input: every validation rule names path:line ----------------------------------------------
 
 GOOD = {"prompt": "Name a fruit.", "completions": ["Apple.", "Rock."], "ranks": [1, 2]}

@@ -60,6 +60,8 @@ def test_missing_file_and_bad_override():
 
 def test_every_field_documented():
     # One source of truth per field: each has a docstring that `rlhf-stack config show` prints.
-    for cls in (SFTConfig, ModelConfig):
+    from rlhf_stack.dpo.stage import DPOConfig
+
+    for cls in (SFTConfig, ModelConfig, DPOConfig):
         undocumented = [key for key, _, _, doc in describe(cls) if not doc]
         assert not undocumented, undocumented
