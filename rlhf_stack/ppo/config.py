@@ -64,7 +64,8 @@ class PPOConfig(Config):
     samples_per_prompt: int = Field(1, ge=1)
     """Responses sampled per prompt in a step (k), for every estimator; batch_size must be a
     multiple of it. The k samples of a prompt are adjacent in the batch and form its group for
-    the critic-free estimators, which need k >= 2 (RLOO and GRPO papers use 4..16)."""
+    the critic-free estimators, which need k >= 2 (Ahmadian et al. 2024 ran RLOO with k = 2 and
+    4; DeepSeekMath sampled 64 per question for GRPO)."""
     mini_batch_size: int = Field(8, ge=1)
     """Rollouts per optimizer update; batch_size must be a multiple of it."""
     grad_accum_steps: int = Field(1, ge=1)
