@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig
+from rlhf_stack.ppo.estimators import uses_value_model
 from rlhf_stack.ppo.rewards import RewardSourceConfig
 
 
@@ -30,7 +31,7 @@ class PPOConfig(Config):
     value_init: str | None = None
     """Checkpoint to initialise the value function from (`@reward`: the RM, as InstructGPT). It is
     used when its tokenizer matches the policy's; otherwise, or when None, the value starts from the
-    policy base with a zero head."""
+    policy base with a zero head. Only with advantage_estimator `gae` (the others have no value)."""
     host_reward_model: bool = True
     """With `tuning: lora`, a reward model that is a LoRA adapter over the policy's own base joins
     policy, reference and value as one more adapter on the one base copy in memory (the same
@@ -58,7 +59,13 @@ class PPOConfig(Config):
     steps: int = Field(100, ge=1)
     """Total PPO steps (one step = one batch of rollouts + ppo_epochs of updates on it)."""
     batch_size: int = Field(16, ge=2)
-    """Prompts (= rollouts) per step per process."""
+    """Rollouts per step per process: batch_size / samples_per_prompt prompts, each sampled
+    samples_per_prompt times (with the default 1: one rollout per prompt)."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Responses sampled per prompt in a step (k), for every estimator; batch_size must be a
+    multiple of it. The k samples of a prompt are adjacent in the batch and form its group for
+    the critic-free estimators, which need k >= 2 (Ahmadian et al. 2024 ran RLOO with k = 2 and
+    4; DeepSeekMath sampled 64 per question for GRPO)."""
     mini_batch_size: int = Field(8, ge=1)
     """Rollouts per optimizer update; batch_size must be a multiple of it."""
     grad_accum_steps: int = Field(1, ge=1)
@@ -71,7 +78,7 @@ class PPOConfig(Config):
     learning_rate: float = Field(1e-5, gt=0.0)
     """Peak learning rate of the policy (LoRA usually wants ~1e-4, full fine-tuning ~1e-6..1e-5)."""
     value_learning_rate: float | None = Field(None, gt=0.0)
-    """Learning rate of the value function (None: same as learning_rate)."""
+    """Learning rate of the value function (None: same as learning_rate; `gae` only)."""
     lr_scheduler: str = "constant"
     """transformers scheduler name over all updates: constant, linear, cosine, ..."""
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
@@ -81,19 +88,37 @@ class PPOConfig(Config):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     """Clip the gradient norm of policy + value parameters (None: no clipping)."""
     vf_coef: float = Field(0.1, ge=0.0)
-    """Weight of the value loss in the total loss (TRL and Huang et al. 2024 use 0.1)."""
+    """Weight of the value loss in the total loss (TRL and Huang et al. 2024 use 0.1; `gae` only)."""
+    value_warmup_steps: int = Field(0, ge=0)
+    """For the first N steps train only the value function (`gae`): the policy is frozen and no
+    policy or ptx loss is applied, so a value initialised from the RM first learns to predict
+    returns before its advantages steer the policy (InstructGPT initialises the value from the
+    RM; OpenRLHF calls this `critic_warmup`). The LR schedule counts these updates too."""
+    loss_aggregation: Literal["token_mean", "sequence_mean", "dr_grpo"] = "token_mean"
+    """How the policy loss of a micro-batch reduces its per-token terms to one number:
+    `token_mean` = mean over all real tokens (PPO; long responses weigh more); `sequence_mean` =
+    mean over responses of each response's token mean (GRPO, Shao et al. 2024); `dr_grpo` = sum
+    over tokens / (responses * max_new_tokens), unbiased in length (Dr. GRPO, Liu et al. 2025)."""
 
     # ---- PPO ------------------------------------------------------------------------------------
+    advantage_estimator: Literal["gae", "rloo", "grpo", "reinforce_baseline"] = "gae"
+    """How step 4 turns rewards into advantages. `gae`: GAE with a value function (InstructGPT);
+    the critic-free ones build no value model and compare the samples_per_prompt (>= 2) responses
+    to one prompt, each response's reward being its score - kl_coef * its summed KL: `rloo` =
+    reward - mean of its k - 1 siblings' rewards (Ahmadian et al. 2024); `grpo` = (reward - group
+    mean) / (group std + 1e-4) (Shao et al. 2024); `reinforce_baseline` = reward - group mean,
+    then whitened over the batch (Hu 2025, REINFORCE++). Math in ppo/estimators.py."""
     clip_range: float = Field(0.2, gt=0.0)
     """Policy ratio clip epsilon (Schulman 2017)."""
     clip_range_value: float = Field(0.2, gt=0.0)
-    """How far one update may move a value estimate from its rollout-time value."""
+    """How far one update may move a value estimate from its rollout-time value (`gae` only)."""
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     """Discount factor; 1.0 as in all RLHF work (the episode is one response)."""
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
-    """GAE lambda (Schulman 2016)."""
+    """GAE lambda (Schulman 2016; `gae` only)."""
     whiten_advantages: bool = True
-    """Normalise advantages per rollout batch to zero mean, unit variance."""
+    """Normalise GAE advantages per rollout batch to zero mean, unit variance (`gae` only: each
+    critic-free estimator carries its own normalisation, see advantage_estimator)."""
 
     # ---- reward shaping -------------------------------------------------------------------------
     kl_coef: float = Field(0.05, ge=0.0)
@@ -159,9 +184,37 @@ class PPOConfig(Config):
                              f"grad_accum_steps ({self.grad_accum_steps})")
         if self.ptx_coef > 0 and self.ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (a corpus file)")
+        self._check_estimator()
         return self
+
+    def _check_estimator(self) -> None:
+        k, name = self.samples_per_prompt, self.advantage_estimator
+        if self.batch_size % k:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt ({k}): "
+                             "each step samples batch_size / samples_per_prompt prompts k times")
+        if not self.uses_value_model and k < 2:
+            raise ValueError(f"advantage_estimator {name} compares the responses to one prompt: it needs "
+                             f"samples_per_prompt >= 2 (got {k})")
+        value_settings = [key for key in ("value_init", "value_learning_rate") if getattr(self, key) is not None]
+        value_settings += ["value_warmup_steps"] if self.value_warmup_steps else []
+        if not self.uses_value_model and value_settings:
+            raise ValueError(f"{', '.join(value_settings)}: advantage_estimator {name} builds no value model "
+                             "(only gae does); remove these settings")
+        if self.value_warmup_steps >= self.steps:
+            raise ValueError(f"value_warmup_steps ({self.value_warmup_steps}) must be less than steps "
+                             f"({self.steps}), or the policy is never trained")
 
     @property
     def micro_batch_size(self) -> int:
         """Rollouts per forward/backward pass."""
         return self.mini_batch_size // self.grad_accum_steps
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Distinct prompts per step per process (each sampled samples_per_prompt times)."""
+        return self.batch_size // self.samples_per_prompt
+
+    @property
+    def uses_value_model(self) -> bool:
+        """Whether a value function is built and trained (advantage_estimator `gae`)."""
+        return uses_value_model(self.advantage_estimator)

@@ -38,6 +38,18 @@ class IndexStream:
         return [self._epoch(i // self.n_items)[i % self.n_items] for i in range(start, start + count)]
 
 
+def step_prompt_indices(stream: IndexStream, step: int, world: int, rank: int, prompts_per_step: int,
+                        samples_per_prompt: int) -> list[int]:
+    """The prompt index of each rollout of `step` (1-based) on process `rank` of `world`.
+
+    Process r of step s takes the next prompts_per_step positions of the stream, and each prompt
+    is repeated samples_per_prompt times in a row: rollouts g*k .. g*k + k - 1 share prompt g (the
+    group the critic-free estimators compare). A function of the step alone, so resume needs no state.
+    """
+    prompts = stream.take(((step - 1) * world + rank) * prompts_per_step, prompts_per_step)
+    return [i for i in prompts for _ in range(samples_per_prompt)]
+
+
 @dataclass
 class PPOData:
     prompts: list[dict]  # training prompt rows
@@ -74,8 +86,9 @@ def load_data(cfg, tokenizer) -> PPOData:
         train_rows, eval_rows = rows, load_rows(p.eval_path, "prompts", keep_lines=True)
     else:
         train_rows, eval_rows = split_train_eval(rows, p.eval_fraction, seed=cfg.seed)
-    if len(train_rows) < cfg.batch_size:
-        raise DataError(f"{p.path}: {len(train_rows)} training prompts, fewer than batch_size {cfg.batch_size}")
+    if len(train_rows) < cfg.prompts_per_step:
+        raise DataError(f"{p.path}: {len(train_rows)} training prompts, fewer than the {cfg.prompts_per_step} "
+                        "a step takes (batch_size / samples_per_prompt)")
     prompt_ids = encode_prompts(train_rows, tokenizer, cfg.max_prompt_length, p.path)
     ptx = None
     if cfg.ptx_coef > 0:

@@ -14,11 +14,16 @@ Sources cited below:
   Schulman 2020, "Approximating KL divergence" (blog post; k1/k2/k3 estimators).
   Ouyang et al. 2022, "Training language models to follow instructions" (InstructGPT).
   Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO".
+  Shao et al. 2024, "DeepSeekMath" (GRPO: a per-sequence mean of token losses).
+  Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO).
+The advantage estimators (GAE's step 4 and the critic-free RLOO / GRPO / REINFORCE-baseline)
+are in `estimators.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -191,18 +196,62 @@ def gae(
 
 
 # ---------------------------------------------------------------------------------------------
+# Loss aggregation: per-token losses (b, t) -> one scalar
+# ---------------------------------------------------------------------------------------------
+
+
+def token_mean(losses: Tensor, mask: Tensor) -> Tensor:
+    """Mean over every real token of the batch; `(b, t) -> ()`.
+
+    Each token weighs the same, so a long response carries more weight than a short one (PPO as
+    in TRL, OpenRLHF and Huang et al. 2024).
+    """
+    return masked_mean(losses, mask)
+
+
+def sequence_mean(losses: Tensor, mask: Tensor) -> Tensor:
+    """Mean over responses of each response's mean token loss; `(b, t) -> ()`.
+
+    Each response weighs the same whatever its length (the 1/G sum_i 1/|o_i| sum_t of GRPO's
+    objective, Shao et al. 2024); a token of a short response weighs more than one of a long one.
+    """
+    return masked_mean(losses, mask, dim=1).mean()
+
+
+def dr_grpo_mean(losses: Tensor, mask: Tensor, max_new_tokens: int) -> Tensor:
+    """Sum over real tokens divided by (responses * max_new_tokens); `(b, t) -> ()`.
+
+    Dr. GRPO (Liu et al. 2025): dividing each response's token sum by a constant instead of its
+    own length removes the length bias of `sequence_mean` (which shrinks the per-token gradient
+    of long wrong answers). The constant is the generation budget, so the scale is the same for
+    every batch and micro-batch. (Dr. GRPO also drops GRPO's division by the group std: that is
+    the advantage estimator's part, e.g. `rloo`.)
+    """
+    return masked_sum(losses, mask) / (losses.shape[0] * max_new_tokens)
+
+
+def loss_aggregation(name: str, max_new_tokens: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """The aggregation `name` ("token_mean" | "sequence_mean" | "dr_grpo") as f(losses, mask);
+    the trainer picks it once at setup (STYLE.md item 7)."""
+    return {"token_mean": token_mean, "sequence_mean": sequence_mean,
+            "dr_grpo": partial(dr_grpo_mean, max_new_tokens=max_new_tokens)}[name]
+
+
+# ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
 
 
 def clipped_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float,
+    aggregate: Callable[[Tensor, Tensor], Tensor] = token_mean,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss (Schulman 2017, eq. 7), as a loss to minimise.
 
     logprobs: `(b, t)` under the policy being trained; old_logprobs: `(b, t)` under the policy
     that generated the rollout; advantages, mask: `(b, t)`. Returns `(loss, stats)`: loss is
-    a scalar, masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))).
+    a scalar, aggregate(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), mask), where
+    aggregate is one of `token_mean` (the default), `sequence_mean`, `dr_grpo_mean`.
     stats (detached scalar tensors, so logging need not sync the device every step):
       clipfrac   - fraction of real tokens where the clipped term is the active one;
       approx_kl  - k3 estimate of KL(pi_old || pi) on the rollout tokens (Schulman 2020), >= 0;
@@ -212,7 +261,7 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         # Samples come from pi_old, so KL(pi_old || pi) is the k3 of (old_logprobs, logprobs).
         stats = {

@@ -59,7 +59,11 @@ def summarize(records: list[dict], runtime_s: float, steps_run: int) -> dict:
                      "steps_per_s": steps_run / max(runtime_s, 1e-9),
                      "peak_memory_mb": max(r["peak_memory_mb"] for r in records)}
     for key in SUMMARY_KEYS:
-        if key in records[-1]:
-            metrics[f"{key}_first"] = records[0][key]
-            metrics[key] = sum(r[key] for r in tail) / len(tail)
+        # A key may be missing from some steps: no policy_loss during value_warmup_steps, no
+        # value_loss ever with a critic-free estimator. Each figure comes from the steps that have it.
+        having = [r[key] for r in records if key in r]
+        if having and key in records[-1]:
+            tail_values = [r[key] for r in tail if key in r]
+            metrics[f"{key}_first"] = having[0]
+            metrics[key] = sum(tail_values) / len(tail_values)
     return metrics

@@ -9,6 +9,8 @@ A reward model that is a LoRA adapter over the same base joins them as the adapt
 (`shared_reward.py`): one base copy in all. Any other reward model is the only other base copy
 (loaded by the reward sources), where TRL's PPO held four models. With full fine-tuning, policy,
 reference and value are separate models.
+The critic-free advantage estimators (rloo, grpo, reinforce_baseline) build no value at all:
+no adapter, no head, no backbone, so nothing of it is trained, optimised or checkpointed.
 The final policy is saved as a plain adapter over B (or a full model) that any HF user reloads.
 """
 
@@ -52,15 +54,15 @@ class ActorCritic(nn.Module):
     then only the blocks above it run.
     """
 
-    def __init__(self, policy: nn.Module, value_head: ValueHead, *, value_backbone: nn.Module | None = None,
+    def __init__(self, policy: nn.Module, value_head: ValueHead | None, *, value_backbone: nn.Module | None = None,
                  ref_model: nn.Module | None = None, ref_adapter: str | None = None) -> None:
         super().__init__()
         self.policy = policy  # causal LM, or PeftModel whose adapter POLICY is the policy
-        self.value_head = value_head
-        self.value_backbone = value_backbone  # None: the policy's base with adapter VALUE
+        self.value_head = value_head  # None: no value function (critic-free advantage estimators)
+        self.value_backbone = value_backbone  # None: the policy's base with adapter VALUE (or no value)
         self.ref_model = ref_model  # None: the policy's base with `ref_adapter` (or adapters disabled)
         self.ref_adapter = ref_adapter
-        self.shared = value_backbone is None
+        self.shared = ref_model is None  # the reference lives on the policy's base: one base for all
         self._active = POLICY  # adapter active on the shared base
         self.policy_params: list[nn.Parameter] = []
         self.value_params: list[nn.Parameter] = []
@@ -172,11 +174,16 @@ class ActorCritic(nn.Module):
         return logits, values, ptx_logits
 
     @property
+    def has_value(self) -> bool:
+        """Whether a value function was built (advantage_estimator gae)."""
+        return self.value_head is not None
+
+    @property
     def needs_split_backward(self) -> bool:
         """A shared base with gradient checkpointing must run each adapter's backward while that
         adapter is active (the recomputed forward reads the active adapter)."""
         base = self.policy.get_base_model() if self.shared else self.policy
-        return self.shared and bool(getattr(base, "is_gradient_checkpointing", False))
+        return self.shared and self.has_value and bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 def causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
@@ -196,20 +203,21 @@ class ModelInfo:
 
     layout: str  # "lora-shared-base" | "separate-models"
     reference: str  # "sft-adapter-copy" | "adapters-disabled" | "frozen-copy"
-    value_init: str  # "reward-model" | "policy-base"
+    value_init: str  # "reward-model" | "policy-base" | "none" (a critic-free estimator: no value model)
     base_model: str  # what the saved policy needs to reload (adapter base or the full model)
     reward_model: str = "none"  # "adapter-on-shared-base" | "separate-model" | "none" (no RM source)
     trunk_blocks: int = 0  # blocks below every adapter, run once per rollout (trunk.py); 0: none
 
 
 def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCritic, ModelInfo]:
-    """Policy/ref/value for `cfg` (a PPOConfig), on `device`, every module in eval mode (no dropout)."""
+    """Policy/ref/value for `cfg` (a PPOConfig), on `device`, every module in eval mode (no dropout).
+    No value function when cfg.uses_value_model is False (the critic-free estimators)."""
     path = modeling.resolve_model_path(cfg.policy.name_or_path)
     value_source = _usable_value_init(cfg.value_init, tokenizer)
     if cfg.policy.tuning == "lora":
-        model, info = _build_shared(cfg, path, value_source, device)
+        model, info = _build_shared(cfg, path, value_source, device, cfg.uses_value_model)
     else:
-        model, info = _build_separate(cfg, path, value_source, device)
+        model, info = _build_separate(cfg, path, value_source, device, cfg.uses_value_model)
     # Dropout off for good: rollout and update must see the same function (Huang et al. 2024;
     # TRL's disable_dropout_in_model). The trainer still switches to train() for the PPO epochs,
     # because transformers only applies gradient checkpointing in training mode.
@@ -220,7 +228,8 @@ def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCriti
     return model, info
 
 
-def _build_shared(cfg, path: str, value_source: str | None, device) -> tuple[ActorCritic, ModelInfo]:
+def _build_shared(cfg, path: str, value_source: str | None, device,
+                  with_value: bool) -> tuple[ActorCritic, ModelInfo]:
     from peft import PeftModel
 
     if modeling.is_adapter_dir(path):
@@ -236,28 +245,39 @@ def _build_shared(cfg, path: str, value_source: str | None, device) -> tuple[Act
         base_path = path
         peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
         ref_adapter, reference = None, "adapters-disabled"
-    rm = _value_init_adapter(value_source, base_path)
-    peft_model.add_adapter(VALUE, rm.lora_config if rm else _value_lora_config(cfg.policy, peft_model.get_base_model()))
-    head = ValueHead(peft_model.get_base_model().config.hidden_size)
-    value_init = "policy-base"
-    if rm is not None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(peft_model, rm.lora_state, adapter_name=VALUE)
-        head.summary.weight.data.copy_(rm.head_weight)
-        value_init = "reward-model"
+    head, value_init = _shared_value(cfg, peft_model, value_source, base_path) if with_value else (None, "none")
     peft_model.base_model.set_adapter(POLICY, inference_mode=True)
-    model = ActorCritic(peft_model, head.to(device), ref_adapter=ref_adapter)
+    model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter)
     named = list(peft_model.named_parameters())
-    model.set_trainable([p for n, p in named if f".{POLICY}." in n],
-                        [p for n, p in named if f".{VALUE}." in n] + list(model.value_head.parameters()))
+    value_params = [p for n, p in named if f".{VALUE}." in n] + (list(head.parameters()) if head else [])
+    model.set_trainable([p for n, p in named if f".{POLICY}." in n], value_params)
     return model, ModelInfo("lora-shared-base", reference, value_init, base_path)
 
 
-def _build_separate(cfg, path: str, value_source: str | None, device) -> tuple[ActorCritic, ModelInfo]:
+def _shared_value(cfg, peft_model, value_source: str | None, base_path: str) -> tuple[ValueHead, str]:
+    """Add the adapter VALUE to the shared base, from the RM's LoRA weights when it is an adapter
+    over the same base; return (value head, value_init)."""
+    rm = _value_init_adapter(value_source, base_path)
+    peft_model.add_adapter(VALUE, rm.lora_config if rm else _value_lora_config(cfg.policy, peft_model.get_base_model()))
+    head = ValueHead(peft_model.get_base_model().config.hidden_size)
+    if rm is None:
+        return head, "policy-base"
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(peft_model, rm.lora_state, adapter_name=VALUE)
+    head.summary.weight.data.copy_(rm.head_weight)
+    return head, "reward-model"
+
+
+def _build_separate(cfg, path: str, value_source: str | None, device,
+                    with_value: bool) -> tuple[ActorCritic, ModelInfo]:
     policy = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, merge=True, device=device), cfg.policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     ref = modeling.load_causal_lm(cfg.policy, merge=True, device=device).requires_grad_(False)
+    if not with_value:
+        model = ActorCritic(policy, None, ref_model=ref)
+        model.set_trainable(trainable, [])
+        return model, ModelInfo("separate-models", "frozen-copy", "none", path)
     if value_source is not None:
         rm = modeling.load_sequence_classifier(_with_path(cfg.policy, value_source), merge=True, device=device)
         backbone, head = rm.base_model, ValueHead(rm.config.hidden_size)

@@ -31,13 +31,14 @@ class Rollout:
     has_eos: Tensor  # (b,) bool, the response ended with EOS (not cut by max_new_tokens)
     logprobs: Tensor  # (b, t) log pi_old(a_t | s_t), the policy that sampled (temperature-scaled)
     ref_logprobs: Tensor  # (b, t) log pi_ref(a_t | s_t), the SFT model
-    values: Tensor  # (b, t) V_old(s_t), value estimate before each response token
+    values: Tensor | None  # (b, t) V_old(s_t), value estimate before each response token; None: no value model
     entropy: Tensor  # (b, t) entropy of pi_old(. | s_t), the distribution a_t was sampled from
     hidden: Tensor | None = None  # (b, p + t - 1, H) output of the frozen trunk for input_ids[:, :-1] (trunk.py), or None
     scores: Tensor | None = None  # (b,) processed sequence score (after norm, clip, EOS penalty)
     rewards: Tensor | None = None  # (b, t) per-token reward: -kl_coef * kl_t, + score at the last token
-    advantages: Tensor | None = None  # (b, t) GAE advantages (whitened when configured)
-    returns: Tensor | None = None  # (b, t) value targets = GAE advantages + values
+    advantages: Tensor | None = None  # (b, t) GAE advantages (whitened when configured), or the
+    #   critic-free estimator's one advantage per response on each of its tokens
+    returns: Tensor | None = None  # (b, t) value targets = GAE advantages + values; None without a value model
 
     @property
     def input_ids(self) -> Tensor:
@@ -187,13 +188,13 @@ def sequence_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids
 @torch.no_grad()
 def score_with_models(actor_critic, query_ids, query_mask, response_ids, response_mask, *,
                       temperature: float, micro_batch_size: int,
-                      with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor, Tensor | None]:
+                      with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None, Tensor | None]:
     """(logprobs, entropy, ref_logprobs, values, hidden) in micro-batches: the first four `(b, t)`
     with 0 at padding, `hidden` the frozen trunk's output `(b, p + t - 1, H)` (None without a trunk),
     computed once here and reused by every pass over the batch.
 
     with_policy=False skips the policy's own pass (logprobs and entropy come back None): the
-    caller recorded them while sampling.
+    caller recorded them while sampling. values is None when the actor-critic has no value.
     """
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
@@ -211,12 +212,14 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
         ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response, mb_hidden)
         ref_logprobs.append(PF.logprobs_from_logits(ref_logits, mb_response, temperature))
         del ref_logits
-        values.append(actor_critic.values(mb_ids, mb_mask, n_response, mb_hidden).float())
+        if actor_critic.has_value:
+            values.append(actor_critic.values(mb_ids, mb_mask, n_response, mb_hidden).float())
         if mb_hidden is not None:
             hidden.append(mb_hidden)
     mask = response_mask
     policy_part = (torch.cat(logprobs) * mask, torch.cat(entropy) * mask) if with_policy else (None, None)
-    return *policy_part, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask, torch.cat(hidden) if hidden else None
+    return (*policy_part, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask if values else None,
+            torch.cat(hidden) if hidden else None)
 
 
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,

@@ -103,9 +103,10 @@ def make_accelerator(cfg):
 
     trackers = [r for r in cfg.report_to if r != "none"]
     # A shared LoRA base under gradient checkpointing runs value and policy passes separately
-    # (ActorCritic.needs_split_backward): each pass leaves the other's parameters unused.
+    # (ActorCritic.needs_split_backward): each pass leaves the other's parameters unused. So do
+    # the value-only updates of value_warmup_steps (the policy gets no gradient at all).
     split = cfg.policy.tuning == "lora" and cfg.policy.gradient_checkpointing
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split else []
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split or cfg.value_warmup_steps else []
     return Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=cfg.output_dir,
                        kwargs_handlers=handlers)
 
@@ -122,11 +123,13 @@ def policy_tokenizer(cfg):
 
 
 def optimizer_and_scheduler(cfg, model):
-    """AdamW with one group for the policy and one for the value function; LR schedule over all updates."""
+    """AdamW with one group for the policy and one for the value function (none without a value
+    model); LR schedule over all updates."""
     from transformers import get_scheduler
 
-    groups = [{"params": model.policy_params, "lr": cfg.learning_rate},
-              {"params": model.value_params, "lr": cfg.value_learning_rate or cfg.learning_rate}]
+    groups = [{"params": model.policy_params, "lr": cfg.learning_rate}]
+    if model.value_params:
+        groups.append({"params": model.value_params, "lr": cfg.value_learning_rate or cfg.learning_rate})
     # The fused kernel (one pass per parameter group, CPU and CUDA) is several times faster than
     # the per-tensor loop; transformers' Trainer picks it too ("adamw_torch_fused").
     params = [p for group in groups for p in group["params"]]

@@ -2,7 +2,9 @@
 
 Each step: 1. generate (and evaluate the samples under policy, reference and value) 2. score
 3. KL-penalised rewards 4. advantages 5. PPO epochs (+ ptx) 6. KL control, logs, checkpoint.
-The math is rlhf_stack.ppo.functional; this file only orders it (STYLE.md items 4 and 6).
+The math is rlhf_stack.ppo.functional and .estimators; this file only orders it (STYLE.md items
+4 and 6). The advantage estimator, the loss aggregation and the update (policy + value, or the
+policy alone for a critic-free estimator) are chosen once, before the loop.
 Runs on one CPU/GPU or under `accelerate launch` (DDP); sources: Ziegler et al. 2019,
 Ouyang et al. 2022 (InstructGPT), Huang et al. 2024 ("The N+ Implementation Details of RLHF").
 """
@@ -13,10 +15,12 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 
 import torch
 
 from rlhf_stack.config import StageResult
+from rlhf_stack.ppo import estimators
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.config import PPOConfig
 from rlhf_stack.ppo.rollout import Rollout
@@ -28,6 +32,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     from tqdm.auto import tqdm
 
     from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, save_checkpoint_state
+    from rlhf_stack.ppo.data import step_prompt_indices
     from rlhf_stack.ppo.logs import peak_memory_mb
     from rlhf_stack.ppo.rewards import process_scores
     from rlhf_stack.ppo.rollout import collect_rollout, left_pad
@@ -36,14 +41,23 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     run = build_run(cfg, reward_fns)
     acc, tokenizer, data = run.accelerator, run.tokenizer, run.data
     unwrapped = run.actor_critic
-    kl_fn = PF.KL_ESTIMATORS[cfg.kl_estimator]  # chosen once (STYLE.md item 7)
+    # Variants chosen once (STYLE.md item 7): KL estimator, advantage estimator, loss aggregation,
+    # and the update: policy + value (gae), or the policy alone (rloo, grpo, reinforce_baseline).
+    kl_fn = PF.KL_ESTIMATORS[cfg.kl_estimator]
+    advantage_fn = estimators.advantage_estimator(cfg.advantage_estimator, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+                                                  whiten=cfg.whiten_advantages,
+                                                  samples_per_prompt=cfg.samples_per_prompt)
+    aggregate = PF.loss_aggregation(cfg.loss_aggregation, cfg.max_new_tokens)
+    update = partial(_policy_and_value_backward if unwrapped.has_value else _policy_backward, aggregate=aggregate)
     world, rank = acc.num_processes, acc.process_index
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
                disable=not (acc.is_main_process and cfg.progress_bar))
     started = time.perf_counter()
     for step in range(run.start_step + 1, cfg.steps + 1):
         t_start = time.perf_counter()
-        index = data.prompt_stream.take(((step - 1) * world + rank) * cfg.batch_size, cfg.batch_size)
+        # batch_size / samples_per_prompt prompts, each samples_per_prompt times in adjacent rows
+        index = step_prompt_indices(data.prompt_stream, step, world, rank, cfg.prompts_per_step,
+                                    cfg.samples_per_prompt)
         prompts = [data.prompts[i]["prompt"] for i in index]
         query_ids, query_mask = left_pad([data.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
 
@@ -68,14 +82,15 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         kl_coef = run.kl_ctl.kl_coef
         rewards = PF.kl_penalized_rewards(scores, kl, mask, kl_coef)
 
-        # 4. advantages and returns (GAE), advantages whitened over the batch
-        advantages, returns = PF.gae(rewards, rollout.values, mask, cfg.gamma, cfg.gae_lambda)
-        if cfg.whiten_advantages:
-            advantages = PF.masked_whiten(advantages, mask)
+        # 4. advantages: GAE (+ returns, whitened when configured), or a critic-free group
+        #    baseline over each prompt's samples (estimators.py)
+        advantages, returns = advantage_fn(rewards, rollout.values, mask)
         rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
 
-        # 5. PPO epochs over mini-batches (+ ptx_coef * LM loss on a corpus batch)
-        train_stats = _ppo_epochs(run, cfg, rollout, step)
+        # 5. PPO epochs over mini-batches (+ ptx_coef * LM loss on a corpus batch); during
+        #    value_warmup_steps only the value function learns (the policy is frozen)
+        backward = _value_backward if step <= cfg.value_warmup_steps else update
+        train_stats = _ppo_epochs(run, cfg, rollout, step, backward)
         t_train = time.perf_counter()
 
         # 6. KL controller (on the mean KL of every process), logs, checkpoint
@@ -85,8 +100,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         rollout_stats = {
             "score": raw_scores.mean(), "score_processed": scores.mean(), "reward": rewards.sum(1).mean(),
             "kl": kl.sum(1).mean(), "response_length": mask.sum(1).mean(), "eos_fraction": rollout.has_eos.float().mean(),
-            "value_mean": PF.masked_mean(rollout.values, mask), "return_mean": PF.masked_mean(returns, mask),
-            "entropy": PF.masked_mean(rollout.entropy, mask),  # of the sampling policy, per token
+            **_value_stats(rollout), "entropy": PF.masked_mean(rollout.entropy, mask),  # of the sampling policy
             **{f"reward/{name}": v.to(acc.device).mean() for name, v in parts.items()},
         }
         record = {"step": step, **_mean_over_processes(acc, {**rollout_stats, **train_stats}), "kl_coef": kl_coef,
@@ -116,8 +130,11 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
 # ---- step 5: the PPO update ---------------------------------------------------------------------
 
 
-def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[str, torch.Tensor]:
-    """ppo_epochs passes over the batch in random mini-batches; one optimizer step per mini-batch."""
+def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward: Callable) -> dict[str, torch.Tensor]:
+    """ppo_epochs passes over the batch in random mini-batches; one optimizer step per mini-batch.
+
+    backward(run, model, micro_batch, ptx_batch, cfg, last) -> stats: one of the updates below.
+    """
     acc, model = run.accelerator, run.model
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     stats: dict[str, list[torch.Tensor]] = {}
@@ -133,7 +150,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[s
                 micro_index += 1
                 last = k == cfg.grad_accum_steps - 1
                 with nullcontext() if last else acc.no_sync(model):  # all-reduce once per mini-batch
-                    micro_stats = _micro_batch_backward(run, model, micro, ptx_batch, cfg, last)
+                    micro_stats = backward(run, model, micro, ptx_batch, cfg, last)
                 for name, value in micro_stats.items():
                     stats.setdefault(name, []).append(value)
             if cfg.max_grad_norm is not None:
@@ -145,7 +162,8 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int) -> dict[s
     return {name: torch.stack([v.float() for v in values]).mean() for name, values in stats.items()}
 
 
-def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, last: bool) -> dict:
+def _policy_and_value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, last: bool,
+                               aggregate: Callable) -> dict:
     """Loss = clipped policy loss + vf_coef * clipped value loss (+ ptx_coef * LM loss); backward.
 
     One forward and one backward normally; with a shared base under gradient checkpointing, the
@@ -163,13 +181,39 @@ def _micro_batch_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfi
             acc.backward(cfg.vf_coef * value_loss / cfg.grad_accum_steps)
         logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask, part="policy",
                                       hidden=mb.hidden)
-        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
+        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
     else:
         logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask,
                                            hidden=mb.hidden)
-        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats)
+        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
         loss = loss + cfg.vf_coef * _value_loss(values, mb, cfg, stats)
     acc.backward(loss / cfg.grad_accum_steps)
+    return stats
+
+
+def _policy_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, last: bool,
+                     aggregate: Callable) -> dict:
+    """Critic-free estimators: loss = clipped policy loss (+ ptx_coef * LM loss); backward. No value
+    forward, no value loss: there is no value model."""
+    mb = mb.trimmed()
+    ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
+    stats: dict[str, torch.Tensor] = {}
+    logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, mb.response_ids.shape[1], ptx_ids, ptx_mask,
+                                  part="policy", hidden=mb.hidden)
+    loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
+    run.accelerator.backward(loss / cfg.grad_accum_steps)
+    return stats
+
+
+def _value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, last: bool) -> dict:
+    """Value warm-up (the first value_warmup_steps with gae): loss = vf_coef * clipped value loss
+    alone; the policy runs no forward and gets no gradient, so AdamW leaves it untouched. The
+    value adapter stays active through the backward (gradient checkpointing recomputes with it)."""
+    mb = mb.trimmed()
+    stats: dict[str, torch.Tensor] = {}
+    with run.actor_critic.adapter("value"):
+        _, values, _ = model(mb.input_ids, mb.attention_mask, mb.response_ids.shape[1], part="value", hidden=mb.hidden)
+        run.accelerator.backward(cfg.vf_coef * _value_loss(values, mb, cfg, stats) / cfg.grad_accum_steps)
     return stats
 
 
@@ -180,10 +224,11 @@ def _value_loss(values, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tenso
     return value_loss
 
 
-def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tensor:
+def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, stats: dict,
+                 aggregate: Callable) -> torch.Tensor:
     logprobs = PF.logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
     loss, policy_stats = PF.clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
-                                                cfg.clip_range)
+                                                cfg.clip_range, aggregate)
     stats.update(policy_loss=loss.detach(), **policy_stats)
     if ptx_logits is not None:
         # PPO-ptx: + gamma * E_pretrain[log pi(x)], as a loss (InstructGPT eq. 2)
@@ -194,6 +239,14 @@ def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, st
 
 
 # ---- setup and finish ---------------------------------------------------------------------------
+
+
+def _value_stats(rollout: Rollout) -> dict[str, torch.Tensor]:
+    """Mean value estimate and return over real tokens; none without a value model."""
+    if rollout.values is None:
+        return {}
+    mask = rollout.response_mask
+    return {"value_mean": PF.masked_mean(rollout.values, mask), "return_mean": PF.masked_mean(rollout.returns, mask)}
 
 
 def _mean_over_processes(acc, stats: dict[str, torch.Tensor]) -> dict[str, float]:

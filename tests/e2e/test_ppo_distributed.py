@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
     def build_run(cfg, reward_fns):  # record the initial weights and this rank's first prompts
         run = original_setup(cfg, reward_fns)
         rank = run.accelerator.process_index
-        first = run.data.prompt_stream.take(rank * cfg.batch_size, cfg.batch_size)
+        first = run.data.prompt_stream.take(rank * cfg.prompts_per_step, cfg.prompts_per_step)
         (out / f"init-{rank}.json").write_text(json.dumps({"digest": digest(run.actor_critic),
                                                            "prompts": first, "world": run.accelerator.num_processes}))
         return run
@@ -55,12 +55,17 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_cpu_processes_hold_identical_weights(tmp_path, tiny_model_dir, prompts_file):
+# gae as configured by default; a value-only warm-up step (the policy gets no gradient, which DDP
+# must be told about); the critic-free rloo (no value model, 2 prompts x 2 samples per rank).
+@pytest.mark.parametrize("estimator_settings", [
+    {}, {"value_warmup_steps": 1}, {"advantage_estimator": "rloo", "samples_per_prompt": 2}],
+    ids=["gae", "gae-value-warmup", "rloo"])
+def test_two_cpu_processes_hold_identical_weights(tmp_path, tiny_model_dir, prompts_file, estimator_settings):
     cfg = {
         "policy": {"name_or_path": str(tiny_model_dir), "tuning": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "prompts": {"path": str(prompts_file), "eval_fraction": 0.0}, "output_dir": str(tmp_path / "ppo"),
         "steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 6, "learning_rate": 1e-2,
-        "save_every_steps": 1, "progress_bar": False,
+        "save_every_steps": 1, "progress_bar": False, **estimator_settings,
     }
     script = tmp_path / "run_ppo.py"
     script.write_text(SCRIPT)

@@ -100,3 +100,42 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, prom
     want_weights = load_file(str(clean_dir / "adapter_model.safetensors"))
     for name, tensor in want_weights.items():
         torch.testing.assert_close(got_weights[name], tensor, atol=1e-6, rtol=0)
+
+
+def test_kill_9_then_resume_matches_uninterrupted_with_rloo(tmp_path, tiny_model_dir, prompts_file, corpus_file):
+    """The same kill -9 at step 5 with the critic-free RLOO estimator: 2 prompts a step, each sampled
+    twice in adjacent rows, no value model. The prompt order, the samples and the group baselines
+    must all come back, and no checkpoint may hold a value parameter."""
+    from safetensors.torch import load_file
+
+    from rlhf_stack.config import load_config
+    from rlhf_stack.ppo import PPOConfig, train_ppo
+
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    raw = {**ppo_config(tiny_model_dir, prompts_file, corpus_file, killed_dir),
+           "advantage_estimator": "rloo", "samples_per_prompt": 2}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": tests_dir}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests_dir=tests_dir), json.dumps(raw)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert [r["step"] for r in read_log(killed_dir)] == [1, 2, 3, 4]
+    step4 = load_file(str(killed_dir / "checkpoints" / "step-4" / "trainable.safetensors"))
+    assert step4 and not any("value" in name for name in step4)  # the policy adapter only
+
+    resumed = train_ppo(load_config(PPOConfig, raw), reward_fns=[t_share])
+    clean = train_ppo(load_config(PPOConfig, {**raw, "output_dir": str(clean_dir)}), reward_fns=[t_share])
+
+    assert resumed.metrics["resumed_from_step"] == 4 and clean.metrics["resumed_from_step"] is None
+    assert resumed.metrics["models"]["value_init"] == "none"
+    resumed_log, clean_log = read_log(killed_dir), read_log(clean_dir)
+    assert [r["step"] for r in resumed_log] == [1, 2, 3, 4, 5, 6]
+    for got, want in zip(resumed_log, clean_log, strict=True):
+        assert got.keys() == want.keys() and "value_loss" not in want
+        for key in want:
+            assert got[key] == pytest.approx(want[key], abs=1e-6), (got["step"], key)
+    assert clean_log[-1]["ptx_loss"] > 0 and clean_log[-1]["kl_coef"] != clean_log[0]["kl_coef"]
+    got_weights = load_file(str(killed_dir / "adapter_model.safetensors"))
+    want_weights = load_file(str(clean_dir / "adapter_model.safetensors"))
+    for name, tensor in want_weights.items():
+        torch.testing.assert_close(got_weights[name], tensor, atol=1e-6, rtol=0)

@@ -205,3 +205,93 @@ def test_config_errors_are_readable(tiny_model_dir, prompts_file, tmp_path):
         config(tiny_model_dir, prompts_file, tmp_path, kl_estimator="k2")
     with pytest.raises(ConfigError, match="no reward"):
         train_ppo(config(tiny_model_dir, prompts_file, tmp_path))
+
+
+# ---- advantage estimators, loss aggregation, value warm-up ----------------------------------------
+
+
+@pytest.mark.parametrize("estimator, samples_per_prompt, aggregation", [
+    ("gae", 1, "token_mean"), ("rloo", 4, "token_mean"), ("grpo", 4, "sequence_mean"),
+    ("reinforce_baseline", 4, "dr_grpo")])
+def test_each_estimator_raises_the_reward(tiny_model_dir, prompts_file, tmp_path, estimator, samples_per_prompt,
+                                          aggregation):
+    # 10 short steps (16 rollouts of 6 tokens, 4 epochs of one full-batch update): the share of
+    # "t" words starts near 0.03 and must clearly rise under every estimator; each loss
+    # aggregation trains one of them. Full tuning for the reason given in the 30-step test.
+    cfg = config(tiny_model_dir, prompts_file, tmp_path, policy={"tuning": "full"}, steps=10, batch_size=16,
+                 mini_batch_size=16, ppo_epochs=4, max_new_tokens=6, learning_rate=1e-2, kl_coef=0.01,
+                 advantage_estimator=estimator, samples_per_prompt=samples_per_prompt, loss_aggregation=aggregation,
+                 eval_max_prompts=0)
+    result = train_ppo(cfg, reward_fns=[t_share])
+    log = read_log(tmp_path / "ppo")
+    first = sum(r["score"] for r in log[:3]) / 3
+    last = sum(r["score"] for r in log[-3:]) / 3
+    assert last >= 3 * first and last > 0.15, (first, last)
+    assert all(math.isfinite(r["kl"]) and math.isfinite(r["policy_loss"]) for r in log)
+    has_value = estimator == "gae"
+    assert all(("value_loss" in r) == has_value and ("value_mean" in r) == has_value for r in log)
+    assert (result.metrics["models"]["value_init"] == "none") != has_value
+
+
+def test_critic_free_runs_hold_no_value_parameters(tiny_model_dir, prompts_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from rlhf_stack.modeling import load_tokenizer
+    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.setup import optimizer_and_scheduler
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    n_base = sum(p.numel() for p in
+                 __import__("transformers").AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    rloo = {"advantage_estimator": "rloo", "samples_per_prompt": 2}
+    for tuning in ("lora", "full"):
+        model, info = build_actor_critic(config(tiny_model_dir, prompts_file, tmp_path, policy={"tuning": tuning},
+                                                **rloo), tokenizer, torch.device("cpu"))
+        assert info.value_init == "none" and model.value_head is None and model.value_backbone is None
+        assert model.value_params == [] and not model.has_value
+        assert not any(".value." in name or "value_" in name for name, _ in model.named_parameters())
+        # LoRA: the one base + the policy adapter; full: policy + reference, no third (value) copy
+        # (with gae: + value adapter and head, or + a value backbone and head)
+        n_policy = sum(p.numel() for p in model.policy_params)
+        expected = n_base + n_policy if tuning == "lora" else 2 * n_base
+        assert sum(p.numel() for p in model.parameters()) == expected
+        optimizer, _ = optimizer_and_scheduler(config(tiny_model_dir, prompts_file, tmp_path, **rloo), model)
+        assert len(optimizer.param_groups) == 1
+        assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.policy_params}
+
+    runs = {}
+    for name, extra in (("gae", {}), ("rloo", rloo)):
+        out = tmp_path / name
+        cfg = config(tiny_model_dir, prompts_file, tmp_path, output_dir=str(out), save_every_steps=1,
+                     keep_checkpoints=True, **extra)
+        runs[name] = (train_ppo(cfg, reward_fns=[t_share]), load_file(str(out / "checkpoints" / "step-1" /
+                                                                            "trainable.safetensors")))
+    (gae_result, gae_state), (rloo_result, rloo_state) = runs["gae"], runs["rloo"]
+    assert any(".value." in k or "value_head" in k for k in gae_state)  # a gae checkpoint holds its value
+    assert rloo_state and not any("value" in k for k in rloo_state)  # an rloo checkpoint: the policy only
+    assert set(rloo_state) == {k for k in gae_state if "value" not in k}
+    assert rloo_result.metrics["models"]["value_init"] == "none"
+    assert gae_result.metrics["models"]["value_init"] == "policy-base"
+    assert "value_loss" in gae_result.metrics and "value_loss" not in rloo_result.metrics
+
+
+def test_value_warmup_trains_only_the_value_first(tiny_model_dir, prompts_file, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = config(tiny_model_dir, prompts_file, tmp_path, steps=3, value_warmup_steps=2, save_every_steps=1,
+                 keep_checkpoints=True)
+    result = train_ppo(cfg, reward_fns=[t_share])
+    log = read_log(tmp_path / "ppo")
+    assert ["policy_loss" in r for r in log] == [False, False, True]  # no policy loss while warming up
+    assert result.metrics["policy_loss_first"] == log[2]["policy_loss"]  # summaries skip the warm-up steps
+    assert all(math.isfinite(r["value_loss"]) for r in log)
+    states = [load_file(str(tmp_path / "ppo" / "checkpoints" / f"step-{s}" / "trainable.safetensors")) for s in (1, 2)]
+    policy = [k for k in states[0] if ".default." in k]
+    value = [k for k in states[0] if ".value." in k or "value_head" in k]
+    assert policy and value
+    # the policy adapter never moved (LoRA B starts at 0 and stays 0) while the value learned
+    assert all(torch.equal(states[0][k], states[1][k]) for k in policy)
+    assert all(states[1][k].abs().sum() == 0 for k in policy if "lora_B" in k)
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in value)
+    final = load_file(str(tmp_path / "ppo" / "adapter_model.safetensors"))  # step 3 trained the policy
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)

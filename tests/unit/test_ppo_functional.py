@@ -195,6 +195,55 @@ def test_clipped_policy_loss_with_clipping():
     close(logprobs.grad, [[0.0, -0.125, 0.0, -0.55, 0.0]], atol=1e-5)
 
 
+# --- loss aggregation --------------------------------------------------------------------------
+
+# row 0: 3 real tokens (1, 2, 3), row 1: 1 real token (4); the 100s are padding
+LOSSES = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 100.0, 100.0, 100.0]])
+LOSS_MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+
+
+def test_loss_aggregations_by_hand():
+    # token_mean: (1 + 2 + 3 + 4) / 4 = 2.5
+    close(PF.token_mean(LOSSES, LOSS_MASK), 2.5)
+    # sequence_mean: row means (1 + 2 + 3) / 3 = 2 and 4 / 1 = 4 -> (2 + 4) / 2 = 3
+    close(PF.sequence_mean(LOSSES, LOSS_MASK), 3.0)
+    # dr_grpo: token sum 10 / (2 responses * max_new_tokens 4) = 1.25; with max_new_tokens 10: 10 / 20 = 0.5
+    close(PF.dr_grpo_mean(LOSSES, LOSS_MASK, max_new_tokens=4), 1.25)
+    close(PF.dr_grpo_mean(LOSSES, LOSS_MASK, max_new_tokens=10), 0.5)
+    # chosen once by name, as the trainer does
+    close(PF.loss_aggregation("token_mean", 4)(LOSSES, LOSS_MASK), 2.5)
+    close(PF.loss_aggregation("sequence_mean", 4)(LOSSES, LOSS_MASK), 3.0)
+    close(PF.loss_aggregation("dr_grpo", 4)(LOSSES, LOSS_MASK), 1.25)
+
+
+def test_loss_aggregations_weigh_tokens_differently():
+    # d loss / d token (0 at padding):
+    #   token_mean: 1/4 for every real token;
+    #   sequence_mean: row 0 tokens 1 / (2 rows * 3 tokens) = 1/6, the lone token of row 1 1 / (2 * 1) = 1/2;
+    #   dr_grpo (max_new_tokens 4): 1 / (2 * 4) = 1/8 for every real token, whatever its row's length.
+    expected = {"token_mean": [[0.25, 0.25, 0.25, 0.0], [0.25, 0.0, 0.0, 0.0]],
+                "sequence_mean": [[1 / 6, 1 / 6, 1 / 6, 0.0], [0.5, 0.0, 0.0, 0.0]],
+                "dr_grpo": [[0.125, 0.125, 0.125, 0.0], [0.125, 0.0, 0.0, 0.0]]}
+    for name, grad in expected.items():
+        losses = LOSSES.clone().requires_grad_()
+        PF.loss_aggregation(name, 4)(losses, LOSS_MASK).backward()
+        close(losses.grad, grad)
+
+
+def test_clipped_policy_loss_aggregates_with_the_given_function():
+    # ratio 1 everywhere, so the per-token loss is -A: row 0 (-1, -2, -3), row 1 (-4)
+    logprobs = torch.full((2, 4), -1.0)
+    loss, stats = PF.clipped_policy_loss(logprobs, logprobs.clone(), LOSSES, LOSS_MASK, 0.2)
+    close(loss, -2.5)  # default token_mean: -(1 + 2 + 3 + 4) / 4
+    loss, stats_seq = PF.clipped_policy_loss(logprobs, logprobs.clone(), LOSSES, LOSS_MASK, 0.2, PF.sequence_mean)
+    close(loss, -3.0)  # -(2 + 4) / 2
+    loss, _ = PF.clipped_policy_loss(logprobs, logprobs.clone(), LOSSES, LOSS_MASK, 0.2,
+                                     PF.loss_aggregation("dr_grpo", 4))
+    close(loss, -1.25)  # -10 / (2 * 4)
+    # the statistics stay token means whatever the loss aggregation
+    assert stats.keys() == stats_seq.keys() and all(torch.equal(stats[k], stats_seq[k]) for k in stats)
+
+
 def test_clipped_value_loss():
     values = torch.tensor([[1.0, 0.6, 0.0, 2.0, 40.0]])
     old_values = torch.full((1, 5), 0.5)
