@@ -55,6 +55,26 @@ def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def configure_torch(threads: int | None = None) -> dict[str, Any]:
+    """Decide this process's CPU threads and float32 matmul precision in one place; return what is
+    now in effect (with the device and the `auto` weights dtype, for logs and benchmarks).
+
+    threads: torch's intra-op threads (None keeps torch's choice: OMP_NUM_THREADS, else one per
+    physical core). On CUDA, float32 matmuls run in TF32 ("high"): weights are bfloat16 there
+    (`resolve_dtype`), so this only speeds up the float32 leftovers and explicit float32 runs;
+    CPU matmuls are not affected by the setting.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (got {threads})")
+        torch.set_num_threads(threads)
+    device = resolve_device()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    return {"threads": torch.get_num_threads(), "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "device": str(device), "dtype": str(resolve_dtype("auto", device)).removeprefix("torch.")}
+
+
 # ---- names and checkpoints ----------------------------------------------------------------------
 
 

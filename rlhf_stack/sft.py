@@ -41,13 +41,18 @@ class SFTConfig(Config):
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
 
 
-def train_sft(cfg: SFTConfig) -> StageResult:
-    """Run SFT; return the checkpoint directory and its metrics (also stored in stage.json)."""
+def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
+    """Run SFT; return the checkpoint directory and its metrics (also stored in stage.json).
+
+    callbacks: extra `transformers.TrainerCallback`s (progress bars, timers, trackers).
+    """
     from rlhf_stack import training
 
     output_dir = Path(cfg.output_dir)
     # 1-3. data, model + tuning method, TRL trainer (see build_sft_trainer)
     trainer, metrics = build_sft_trainer(cfg)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
 
     # 4. train (resuming from the newest checkpoint in output_dir when there is one)
     resume = training.last_trainer_checkpoint(output_dir)
