@@ -4,7 +4,8 @@
 
 TRL 1.12 needs its own environment: the script creates `benchmarks/.venv-trl112` (gitignored) with
 torch 2.13.0 (the CPU wheel from /opt/wheels when present, else the index) and trl==1.12.0
-(+ the transformers/peft/accelerate versions pip picks for it), once.
+(+ the transformers/peft/accelerate versions pip picks for it), once. The TRL side (environment and
+run) is `trl_ppo.py`, shared with `gpu_suite.py`.
 
 1. speed: the same config-built Llama policy (4 layers, width 256, the demo model's tokenizer) and the same
    config-built reward model (a Llama sequence classifier, random head), full fine-tuning, CPU,
@@ -34,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import trl_ppo  # benchmarks/, this script's directory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -44,23 +47,6 @@ OUT = ROOT / "benchmarks" / "out" / "ppo_vs_trl"
 TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 PROMPTS = [f"{verb} {topic} in one sentence." for verb in ("Explain", "Describe", "Praise", "Summarise")
            for topic in ("the sky", "bread", "cats", "the moon", "water", "python", "plants", "dogs")]
-
-
-# ---- the TRL environment ------------------------------------------------------------------------
-
-
-def ensure_trl_venv() -> Path:
-    python = TRL_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import trl, torch; assert trl.__version__ == '1.12.0', trl.__version__"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"[bench] creating {TRL_VENV} (torch 2.13.0 CPU + trl 1.12.0) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + [str(TORCH_WHEEL) if TORCH_WHEEL.exists() else "torch==2.13.0"], check=True)
-    subprocess.run(pip + ["trl==1.12.0", "peft", "psutil"], check=True)
-    subprocess.run(probe, check=True)
-    return python
 
 
 # ---- models both sides load -----------------------------------------------------------------------
@@ -126,66 +112,6 @@ def build_demo_models(out: Path) -> dict | None:
 # ---- workers (each in its own process: peak RSS is per process) -----------------------------------
 
 
-def run_trl(spec: dict) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        TrainerCallback,
-    )
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-    torch.manual_seed(spec["seed"])
-    tok = AutoTokenizer.from_pretrained(spec["tokenizer"], padding_side="left")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-
-    def reward_model():
-        if spec["lora"]:
-            from peft import PeftModel
-
-            base_path = json.loads((Path(spec["rm"]) / "adapter_config.json").read_text())["base_model_name_or_path"]
-            base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1)
-            model = PeftModel.from_pretrained(base, spec["rm"]).merge_and_unload()
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(spec["rm"], num_labels=1)
-        model.config.pad_token_id = tok.pad_token_id
-        return model
-
-    policy = AutoModelForCausalLM.from_pretrained(spec["policy"])
-    peft_config, ref = None, None
-    if spec["lora"]:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    else:
-        ref = AutoModelForCausalLM.from_pretrained(spec["policy"])
-    ids = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
-                                   return_dict=True)["input_ids"] for p in spec["prompts"]]
-    dataset = Dataset.from_dict({"input_ids": ids})
-    args = PPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl_ppo_"), per_device_train_batch_size=spec["micro"],
-        gradient_accumulation_steps=spec["batch"] // spec["micro"], num_mini_batches=1,
-        num_ppo_epochs=spec["epochs"], response_length=spec["new_tokens"], total_episodes=spec["batch"] * spec["steps"],
-        learning_rate=spec["lr"], temperature=1.0, stop_token="eos", kl_coef=0.05, report_to="none",
-        num_sample_generations=0, save_strategy="no", logging_steps=1, seed=spec["seed"], use_cpu=True,
-        disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=spec["gradient_checkpointing"],
-    )
-    step_ends: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            step_ends.append(time.perf_counter())
-
-    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward_model(),
-                         train_dataset=dataset, value_model=reward_model(), eval_dataset=dataset.select(range(2)),
-                         peft_config=peft_config, callbacks=[Clock()])
-    trainer.train()
-    return {"step_ends": step_ends}
-
-
 def run_ours(spec: dict) -> dict:
     from rlhf_stack.config import load_config
     from rlhf_stack.ppo import PPOConfig, train_ppo
@@ -198,8 +124,8 @@ def run_ours(spec: dict) -> dict:
                    "gradient_checkpointing": spec["gradient_checkpointing"]},
         "prompts": {"path": str(work / "prompts.jsonl"), "eval_fraction": 0.0},
         "rewards": [{"kind": "reward_model", "path": spec["rm"]}], "value_init": spec["rm"],
-        "steps": spec["steps"], "batch_size": spec["batch"], "mini_batch_size": spec["batch"],
-        "grad_accum_steps": spec["batch"] // spec["micro"], "ppo_epochs": spec["epochs"],
+        "steps": spec["steps"], "batch_size": spec["batch"], "mini_batch_size": spec["mini"],
+        "grad_accum_steps": spec["mini"] // spec["micro"], "ppo_epochs": spec["epochs"],
         "max_new_tokens": spec["new_tokens"], "temperature": 1.0, "kl_coef": 0.05, "learning_rate": spec["lr"],
         "output_dir": str(work / "out"), "save_every_steps": None, "progress_bar": False, "eval_max_prompts": 0,
         "seed": spec["seed"],
@@ -213,7 +139,7 @@ def run_ours(spec: dict) -> dict:
 def worker_main(kind: str, spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     started = time.perf_counter()
-    result = (run_trl if kind == "trl" else run_ours)(spec)
+    result = (trl_ppo.run_trl if kind == "trl" else run_ours)(spec)
     result["total_s"] = time.perf_counter() - started
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
@@ -253,8 +179,10 @@ def main(argv=None) -> None:
         return worker_main(args.worker, args.spec)
 
     OUT.mkdir(parents=True, exist_ok=True)
-    trl_python = str(ensure_trl_venv())
-    base = {"prompts": PROMPTS, "batch": 16, "micro": 8, "new_tokens": 48, "epochs": 2, "lr": 1e-5, "seed": 0}
+    trl_python = str(trl_ppo.ensure_trl_venv(TRL_VENV, TORCH_WHEEL))
+    # One optimizer update per step: a mini-batch of all 16 rollouts in 2 micro-batches of 8.
+    base = {"prompts": PROMPTS, "batch": 16, "mini": 16, "micro": 8, "new_tokens": 48, "epochs": 2, "lr": 1e-5,
+            "seed": 0, "device": "cpu", "dtype": "float32", "threads": None, "float32_matmul_precision": "highest"}
     speed_models = build_config_models(OUT)
     # TRL's PPOConfig turns gradient checkpointing on by default; each comparison sets it the same
     # on both sides: off for speed, on for memory (the setting a memory-bound user picks).
