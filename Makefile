@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test install lint clean-venv browser
+.PHONY: demo test install lint clean-venv browser gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -39,3 +39,10 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Every wheel benchmarks/gpu_suite.py needs on a GPU machine without network (trl 1.12.0 for the TRL
+# side, the project's dependencies except torch and its CUDA libraries), into benchmarks/wheels/.
+# Run where there is network; GPU_PYTHON=3.12 when the GPU machine's CPython differs from this one.
+GPU_PYTHON ?=
+gpu-wheels:
+	$(PY) benchmarks/gpu_wheels.py $(if $(GPU_PYTHON),--python-version $(GPU_PYTHON))
