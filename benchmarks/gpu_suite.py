@@ -208,17 +208,14 @@ def run_shape(name: str, shape: dict, sizes: dict, device: parts.Device, args, p
     work = (args.work or OUT / ("gpu_suite_smoke" if args.smoke else "gpu_suite")) / name
     shutil.rmtree(work, ignore_errors=True)  # a stage resumes from what it finds in its output_dir
     ctx = parts.prepare(shape, sizes, device, work)
+    free_memory(device.cuda)  # the config-built model: not counted in the SFT stage's peak
     print(f"[suite] {name}: {ctx.params['policy']['total'] / 1e6:,.0f}M parameters, vocabulary {shape['vocab_size']:,}, "
           f"{device.dtype}", flush=True)
     for stage, fn in (("sft", run_sft), ("rm", run_rm), ("ppo", run_ppo)):
         started = time.perf_counter()
         record({"shape": name, **fn(ctx, sizes[stage])})
         print(f"[suite] {name} {stage}: {time.perf_counter() - started:.1f} s", flush=True)
-        gc.collect()
-        if device.cuda:
-            import torch
-
-            torch.cuda.empty_cache()
+        free_memory(device.cuda)
     if not args.skip_trl:
         started = time.perf_counter()
         try:
@@ -227,6 +224,15 @@ def run_shape(name: str, shape: dict, sizes: dict, device: parts.Device, args, p
             print(f"[suite] {name} ppo-trl FAILED: {str(exc)[-2000:]}", flush=True)
             record({"shape": name, "run": "ppo-trl", "error": str(exc)[-4000:]})
         print(f"[suite] {name} ppo-trl: {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def free_memory(cuda: bool) -> None:
+    """Drop what the last stage left (trainers hold reference cycles) before the next one's peak."""
+    gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def main(argv=None) -> None:
