@@ -19,8 +19,8 @@ import torch
 
 pytestmark = pytest.mark.e2e
 
-TIMING_KEYS = {"time_generate_s", "time_score_s", "time_train_s", "time_step_s", "tokens_per_s", "peak_memory_mb",
-               "elapsed_s"}
+TIMING_KEYS = {"time_generate_s", "time_sample_s", "time_rollout_forward_s", "time_score_s", "time_train_s",
+               "time_step_s", "tokens_per_s", "peak_memory_mb", "elapsed_s"}
 
 
 def ppo_config(tiny_model_dir, prompts_file, corpus_file, output_dir) -> dict:

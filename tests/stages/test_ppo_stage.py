@@ -69,7 +69,7 @@ def test_lora_shares_one_base_and_saves_a_plain_adapter(tiny_model_dir, prompts_
     assert all(r["ptx_loss"] > 0 and math.isfinite(r["ptx_loss"]) for r in log)
     assert result.metrics["models"] == {"layout": "lora-shared-base", "reference": "adapters-disabled",
                                         "value_init": "policy-base", "policy_base": str(tiny_model_dir.resolve()),
-                                        "reward_model": "none"}
+                                        "reward_model": "none", "trunk_blocks": 0}  # adapters on every block
     assert not (out / "checkpoints").exists()  # resume states dropped after success
     # the final checkpoint is ONLY the policy adapter, at top level, reloadable with plain peft
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
