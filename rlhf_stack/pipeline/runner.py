@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, validate
 from rlhf_stack.dpo.stage import DPOConfig
@@ -80,6 +80,10 @@ class Recipe(Config):
     """Stage 3; `policy.name_or_path: "@sft"`, reward sources with `path: "@reward"`."""
     evaluation: EvalConfig | None = None
     """Policy vs baseline after training (`policy: "@ppo"`, `baseline: "@sft"`); stage name `eval`."""
+    torch_threads: int | None = Field(None, ge=1)
+    """CPU threads of every stage (torch's intra-op threads; under `accelerate launch`, each
+    process's OMP_NUM_THREADS). None keeps torch's choice (one per core). On a loaded or shared
+    machine fewer threads can be faster: measured, one beat two there (benchmarks/RESULTS.md)."""
     accelerate_config: str | None = None
     """An accelerate config (recipes/accelerate/*.yaml): training stages then run under
     `accelerate launch`. None: in this process."""
@@ -306,22 +310,28 @@ class _Run:
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(self.recipe.accelerate_config), "-m", "rlhf_stack.pipeline.launch", spec.name, str(config_file),
                    str(self.recipe.seed)]
-            code = subprocess.run(cmd, check=False, env=launch_env()).returncode
+            code = subprocess.run(cmd, check=False, env=launch_env(self.recipe.torch_threads)).returncode
             if code != 0:
                 raise RlhfStackError(f"stage {spec.name} failed under accelerate launch (exit code {code}); "
                                      "its output is above")
             return
         cfg = validate(spec.config_type(), resolved, origin=spec.field)
+        from rlhf_stack.modeling import configure_torch
+
+        configure_torch(self.recipe.torch_threads)  # threads and precision, decided in one place
         seed_everything(self.recipe.seed)
         spec.entry()(cfg)
 
 
-def launch_env() -> dict[str, str]:
+def launch_env(threads: int | None = None) -> dict[str, str]:
     """Environment of `accelerate launch`. Without CUDA, ACCELERATE_USE_CPU makes the torchrun-started
-    processes CPU ranks of a gloo group (accelerate's MULTI_CPU launcher needs mpirun instead)."""
+    processes CPU ranks of a gloo group (accelerate's MULTI_CPU launcher needs mpirun instead).
+    threads: each process's CPU threads (OMP_NUM_THREADS), when set."""
     import torch
 
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
     return env

@@ -25,3 +25,14 @@ def test_sets_threads_and_reports_what_is_in_effect():
 def test_rejects_fewer_than_one_thread():
     with pytest.raises(ValueError, match="threads"):
         configure_torch(0)
+
+
+def test_the_recipe_sets_threads_for_every_stage_process():
+    from rlhf_stack.errors import ConfigError
+    from rlhf_stack.pipeline.runner import launch_env, load_recipe
+
+    recipe, _ = load_recipe({"torch_threads": 1})
+    assert recipe.torch_threads == 1
+    assert launch_env(recipe.torch_threads)["OMP_NUM_THREADS"] == "1"  # each accelerate process
+    with pytest.raises(ConfigError, match="torch_threads"):
+        load_recipe({"torch_threads": 0})
