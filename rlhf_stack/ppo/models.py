@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from rlhf_stack import modeling
 from rlhf_stack.config import ModelConfig
+from rlhf_stack.ppo.shared_reward import RewardAdapter, read_reward_adapter
 from rlhf_stack.ppo.trunk import Trunk, position_ids_from_mask
 
 POLICY, REF, VALUE = "default", "ref", "value"  # "default": peft saves it as a top-level adapter
@@ -73,7 +73,7 @@ class ActorCritic(nn.Module):
         the last adapter was added. Returns their number (0: no trunk, full passes)."""
         if self.shared:
             with self.adapter(POLICY):
-                self.trunk = Trunk.build(self._backbone(), probe_ids, probe_mask)
+                self.trunk = Trunk.build(self.policy.get_base_model().base_model, probe_ids, probe_mask)
         return self.trunk.depth if self.trunk else 0
 
     def trunk_hidden(self, input_ids, attention_mask) -> torch.Tensor | None:
@@ -84,7 +84,8 @@ class ActorCritic(nn.Module):
         return self.trunk.hidden(input_ids[:, :-1], attention_mask[:, :-1])
 
     def _backbone(self) -> nn.Module:
-        return self.policy.get_base_model().base_model if self.shared else self.value_backbone
+        """The decoder the value runs on: its own (`value_backbone`), else the shared base."""
+        return self.value_backbone if self.value_backbone is not None else self.policy.get_base_model().base_model
 
     def set_trainable(self, policy_params: list[nn.Parameter], value_params: list[nn.Parameter]) -> None:
         """Fix the trainable set once; adapter switches restore it (peft's set_adapter changes it)."""
@@ -99,7 +100,7 @@ class ActorCritic(nn.Module):
         separate models). Re-entrant: the trainer keeps VALUE active across a value backward pass,
         so that gradient checkpointing recomputes the value forward with the value adapter."""
         previous = self._active
-        if not self.shared or name == previous:
+        if not self.shared or name == previous or (name == VALUE and self.value_backbone is not None):
             yield
             return
         self._switch(name)
@@ -147,6 +148,8 @@ class ActorCritic(nn.Module):
     def values(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
         """V(s_t) for each response position t (state = prompt + response[:t]); `(b, n_response)`."""
         attention_mask = attention_mask[:, :-1]  # the last token is no state
+        if self.value_backbone is not None:
+            hidden = None  # a value model of its own shares no trunk with the policy's base
         with self.adapter(VALUE):
             if hidden is not None:
                 top = self.trunk.top(hidden, attention_mask)
@@ -183,7 +186,8 @@ class ActorCritic(nn.Module):
         """A shared base with gradient checkpointing must run each adapter's backward while that
         adapter is active (the recomputed forward reads the active adapter)."""
         base = self.policy.get_base_model() if self.shared else self.policy
-        return self.shared and self.has_value and bool(getattr(base, "is_gradient_checkpointing", False))
+        return (self.shared and self.has_value and self.value_backbone is None
+                and bool(getattr(base, "is_gradient_checkpointing", False)))
 
 
 def causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
@@ -201,7 +205,7 @@ def causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: in
 class ModelInfo:
     """How the models were assembled (recorded in stage.json)."""
 
-    layout: str  # "lora-shared-base" | "separate-models"
+    layout: str  # "lora-shared-base" | "lora-shared-base+lora-value-model" | "separate-models"
     reference: str  # "sft-adapter-copy" | "adapters-disabled" | "frozen-copy"
     value_init: str  # "reward-model" | "policy-base" | "none" (a critic-free estimator: no value model)
     base_model: str  # what the saved policy needs to reload (adapter base or the full model)
@@ -245,13 +249,43 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         base_path = path
         peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
         ref_adapter, reference = None, "adapters-disabled"
-    head, value_init = _shared_value(cfg, peft_model, value_source, base_path) if with_value else (None, "none")
+    value_model = None
+    if with_value and value_source is not None and read_reward_adapter(value_source, base_path) is None:
+        # The RM is not a LoRA adapter over this base (a full model, or another base): the value
+        # starts as the RM, as asked (InstructGPT), on a copy of the RM with LoRA of the policy's
+        # shape, so only its adapter and head train.
+        value_model, head = _lora_value_model(cfg, value_source, device)
+        value_init, layout = "reward-model", "lora-shared-base+lora-value-model"
+    elif with_value:
+        head, value_init = _shared_value(cfg, peft_model, value_source, base_path)
+        layout = "lora-shared-base"
+    else:
+        head, value_init, layout = None, "none", "lora-shared-base"
     peft_model.base_model.set_adapter(POLICY, inference_mode=True)
-    model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter)
+    model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter,
+                        value_backbone=value_model)
     named = list(peft_model.named_parameters())
     value_params = [p for n, p in named if f".{VALUE}." in n] + (list(head.parameters()) if head else [])
+    if value_model is not None:
+        value_params = [p for p in value_model.parameters() if p.requires_grad] + list(head.parameters())
     model.set_trainable([p for n, p in named if f".{POLICY}." in n], value_params)
-    return model, ModelInfo("lora-shared-base", reference, value_init, base_path)
+    return model, ModelInfo(layout, reference, value_init, base_path)
+
+
+def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueHead]:
+    """(decoder of the RM with fresh LoRA adapters, value head = the RM's score head)."""
+    from peft import get_peft_model
+
+    rm = modeling.load_sequence_classifier(_with_path(cfg.policy, value_source), merge=True, device=device)
+    head = ValueHead(rm.config.hidden_size)
+    head.summary.weight.data.copy_(rm.score.weight.data[:1])
+    if getattr(rm.score, "bias", None) is not None:
+        head.summary.bias.data.copy_(rm.score.bias.data[:1])
+    _maybe_checkpointing(rm, cfg.policy)
+    backbone = get_peft_model(rm.base_model, _value_lora_config(cfg.policy, rm.base_model, task_type=None))
+    print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base; the value model is a "
+          "copy of it with LoRA (adapters and head train): one more base copy")
+    return backbone, head
 
 
 def _shared_value(cfg, peft_model, value_source: str | None, base_path: str) -> tuple[ValueHead, str]:
@@ -310,60 +344,15 @@ def _usable_value_init(value_init: str | None, tokenizer) -> str | None:
     return path
 
 
-@dataclass(frozen=True)
-class RewardAdapter:
-    """A reward model saved as a LoRA adapter + score head, read from its files (no model built)."""
-
-    lora_state: dict  # LoRA weights, keyed as peft saves them
-    head_weight: torch.Tensor  # (1, H) the score head
-    head_bias: torch.Tensor | None  # (1,) when the head has a bias
-    lora_config: object  # peft LoraConfig of the same shape, as a causal-LM adapter for the shared base
-    only_lora_and_head: bool  # nothing else was trained (no embeddings, norms, ...)
-
-
-def read_reward_adapter(path: str, base_path: str) -> RewardAdapter | None:
-    """The RM at `path` when it is a LoRA adapter (with a score head) over the base at `base_path`.
-
-    Only such an RM can live on PPO's shared base, as the value adapter's initial weights or as
-    the reward adapter itself (`shared_reward.py`); None for anything else.
-    """
-    from peft import LoraConfig
-    from safetensors.torch import load_file
-
-    weights = Path(path) / "adapter_model.safetensors"
-    if not (modeling.is_adapter_dir(path) and weights.is_file()
-            and modeling.resolve_model_path(modeling.adapter_base(path)) == modeling.resolve_model_path(base_path)):
-        return None
-    state = load_file(str(weights))
-    lora_state = {k: v for k, v in state.items() if "lora_" in k}
-    head = {k.rsplit(".", 1)[1]: v for k, v in state.items() if ".score." in k and "lora_" not in k}
-    if not lora_state or "weight" not in head:
-        return None
-    rm_config = LoraConfig.from_pretrained(path)
-    config = LoraConfig(r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=0.0,
-                        target_modules=rm_config.target_modules, task_type="CAUSAL_LM",
-                        layers_to_transform=rm_config.layers_to_transform, use_rslora=rm_config.use_rslora)
-    bias = head["bias"][:1] if "bias" in head else None
-    return RewardAdapter(lora_state, head["weight"][:1], bias, config,
-                         only_lora_and_head=len(lora_state) + len(head) == len(state))
-
-
 def _value_init_adapter(value_source: str | None, base_path: str) -> RewardAdapter | None:
-    """The RM to start the value adapter from, when it is a LoRA adapter over the same base.
-
-    An RM with a different base would need another base copy, so the value starts from the
-    policy base instead (said on stdout).
-    """
+    """The RM to start the value adapter from, when it is a LoRA adapter over the same base
+    (any other RM becomes a value model of its own, `_lora_value_model`)."""
     if value_source is None:
         return None
-    rm = read_reward_adapter(value_source, base_path)
-    if rm is None:
-        print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base {base_path}; "
-              "with a shared base the value function starts from the policy base")
-    return rm
+    return read_reward_adapter(value_source, base_path)
 
 
-def _value_lora_config(model_cfg: ModelConfig, base_model: nn.Module):
+def _value_lora_config(model_cfg: ModelConfig, base_model: nn.Module, task_type: str | None = "CAUSAL_LM"):
     """LoraConfig of a fresh value adapter: the policy's LoRA settings."""
     from peft import LoraConfig
 
@@ -374,7 +363,7 @@ def _value_lora_config(model_cfg: ModelConfig, base_model: nn.Module):
         if targets == "all-linear":  # the base already holds LoRA layers; their leaves are adapter names
             targets = [n for n in modeling.linear_module_names(base_model) if n not in (POLICY, REF, VALUE)]
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", layers_to_transform=layers)
+                      task_type=task_type, layers_to_transform=layers)
 
 
 def _with_path(model_cfg: ModelConfig, name_or_path: str) -> ModelConfig:

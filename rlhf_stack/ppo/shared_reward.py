@@ -7,10 +7,14 @@ the others as "reward" and its score head becomes a small Linear. It scores with
 tokenizer and chat template exactly as `reward.scorer.RewardScorer` does (same pooling at the last
 non-pad token, same bias), so the scores are the same up to float rounding (tests check 1e-5).
 Any other reward model (full weights, another base, extra trained modules) loads separately.
+`read_reward_adapter` reads such an RM from its files; the value function's initialisation from
+the RM (`models.py`) uses it too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -19,6 +23,44 @@ from torch import nn
 from rlhf_stack import modeling
 
 REWARD = "reward"
+
+
+@dataclass(frozen=True)
+class RewardAdapter:
+    """A reward model saved as a LoRA adapter + score head, read from its files (no model built)."""
+
+    lora_state: dict  # LoRA weights, keyed as peft saves them
+    head_weight: torch.Tensor  # (1, H) the score head
+    head_bias: torch.Tensor | None  # (1,) when the head has a bias
+    lora_config: object  # peft LoraConfig of the same shape, as a causal-LM adapter for the shared base
+    only_lora_and_head: bool  # nothing else was trained (no embeddings, norms, ...)
+
+
+def read_reward_adapter(path: str, base_path: str) -> RewardAdapter | None:
+    """The RM at `path` when it is a LoRA adapter (with a score head) over the base at `base_path`.
+
+    Only such an RM can live on PPO's shared base, as the value adapter's initial weights or as
+    the reward adapter itself (`shared_reward.py`); None for anything else.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    weights = Path(path) / "adapter_model.safetensors"
+    if not (modeling.is_adapter_dir(path) and weights.is_file()
+            and modeling.resolve_model_path(modeling.adapter_base(path)) == modeling.resolve_model_path(base_path)):
+        return None
+    state = load_file(str(weights))
+    lora_state = {k: v for k, v in state.items() if "lora_" in k}
+    head = {k.rsplit(".", 1)[1]: v for k, v in state.items() if ".score." in k and "lora_" not in k}
+    if not lora_state or "weight" not in head:
+        return None
+    rm_config = LoraConfig.from_pretrained(path)
+    config = LoraConfig(r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=0.0,
+                        target_modules=rm_config.target_modules, task_type="CAUSAL_LM",
+                        layers_to_transform=rm_config.layers_to_transform, use_rslora=rm_config.use_rslora)
+    bias = head["bias"][:1] if "bias" in head else None
+    return RewardAdapter(lora_state, head["weight"][:1], bias, config,
+                         only_lora_and_head=len(lora_state) + len(head) == len(state))
 
 
 class AdapterSequenceClassifier:
@@ -53,8 +95,6 @@ def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterS
     """Load the RM `checkpoint` as the adapter "reward" on the actor-critic's shared base (loaded
     from `base_path`) when it is a LoRA adapter over that base with nothing trained but LoRA
     weights and the score head; else None (the caller loads the RM on its own)."""
-    from rlhf_stack.ppo.models import read_reward_adapter
-
     if not actor_critic.shared or REWARD in actor_critic.policy.peft_config:
         return None
     path = modeling.resolve_model_path(checkpoint)

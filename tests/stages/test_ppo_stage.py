@@ -143,6 +143,41 @@ def test_reward_model_source_and_value_init(tiny_model_dir, prompts_file, tmp_pa
     assert abs(record["score_processed"]) <= 3.0 + 1.0  # clipped, then at most the EOS penalty
 
 
+def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prompts_file, tmp_path):
+    """value_init from a full RM with a LoRA policy: the value model starts AS the RM (InstructGPT),
+    on a copy of it with LoRA (only adapters + head train), and the metrics say which layout ran."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_stack.modeling import load_tokenizer
+    from rlhf_stack.ppo.models import build_actor_critic
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)
+    with torch.no_grad():  # a fine-tuned RM: its decoder differs from the policy's base
+        for param in rm.model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    rm.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_dir).pad_token_id
+    rm.save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
+    cfg = config(tiny_model_dir, prompts_file, tmp_path, value_init=str(rm_dir))
+    model, info = build_actor_critic(cfg, load_tokenizer(str(tiny_model_dir)), torch.device("cpu"))
+    assert (info.layout, info.value_init) == ("lora-shared-base+lora-value-model", "reward-model")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():  # V(s_t) of the last state = the RM's score of the sequence up to it
+        expected = rm.eval()(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits[0, 0]
+        torch.testing.assert_close(model.values(ids, mask, 2)[0, -1], expected, atol=1e-5, rtol=1e-5)
+    value_trainable = {n for n, p in model.value_backbone.named_parameters() if p.requires_grad}
+    assert value_trainable and all("lora_" in n for n in value_trainable)  # the RM copy itself stays frozen
+    assert {id(p) for p in model.value_params} >= {id(p) for p in model.value_head.parameters()}
+    result = train_ppo(config(tiny_model_dir, prompts_file, tmp_path, steps=1, value_init=str(rm_dir)),
+                       reward_fns=[t_share])
+    assert result.metrics["models"]["layout"] == "lora-shared-base+lora-value-model"
+    assert result.metrics["models"]["value_init"] == "reward-model" and math.isfinite(result.metrics["value_loss"])
+
+
 def lora_reward_model(tiny_model_dir, out_dir):
     """A LoRA reward model over the tiny base (random adapter and head), saved as the reward stage saves it."""
     from peft import LoraConfig, get_peft_model
