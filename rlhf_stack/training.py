@@ -20,6 +20,7 @@ from rlhf_stack.data import fingerprint
 from rlhf_stack.modeling import count_parameters, read_stage_info, save_checkpoint
 from rlhf_stack.pipeline.layout import CHECKPOINTS_DIR, LOGS_DIR, STAGE_FILE, TRAIN_LOG
 
+RANKING_METRIC = "eval_pairwise_accuracy"  # what the ranking stages keep their best model by
 RESERVED = {CHECKPOINTS_DIR, LOGS_DIR}
 
 
@@ -58,6 +59,22 @@ def trainer_arguments(train: TrainingConfig, output_dir: Path, *, has_eval: bool
         dataloader_num_workers=0,
         **extra,
     )
+
+
+def ranking_trainer_setup(train: TrainingConfig, output_dir: Path, *, has_eval: bool,
+                          callbacks: list | None) -> tuple[Any, list]:
+    """(TrainingArguments, callbacks) of a stage that trains on whole rankings (reward model, DPO):
+    the batch's labels are the ranks, the best model is the one with the highest held-out pairwise
+    accuracy, and early stopping watches it when `train.early_stopping_patience` is set."""
+    from transformers import EarlyStoppingCallback, TrainingArguments
+
+    args = TrainingArguments(**trainer_arguments(train, output_dir, has_eval=has_eval, metric=RANKING_METRIC,
+                                                 greater_is_better=True),
+                             label_names=["ranks"], remove_unused_columns=False)
+    callbacks = list(callbacks or [])
+    if has_eval and train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
+    return args, callbacks
 
 
 def last_trainer_checkpoint(output_dir: Path) -> str | None:

@@ -30,8 +30,6 @@ from rlhf_stack.dpo.batching import PreferenceCollator, encode_preferences
 from rlhf_stack.dpo.functional import LOSSES
 from rlhf_stack.errors import ConfigError, ModelNotFoundError
 
-BEST_METRIC = "eval_pairwise_accuracy"
-
 
 class DPOConfig(Config):
     """Direct preference optimisation of the SFT policy on K-wise rankings (no reward model, no PPO)."""
@@ -78,7 +76,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
 
     callbacks: extra `transformers.TrainerCallback`s (progress bars, timers, trackers).
     """
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import set_seed
 
     from rlhf_stack import modeling, training
     from rlhf_stack.dpo.models import build_policy, policy_only
@@ -99,12 +97,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
 
     # 3. Trainer with the K-wise DPO loss; early stopping on held-out implicit-reward accuracy
     has_eval = bool(eval_ds)
-    args = TrainingArguments(**training.trainer_arguments(
-        cfg.train, output_dir, has_eval=has_eval, metric=BEST_METRIC, greater_is_better=True),
-        label_names=["ranks"], remove_unused_columns=False)
-    callbacks = list(callbacks or [])
-    if has_eval and cfg.train.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    args, callbacks = training.ranking_trainer_setup(cfg.train, output_dir, has_eval=has_eval, callbacks=callbacks)
     trainer = RankingDPOTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
         data_collator=PreferenceCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer,
@@ -125,7 +118,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
 
     # 5. final eval (the best model), checkpoint (the policy alone) + stage.json
     if has_eval:
-        metrics.update(training.best_eval_metrics(trainer, BEST_METRIC))
+        metrics.update(training.best_eval_metrics(trainer, training.RANKING_METRIC))
     model = policy_only(trainer.model, reference).eval()
     training.write_log(output_dir, trainer.state.log_history)
     record = training.stage_record("dpo", cfg, cfg.policy, model, training.data_fingerprints(cfg.data), metrics)

@@ -35,8 +35,6 @@ from rlhf_stack.reward.batching import RankingCollator, encode_conversation, enc
 from rlhf_stack.reward.functional import center_penalty, listwise_loss, ranking_loss
 from rlhf_stack.reward.scorer import BIAS_KEY, score_sequences
 
-BEST_METRIC = "eval_pairwise_accuracy"
-
 
 class RewardConfig(Config):
     """Reward model from rankings (InstructGPT step 2)."""
@@ -109,7 +107,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     callbacks: extra `transformers.TrainerCallback`s (progress bars, timers, trackers).
     """
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import set_seed
 
     from rlhf_stack import modeling, training
     from rlhf_stack.reward.trainer import RankingTrainer, eval_metrics_fn
@@ -130,12 +128,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     # 3. Trainer with the K-wise loss; early stopping on eval pairwise accuracy, best model kept
     has_eval = bool(eval_ds)
-    args = TrainingArguments(**training.trainer_arguments(
-        cfg.train, output_dir, has_eval=has_eval, metric=BEST_METRIC, greater_is_better=True),
-        label_names=["ranks"], remove_unused_columns=False)
-    callbacks = list(callbacks or [])
-    if has_eval and cfg.train.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    args, callbacks = training.ranking_trainer_setup(cfg.train, output_dir, has_eval=has_eval, callbacks=callbacks)
     trainer = RankingTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
         data_collator=RankingCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer, callbacks=callbacks,
@@ -156,7 +149,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:
-        metrics.update(training.best_eval_metrics(trainer, BEST_METRIC))
+        metrics.update(training.best_eval_metrics(trainer, training.RANKING_METRIC))
         # The noise ceiling of eval_pairwise_accuracy: how often the annotators of these same
         # held-out rankings order a pair alike (None when no prompt has two annotators).
         from rlhf_stack.metrics.agreement import annotator_agreement
