@@ -60,20 +60,44 @@ class PPOData:
 
 
 class PtxBatches:
-    """Corpus batches for PPO-ptx; batch k of process r is a function of (step, micro-batch, r)."""
+    """Corpus batches for PPO-ptx; batch k of process r is a function of (step, micro-batch, r).
+
+    With a frozen trunk (`trunk.py`), each corpus row's trunk output is computed the first time the
+    row is drawn and kept (the corpus and the trunk never change), for corpora of at most
+    `MAX_CACHED_ROWS` rows; the ptx pass then runs only the blocks above the trunk.
+    """
+
+    MAX_CACHED_ROWS = 50_000  # ~64 tokens x 576 floats a row: ~7 GB at most for a 135M model, far less in practice
 
     def __init__(self, token_ids: list[list[int]], batch_size: int, micro_per_step: int, pad_id: int,
                  seed: int) -> None:
         self.token_ids, self.batch_size, self.micro_per_step, self.pad_id = token_ids, batch_size, micro_per_step, pad_id
         self.stream = IndexStream(len(token_ids), seed + 1)
+        self._hidden: dict[int, torch.Tensor] = {}  # row -> (len, H) trunk output
 
-    def batch(self, step: int, micro_index: int, acc) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask, labels), each `(batch_size, T)`, right-padded; labels -100 on padding."""
+    def batch(self, step: int, micro_index: int, acc, trunk=None) -> tuple[torch.Tensor, ...]:
+        """(input_ids, attention_mask, labels, hidden): the first three `(batch_size, T)`, right-padded,
+        labels -100 on padding; hidden `(batch_size, T, H)` the trunk's output (0 on padding) when
+        `trunk` (a `Trunk`) is given and the corpus is small enough to cache, else None."""
         k = ((step - 1) * self.micro_per_step + micro_index) * acc.num_processes + acc.process_index
-        seqs = [self.token_ids[i] for i in self.stream.take(k * self.batch_size, self.batch_size)]
-        ids, mask = pad_right(seqs, self.pad_id, acc.device)
+        rows = self.stream.take(k * self.batch_size, self.batch_size)
+        ids, mask = pad_right([self.token_ids[i] for i in rows], self.pad_id, acc.device)
         labels = ids.masked_fill(mask == 0, -100)
-        return ids, mask, labels
+        use_cache = trunk is not None and len(self.token_ids) <= self.MAX_CACHED_ROWS
+        return ids, mask, labels, self._trunk_hidden(rows, ids, mask, trunk) if use_cache else None
+
+    def _trunk_hidden(self, rows: list[int], ids: torch.Tensor, mask: torch.Tensor, trunk) -> torch.Tensor:
+        missing = sorted({n for n, row in enumerate(rows) if row not in self._hidden})
+        if missing:
+            # Right padding and causal attention: a row's outputs do not depend on the other rows.
+            fresh = trunk.hidden(ids[missing], mask[missing])
+            for j, n in enumerate(missing):
+                self._hidden[rows[n]] = fresh[j, :len(self.token_ids[rows[n]])].clone()
+        out = torch.zeros((*ids.shape, self._hidden[rows[0]].shape[-1]), dtype=self._hidden[rows[0]].dtype,
+                          device=ids.device)
+        for n, row in enumerate(rows):
+            out[n, :len(self.token_ids[row])] = self._hidden[row]
+        return out
 
 
 def load_data(cfg, tokenizer) -> PPOData:

@@ -160,7 +160,7 @@ class ActorCritic(nn.Module):
         return self.value_head(top[:, -n_response:])
 
     def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None,
-                part: str = "both", hidden=None):
+                part: str = "both", hidden=None, ptx_hidden=None):
         """Training pass: (policy logits `(b, t, V)` | None, values `(b, t)` | None, ptx logits | None).
 
         part: "both", or "policy" / "value" alone (the split the trainer uses for a shared base
@@ -169,7 +169,10 @@ class ActorCritic(nn.Module):
         logits = values = ptx_logits = None
         if part in ("both", "policy"):
             logits = self.policy_logits(input_ids, attention_mask, n_response, hidden)
-            if ptx_input_ids is not None:
+            if ptx_hidden is not None:  # the corpus rows' cached trunk output (data.PtxBatches)
+                top = self.trunk.top(ptx_hidden, ptx_attention_mask)
+                ptx_logits = self.policy.get_base_model().get_output_embeddings()(top)
+            elif ptx_input_ids is not None:
                 ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask,
                                          use_cache=False).logits
         if part in ("both", "value"):

@@ -146,7 +146,8 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
             mb_order = order[mb_start:mb_start + cfg.mini_batch_size]
             for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
                 micro = rollout.select(mb_order[micro_start:micro_start + cfg.micro_batch_size])
-                ptx_batch = run.data.ptx.batch(step, micro_index, acc) if run.data.ptx is not None else None
+                ptx_batch = (run.data.ptx.batch(step, micro_index, acc, run.actor_critic.trunk)
+                             if run.data.ptx is not None else None)
                 micro_index += 1
                 last = k == cfg.grad_accum_steps - 1
                 with nullcontext() if last else acc.no_sync(model):  # all-reduce once per mini-batch
@@ -172,7 +173,7 @@ def _policy_and_value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPO
     acc, unwrapped = run.accelerator, run.actor_critic
     mb = mb.trimmed()
     n_response = mb.response_ids.shape[1]
-    ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
+    ptx_ids, ptx_mask, ptx_labels, ptx_hidden = ptx_batch if ptx_batch is not None else (None, None, None, None)
     stats: dict[str, torch.Tensor] = {}
     if unwrapped.needs_split_backward:
         with unwrapped.adapter("value"), nullcontext() if not last else acc.no_sync(model):
@@ -180,11 +181,11 @@ def _policy_and_value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPO
             value_loss = _value_loss(values, mb, cfg, stats)
             acc.backward(cfg.vf_coef * value_loss / cfg.grad_accum_steps)
         logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask, part="policy",
-                                      hidden=mb.hidden)
+                                      hidden=mb.hidden, ptx_hidden=ptx_hidden)
         loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
     else:
         logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask,
-                                           hidden=mb.hidden)
+                                           hidden=mb.hidden, ptx_hidden=ptx_hidden)
         loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
         loss = loss + cfg.vf_coef * _value_loss(values, mb, cfg, stats)
     acc.backward(loss / cfg.grad_accum_steps)
@@ -196,10 +197,10 @@ def _policy_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, la
     """Critic-free estimators: loss = clipped policy loss (+ ptx_coef * LM loss); backward. No value
     forward, no value loss: there is no value model."""
     mb = mb.trimmed()
-    ptx_ids, ptx_mask, ptx_labels = ptx_batch if ptx_batch is not None else (None, None, None)
+    ptx_ids, ptx_mask, ptx_labels, ptx_hidden = ptx_batch if ptx_batch is not None else (None, None, None, None)
     stats: dict[str, torch.Tensor] = {}
     logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, mb.response_ids.shape[1], ptx_ids, ptx_mask,
-                                  part="policy", hidden=mb.hidden)
+                                  part="policy", hidden=mb.hidden, ptx_hidden=ptx_hidden)
     loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
     run.accelerator.backward(loss / cfg.grad_accum_steps)
     return stats

@@ -65,15 +65,16 @@ def test_trunk_passes_equal_full_passes(tiny_model_dir, prompts_file, tmp_path):
     assert grads and all(torch.allclose(g, dict(model.named_parameters())[n].grad, atol=1e-4) for n, g in grads.items())
 
 
-def test_ppo_with_and_without_the_trunk_learn_the_same(tiny_model_dir, prompts_file, tmp_path):
+def test_ppo_with_and_without_the_trunk_learn_the_same(tiny_model_dir, prompts_file, corpus_file, tmp_path):
     runs = {}
-    for use in (True, False):
-        cfg = config(tiny_model_dir, prompts_file, tmp_path / str(use), cache_frozen_trunk=use)
+    for use in (True, False):  # PPO-ptx too: corpus rows' trunk outputs are cached across steps
+        cfg = config(tiny_model_dir, prompts_file, tmp_path / str(use), cache_frozen_trunk=use, ptx_coef=0.5,
+                     ptx_data={"path": str(corpus_file), "eval_fraction": 0.0}, ptx_max_length=16)
         result = train_ppo(cfg, reward_fns=[word_count])
         log = [json.loads(line) for line in (tmp_path / str(use) / "ppo" / "logs" / "ppo_log.jsonl").read_text().splitlines()]
         runs[use] = (result.metrics, log)
     assert runs[True][0]["models"]["trunk_blocks"] == 1 and runs[False][0]["models"]["trunk_blocks"] == 0
     for with_trunk, without in zip(runs[True][1], runs[False][1], strict=True):
         assert with_trunk["score"] == pytest.approx(without["score"], abs=1e-6)  # same samples
-        for key in ("kl", "policy_loss", "value_loss", "approx_kl"):
+        for key in ("kl", "policy_loss", "value_loss", "approx_kl", "ptx_loss"):
             assert with_trunk[key] == pytest.approx(without[key], abs=1e-4, rel=1e-3), key
