@@ -63,34 +63,39 @@ class PtxBatches:
     """Corpus batches for PPO-ptx; batch k of process r is a function of (step, micro-batch, r).
 
     With a frozen trunk (`trunk.py`), each corpus row's trunk output is computed the first time the
-    row is drawn and kept (the corpus and the trunk never change), for corpora of at most
-    `MAX_CACHED_ROWS` rows; the ptx pass then runs only the blocks above the trunk.
+    row is drawn and kept (the corpus and the trunk never change), when the whole corpus fits in
+    `cache_bytes` (the quickstart's: 257 rows x <= 64 tokens x 576 floats, ~38 MB); the ptx pass
+    then runs only the blocks above the trunk. A larger corpus runs the full model every time.
     """
 
-    MAX_CACHED_ROWS = 50_000  # ~64 tokens x 576 floats a row: ~7 GB at most for a 135M model, far less in practice
-
     def __init__(self, token_ids: list[list[int]], batch_size: int, micro_per_step: int, pad_id: int,
-                 seed: int) -> None:
+                 seed: int, cache_bytes: int = 1 << 30) -> None:
         self.token_ids, self.batch_size, self.micro_per_step, self.pad_id = token_ids, batch_size, micro_per_step, pad_id
         self.stream = IndexStream(len(token_ids), seed + 1)
-        self._hidden: dict[int, torch.Tensor] = {}  # row -> (len, H) trunk output
+        self.cache_bytes = cache_bytes
+        self._hidden: dict[int, torch.Tensor] | None = {}  # row -> (len, H) trunk output; None: too big
 
     def batch(self, step: int, micro_index: int, acc, trunk=None) -> tuple[torch.Tensor, ...]:
         """(input_ids, attention_mask, labels, hidden): the first three `(batch_size, T)`, right-padded,
         labels -100 on padding; hidden `(batch_size, T, H)` the trunk's output (0 on padding) when
-        `trunk` (a `Trunk`) is given and the corpus is small enough to cache, else None."""
+        `trunk` (a `Trunk`) is given and the corpus fits the cache, else None."""
         k = ((step - 1) * self.micro_per_step + micro_index) * acc.num_processes + acc.process_index
         rows = self.stream.take(k * self.batch_size, self.batch_size)
         ids, mask = pad_right([self.token_ids[i] for i in rows], self.pad_id, acc.device)
         labels = ids.masked_fill(mask == 0, -100)
-        use_cache = trunk is not None and len(self.token_ids) <= self.MAX_CACHED_ROWS
-        return ids, mask, labels, self._trunk_hidden(rows, ids, mask, trunk) if use_cache else None
+        if trunk is None or self._hidden is None:
+            return ids, mask, labels, None
+        return ids, mask, labels, self._trunk_hidden(rows, ids, mask, trunk)
 
     def _trunk_hidden(self, rows: list[int], ids: torch.Tensor, mask: torch.Tensor, trunk) -> torch.Tensor:
         missing = sorted({n for n, row in enumerate(rows) if row not in self._hidden})
         if missing:
             # Right padding and causal attention: a row's outputs do not depend on the other rows.
             fresh = trunk.hidden(ids[missing], mask[missing])
+            whole_corpus = sum(map(len, self.token_ids)) * fresh.shape[-1] * fresh.element_size()
+            if whole_corpus > self.cache_bytes:
+                self._hidden = None  # the full model serves every ptx pass from now on
+                return None
             for j, n in enumerate(missing):
                 self._hidden[rows[n]] = fresh[j, :len(self.token_ids[rows[n]])].clone()
         out = torch.zeros((*ids.shape, self._hidden[rows[0]].shape[-1]), dtype=self._hidden[rows[0]].dtype,

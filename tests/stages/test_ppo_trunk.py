@@ -78,3 +78,30 @@ def test_ppo_with_and_without_the_trunk_learn_the_same(tiny_model_dir, prompts_f
         assert with_trunk["score"] == pytest.approx(without["score"], abs=1e-6)  # same samples
         for key in ("kl", "policy_loss", "value_loss", "approx_kl", "ptx_loss"):
             assert with_trunk[key] == pytest.approx(without[key], abs=1e-4, rel=1e-3), key
+
+
+def test_ptx_rows_are_cached_once_and_only_when_the_corpus_fits():
+    from types import SimpleNamespace
+
+    from rlhf_stack.ppo.data import PtxBatches
+
+    calls = []
+
+    class FakeTrunk:  # hidden state of a token = its id, in 3 channels
+        def hidden(self, ids, mask):
+            calls.append(ids.shape[0])
+            return ids[..., None].float().expand(*ids.shape, 3).clone()
+
+    acc = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"))
+    rows = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]
+    ptx = PtxBatches(rows, batch_size=2, micro_per_step=2, pad_id=0, seed=0)
+    seen = []
+    for step in (1, 2, 3):
+        for micro in (0, 1):
+            ids, mask, labels, hidden = ptx.batch(step, micro, acc, FakeTrunk())
+            assert torch.equal(hidden[..., 0], ids.float() * mask)  # each row's own output, 0 on padding
+            seen.append(ids)
+    assert sum(calls) == len(rows)  # every row went through the trunk exactly once in 12 draws
+    small = PtxBatches(rows, batch_size=2, micro_per_step=2, pad_id=0, seed=0, cache_bytes=16)
+    assert small.batch(1, 0, acc, FakeTrunk())[3] is None  # 10 tokens x 3 floats x 4 bytes > 16
+    assert small.batch(1, 1, acc, FakeTrunk())[3] is None and small._hidden is None
