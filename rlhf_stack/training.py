@@ -77,6 +77,13 @@ def ranking_trainer_setup(train: TrainingConfig, output_dir: Path, *, has_eval: 
     return args, callbacks
 
 
+def train_metrics(result, trainer, resumed_from: str | None) -> dict[str, Any]:
+    """What a ranking stage records about `trainer.train(...)`'s run (`result` is its TrainOutput)."""
+    return {"train_loss": result.training_loss, "train_runtime_s": result.metrics["train_runtime"],
+            "train_rankings_per_s": result.metrics["train_samples_per_second"],
+            "steps": trainer.state.global_step, "resumed_from": resumed_from}
+
+
 def last_trainer_checkpoint(output_dir: Path) -> str | None:
     """The newest `checkpoint-N` under output_dir/checkpoints that holds a trainer state."""
     root = Path(output_dir) / CHECKPOINTS_DIR

@@ -51,3 +51,15 @@ def prompts_file(tmp_path) -> Path:
 @pytest.fixture
 def corpus_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "corpus.jsonl", [{"text": f"The moon orbits the earth. Line {i}."} for i in range(32)])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the tiny model gains nothing from threads, and on a busy
+    2-core machine two OpenMP threads spin against each other (SFT measured 5x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -111,10 +111,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
                      "share_prompt": cfg.shares_prompt,
                      "models": {"layout": info.layout, "reference": info.reference, "base_model": info.base_model}}
     resume = training.last_trainer_checkpoint(output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
-                   train_rankings_per_s=result.metrics["train_samples_per_second"],
-                   steps=trainer.state.global_step, resumed_from=resume)
+    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume))
 
     # 5. final eval (the best model), checkpoint (the policy alone) + stage.json
     if has_eval:

@@ -142,10 +142,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     resume = training.last_trainer_checkpoint(output_dir)
     if has_eval and cfg.eval_before_training and resume is None:
         metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics["train_runtime"],
-                   train_rankings_per_s=result.metrics["train_samples_per_second"],
-                   steps=trainer.state.global_step, resumed_from=resume)
+    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume))
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:

@@ -20,15 +20,8 @@ def _write(path: Path, rows) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model gains nothing from threads, and on a busy 2-core machine two OpenMP threads
-    # spin against each other (SFT measured 5x slower).
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

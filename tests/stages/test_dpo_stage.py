@@ -21,12 +21,8 @@ WORDS = ["red", "blue", "green", "small", "big", "old", "new", "warm", "cold", "
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model gains nothing from threads; on a busy 2-core machine two spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (conftest.one_thread)."""
 
 
 def keyword_rankings(n: int, start: int, seed: int) -> list[dict]:
