@@ -215,19 +215,22 @@ def load_config(cls: type[C], source: str | Path | dict | None = None, overrides
     return validate(cls, data, origin=origin, lines=lines)
 
 
-def validate(cls: type[C], data: dict, *, origin: str = "", lines: dict[str, int] | None = None) -> C:
-    """Validate a plain dict against `cls`, turning pydantic errors into one readable ConfigError."""
+def validate(cls: type[C], data: dict, *, origin: str = "", lines: dict[str, int] | None = None,
+             prefix: str = "") -> C:
+    """Validate a plain dict against `cls`, turning pydantic errors into one readable ConfigError.
+    prefix: the key path of `data` inside its file (`stages.ppo_rloo`), put before every key named."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(cls, exc, origin, lines or {})) from None
+        raise ConfigError(format_validation_error(cls, exc, origin, lines or {}, prefix)) from None
 
 
-def format_validation_error(cls: type[BaseModel], exc: ValidationError, origin: str, lines: dict) -> str:
+def format_validation_error(cls: type[BaseModel], exc: ValidationError, origin: str, lines: dict,
+                            prefix: str = "") -> str:
     messages = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
-        key = ".".join(_strip_union_tags(loc))
+        key = ".".join(([prefix] if prefix else []) + _strip_union_tags(loc))
         where = f"{origin}:{lines[key]}: " if origin and key in lines else (f"{origin}: " if origin else "")
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(allowed_keys(cls, _strip_union_tags(loc)[:-1]))

@@ -53,7 +53,7 @@ def write_report(run_dir: str | Path) -> Path:
         _stages_section(manifest),
         _sft_section(run_dir),
         _reward_section(run_dir, results),
-        _ppo_section(run_dir),
+        *(_ppo_section(run_dir, name) for name in _stages_of_kind(manifest, "ppo")),
         _eval_section(run_dir, results),
         _samples_section(run_dir, results),
     ]
@@ -231,9 +231,10 @@ def _stages_section(manifest: dict) -> str:
     rows = []
     for name, entry in stages.items():
         metrics = entry.get("metrics") or {}
-        shown = [f"{k} {fmt(metrics[k])}" for k in HEADLINES.get(name, ()) if isinstance(metrics.get(k), int | float)]
+        kind = entry.get("kind", name)
+        shown = [f"{k} {fmt(metrics[k])}" for k in HEADLINES.get(kind, ()) if isinstance(metrics.get(k), int | float)]
         duration = entry.get("duration_s")
-        rows.append([name, entry.get("status", "?"), f"{duration:.0f} s" if duration is not None else "—",
+        rows.append([name if kind == name else f"{name} ({kind})", entry.get("status", "?"), f"{duration:.0f} s" if duration is not None else "—",
                      ", ".join(shown) or "—"])
     return "## Stages\n\n" + table(["stage", "status", "time", "headline metrics"], rows)
 
@@ -283,29 +284,37 @@ def _reward_section(run_dir: Path, results: dict | None) -> str:
     return "\n\n".join(out)
 
 
-def _ppo_section(run_dir: Path) -> str:
-    log = read_jsonl(RunLayout(run_dir).log("ppo", PPO_LOG))
+def _stages_of_kind(manifest: dict, kind: str) -> list[str]:
+    """Names of the run's stages of one kind (`ppo`, and named branches with `kind: ppo`)."""
+    names = [name for name, entry in (manifest.get("stages") or {}).items() if entry.get("kind", name) == kind]
+    return names or [kind]
+
+
+def _ppo_section(run_dir: Path, stage: str = "ppo") -> str:
+    log = read_jsonl(RunLayout(run_dir).log(stage, PPO_LOG))
     if not log:
         return ""
     s = {name: series(log, keys) for name, keys in PPO_SERIES.items()}
-    out = ["## Stage 3: PPO"]
-    metrics = (_read_json(RunLayout(run_dir).stage_record("ppo")) or {}).get("metrics") or {}
+    metrics = (_read_json(RunLayout(run_dir).stage_record(stage)) or {}).get("metrics") or {}
+    estimator = metrics.get("advantage_estimator")
+    out = ["## Stage 3: PPO" + (f" (`{stage}`)" if stage != "ppo" else "")
+           + (f", {estimator} advantages" if isinstance(estimator, str) else "")]
     moved = [[key, metrics[f"{key}_first"], metrics[key]] for key in PPO_SERIES
              if isinstance(metrics.get(key), int | float) and isinstance(metrics.get(f"{key}_first"), int | float)]
     if moved:
         out.append(f"{fmt(metrics.get('steps'))} steps. " + table(["", "first step", "last step"], moved))
-    drawn = line_plot(RunLayout(run_dir).plots / "ppo_reward_kl.png", [
+    drawn = line_plot(RunLayout(run_dir).plots / f"{stage}_reward_kl.png", [
         ("score and reward", [("RM score", *s["score"]), ("reward (score - KL penalty)", *s["reward"])]),
         ("KL(policy || reference)", [("kl", *s["kl"])]),
         ("kl_coef", [("kl_coef", *s["kl_coef"])]),
     ])
     if drawn:
-        out.append(_image(run_dir, "ppo_reward_kl.png", "PPO score, reward, KL and kl_coef"))
-    if line_plot(RunLayout(run_dir).plots / "ppo_policy.png", [
+        out.append(_image(run_dir, f"{stage}_reward_kl.png", f"{stage}: score, reward, KL and kl_coef"))
+    if line_plot(RunLayout(run_dir).plots / f"{stage}_policy.png", [
         ("entropy", [("entropy", *s["entropy"])]),
         ("response length (tokens)", [("length", *s["response_length"])]),
     ]):
-        out.append(_image(run_dir, "ppo_policy.png", "PPO entropy and response length"))
+        out.append(_image(run_dir, f"{stage}_policy.png", f"{stage}: entropy and response length"))
     return "\n\n".join(out)
 
 

@@ -1,10 +1,13 @@
-"""The stage runner: one recipe -> SFT, reward model, DPO and/or PPO, evaluation, report, resumable.
+"""The stage runner: one recipe -> SFT, reward model, DPO and/or PPO (and named branches), evaluation,
+report, resumable.
 
 `run_recipe(recipe, overrides)` composes the stage functions (STYLE item 1) and adds only what a
 chain of stages needs:
 
-- hand-off by reference: any string `@sft`, `@reward`, `@dpo` or `@ppo` in a stage's config becomes that
-  stage's checkpoint directory before the stage runs (`ppo.policy.name_or_path: "@sft"`);
+- the plan (`plan.py`): the fixed sections, then the named branches of `stages:` (several PPO or DPO
+  runs from one SFT and reward model), then the evaluation;
+- hand-off by reference: any string `@sft`, `@reward`, `@dpo`, `@ppo` or `@<branch>` in a stage's config
+  becomes that stage's checkpoint directory before the stage runs (`ppo.policy.name_or_path: "@sft"`);
   the reuse rule and its keys live in `staleness.py`, the manifest file and lock in `manifest.py`;
 - `RUN_DIR/manifest.json` (written atomically after every change): per stage its status, checkpoint,
   timings, metrics, config hash, data fingerprints; plus package versions;
@@ -16,7 +19,7 @@ chain of stages needs:
 
 Stages run in this process, or as `accelerate launch` subprocesses (`launch.py`) when the recipe
 names an accelerate config. The stages come from the registry (`stages.py`); each stage's output
-directory is RUN_DIR/<stage> (`layout.py`), set here and nowhere else.
+directory is RUN_DIR/<stage name> (`layout.py`), set here and nowhere else.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, validate
 from rlhf_stack.dpo.stage import DPOConfig
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.evaluation.evaluate import EvalConfig
-from rlhf_stack.pipeline.layout import RunLayout
+from rlhf_stack.pipeline.layout import STAGE_FILE, RunLayout
 from rlhf_stack.pipeline.manifest import (
     MANIFEST_FORMAT,
     now,
@@ -47,7 +50,8 @@ from rlhf_stack.pipeline.manifest import (
     write_atomic,
     write_manifest,
 )
-from rlhf_stack.pipeline.stages import ORDER, REFERABLE, STAGES, StageSpec
+from rlhf_stack.pipeline.plan import PlannedStage, check_branches, plan, reference_problems, select
+from rlhf_stack.pipeline.stages import StageSpec
 from rlhf_stack.pipeline.staleness import (
     checkpoint_id,
     config_hash,
@@ -78,6 +82,12 @@ class Recipe(Config):
     Runs after `reward` and before `ppo` (which may then start from `@dpo`)."""
     ppo: PPOConfig | None = None
     """Stage 3; `policy.name_or_path: "@sft"`, reward sources with `path: "@reward"`."""
+    stages: dict[str, dict] = {}
+    """Named branches: `NAME: {kind: sft|reward|dpo|ppo, ...that stage's config}`. They run after the
+    fixed training stages, in the order written, and before the evaluation; each writes RUN_DIR/NAME,
+    has its own manifest entry (skip, resume and staleness as for any stage) and can be referenced as
+    `@NAME` by later stages, e.g. `evaluation.policies: [{name: rloo, path: "@ppo_rloo"}]`.
+    recipes/compare.yaml runs PPO with GAE, PPO with RLOO and DPO from one SFT and reward model."""
     evaluation: EvalConfig | None = None
     """Policy vs baseline after training (`policy: "@ppo"`, `baseline: "@sft"`); stage name `eval`."""
     torch_threads: int | None = Field(None, ge=1)
@@ -89,6 +99,11 @@ class Recipe(Config):
     `accelerate launch`. None: in this process."""
     report: bool = True
     """Write RUN_DIR/report.md and its plots at the end."""
+
+    @field_validator("stages")
+    @classmethod
+    def _check_branches(cls, value: dict[str, dict]) -> dict[str, dict]:
+        return check_branches(value)
 
 
 @dataclass(frozen=True)
@@ -109,9 +124,15 @@ class RunResult:
 def load_recipe(source: Recipe | str | Path | dict, overrides=()) -> tuple[Recipe, str]:
     """(Recipe, origin) from a YAML file, a dict or a Recipe, with `key.path=value` overrides applied.
 
-    Beyond the schema, checks that no stage sets output_dir (the runner owns it) and that every
-    `@stage` reference names an earlier stage; errors carry the key path and YAML line.
+    Beyond the schema, validates each named stage against its kind and checks that no stage sets
+    output_dir (the runner owns it) and that every `@stage` reference names an earlier stage;
+    errors carry the key path and YAML line.
     """
+    recipe, origin, _ = _load(source, overrides)
+    return recipe, origin
+
+
+def _load(source: Recipe | str | Path | dict, overrides=()) -> tuple[Recipe, str, list[PlannedStage]]:
     lines: dict[str, int] = {}
     origin = ""
     if isinstance(source, Recipe):
@@ -123,22 +144,11 @@ def load_recipe(source: Recipe | str | Path | dict, overrides=()) -> tuple[Recip
         data, lines = read_yaml(source)
     data = apply_overrides(data, list(overrides))
     recipe = validate(Recipe, data, origin=origin, lines=lines)
-    problems = []
-    for spec in STAGES.values():
-        section = data.get(spec.field)
-        if not isinstance(section, dict):
-            continue
-        if "output_dir" in section:
-            problems.append((f"{spec.field}.output_dir", "is set by the runner (RUN_DIR/" + spec.name
-                             + "); remove it, or choose the run directory with run_dir / --run-dir"))
-        for key, ref in iter_references(section, spec.field):
-            if ref not in REFERABLE or ORDER.index(ref) >= ORDER.index(spec.name):
-                earlier = [s for s in REFERABLE if ORDER.index(s) < ORDER.index(spec.name)]
-                problems.append((key, f"'@{ref}' is not an earlier stage (allowed: "
-                                      f"{', '.join('@' + s for s in earlier) or 'none'})"))
+    planned = plan(recipe, origin, lines)
+    problems = reference_problems(planned, data)
     if problems:
         raise ConfigError("\n".join(f"{_where(origin, lines, key)}{key}: {msg}" for key, msg in problems))
-    return recipe, origin
+    return recipe, origin, planned
 
 
 def _where(origin: str, lines: dict[str, int], key: str) -> str:
@@ -147,9 +157,9 @@ def _where(origin: str, lines: dict[str, int], key: str) -> str:
     return f"{origin}:{lines[key]}: " if key in lines else f"{origin}: "
 
 
-def stage_dict(recipe: Recipe, spec: StageSpec) -> dict:
+def stage_dict(recipe: Recipe, stage: PlannedStage) -> dict:
     """The stage's config as a plain dict, the recipe seed filled in where the stage left its own unset."""
-    cfg = getattr(recipe, spec.field)
+    cfg = stage.config
     data = cfg.model_dump(mode="json")
     data.pop("output_dir", None)
     if "seed" in type(cfg).model_fields and "seed" not in cfg.model_fields_set:
@@ -170,14 +180,13 @@ def run_recipe(recipe: Recipe | str | Path | dict, overrides=(), *, run_dir: str
     only: run just these stages (others are used as they are). from_stage: run this stage and the
     ones after it. force: start the selected stages over even when they are up to date.
     """
-    recipe, origin = load_recipe(recipe, overrides)
+    recipe, origin, planned = _load(recipe, overrides)
     run_dir = Path(run_dir or recipe.run_dir or default_run_dir(origin))
-    present = [name for name in ORDER if getattr(recipe, STAGES[name].field) is not None]
-    selected = select_stages(present, only, from_stage)
+    selected = select(planned, only, from_stage)
     with run_lock(run_dir):
         run = _Run(recipe, run_dir, _open_manifest(run_dir, recipe, origin, selected), force)
-        for name in present:
-            run.visit(STAGES[name], name in selected)
+        for stage in planned:
+            run.visit(stage, stage.name in selected)
         report = None
         if recipe.report:
             from rlhf_stack.evaluation.report import write_report
@@ -190,19 +199,6 @@ def run_recipe(recipe: Recipe | str | Path | dict, overrides=(), *, run_dir: str
 
 def default_run_dir(origin: str) -> str:
     return f"runs/{Path(origin).stem}" if origin else "runs/recipe"
-
-
-def select_stages(present: list[str], only: list[str] | None, from_stage: str | None) -> list[str]:
-    """The stages this call runs, in pipeline order."""
-    for name in [*(only or []), *([from_stage] if from_stage else [])]:
-        if name not in STAGES:
-            raise ConfigError(f"unknown stage '{name}' (stages: {', '.join(ORDER)})")
-        if name not in present:
-            raise ConfigError(f"the recipe has no {STAGES[name].field} section, so stage '{name}' cannot run")
-    chosen = [s for s in present if not only or s in only]
-    if from_stage:
-        chosen = [s for s in chosen if ORDER.index(s) >= ORDER.index(from_stage)]
-    return chosen
 
 
 def _open_manifest(run_dir: Path, recipe: Recipe, origin: str, selected: list[str]) -> dict:
@@ -228,11 +224,14 @@ class _Run:
         self.ran: list[str] = []
         self.reused: list[str] = []
 
-    def visit(self, spec: StageSpec, selected: bool) -> None:
-        stage_dir = self.layout.stage_dir(spec.name)
-        entry = self.manifest["stages"].setdefault(spec.name, {"status": "pending"})
+    def visit(self, stage: PlannedStage, selected: bool) -> None:
+        spec = stage.spec
+        stage_dir = self.layout.stage_dir(stage.name)
+        entry = self.manifest["stages"].setdefault(stage.name, {"status": "pending"})
+        if stage.name != stage.kind:
+            entry["kind"] = stage.kind
         try:
-            config, resolved, key, inputs, data = self.prepare(spec)
+            config, resolved, key, inputs, data = self.prepare(stage)
         except ConfigError:
             if selected:
                 raise
@@ -242,33 +241,33 @@ class _Run:
         if action == "reuse":
             entry.update(status="done", metrics=read_metrics(spec, stage_dir))
             entry.pop("note", None)
-            self.reused.append(spec.name)
+            self.reused.append(stage.name)
         elif not selected:
             entry.update(status="skipped", note="not selected; out of date or unfinished")
         else:
-            self.execute(spec, entry, resolved, key, inputs, data, fresh=action == "fresh")
-            self.ran.append(spec.name)
+            self.execute(stage, entry, resolved, key, inputs, data, fresh=action == "fresh")
+            self.ran.append(stage.name)
         if entry["status"] == "done":
-            self.results[spec.name] = StageResult(stage_dir, entry["metrics"])
+            self.results[stage.name] = StageResult(stage_dir, entry["metrics"])
         write_manifest(self.run_dir, self.manifest)
 
-    def prepare(self, spec: StageSpec) -> tuple[dict, dict, str, dict, dict]:
+    def prepare(self, stage: PlannedStage) -> tuple[dict, dict, str, dict, dict]:
         """(config, resolved config, config hash, upstream checkpoint ids, data fingerprints)."""
         from rlhf_stack.data import fingerprint
 
-        config = stage_dict(self.recipe, spec)
+        config = stage_dict(self.recipe, stage)
         upstream, inputs, checkpoints = {}, {}, {}
-        for key, ref in iter_references(config, spec.field):
+        for key, ref in iter_references(config, stage.section):
             ref_dir = self.layout.stage_dir(ref)
-            ckpt = checkpoint_id(ref_dir, STAGES[ref].marker)
+            ckpt = checkpoint_id(ref_dir, STAGE_FILE)
             if ckpt is None:
                 raise ConfigError(f"{key}: '@{ref}' needs a finished {ref} checkpoint in {ref_dir}, and there is "
                                   f"none (run the {ref} stage first, or give a path instead of @{ref})")
             upstream[ref] = self.manifest["stages"].get(ref, {}).get("config_hash") or ckpt
             inputs[ref], checkpoints[ref] = ckpt, str(ref_dir.resolve())
-        data = {path: fingerprint(path) for path in data_files(getattr(self.recipe, spec.field))}
-        key = config_hash(spec.name, config, data, upstream)
-        resolved = {**resolve_references(config, checkpoints), "output_dir": str(self.layout.stage_dir(spec.name))}
+        data = {path: fingerprint(path) for path in data_files(stage.config)}
+        key = config_hash(stage.name, config, data, upstream)
+        resolved = {**resolve_references(config, checkpoints), "output_dir": str(self.layout.stage_dir(stage.name))}
         return config, resolved, key, inputs, data
 
     def launcher(self, spec: StageSpec) -> str:
@@ -277,14 +276,15 @@ class _Run:
             return f"accelerate:{self.recipe.accelerate_config}"
         return "in-process"
 
-    def execute(self, spec: StageSpec, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
+    def execute(self, stage: PlannedStage, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
                 fresh: bool) -> None:
-        stage_dir = self.layout.stage_dir(spec.name)
+        spec = stage.spec
+        stage_dir = self.layout.stage_dir(stage.name)
         if fresh:
             # Emptied before the new hash is recorded: a kill in between leaves the old hash, so the
             # next run starts over again rather than trusting files from another config.
             shutil.rmtree(stage_dir, ignore_errors=True)
-        config_file = self.layout.config_file(spec.name)
+        config_file = self.layout.config_file(stage.name)
         write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
         entry.update(status="running", checkpoint=str(stage_dir), config_hash=key, inputs=inputs, data=data,
                      launcher=self.launcher(spec),
@@ -293,7 +293,7 @@ class _Run:
         for stale in ("metrics", "finished_at", "duration_s", "note"):
             entry.pop(stale, None)
         write_manifest(self.run_dir, self.manifest)
-        print(f"[runner] {spec.name}: {'starting' if fresh else 'resuming'} in {stage_dir}", flush=True)
+        print(f"[runner] {stage.name}: {'starting' if fresh else 'resuming'} in {stage_dir}", flush=True)
         start = time.monotonic()
         try:
             self.launch(spec, resolved, config_file)

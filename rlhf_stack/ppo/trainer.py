@@ -275,6 +275,7 @@ def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
     eval_score = heldout_score(unwrapped.policy, run.data.eval_rows[:cfg.eval_max_prompts], run.tokenizer,
                                run.gen_config, run.reward, acc, cfg.batch_size)
     metrics.update(eval_score=eval_score, resumed_from_step=run.start_step or None,
+                   advantage_estimator=cfg.advantage_estimator,
                    models={"layout": run.info.layout, "reference": run.info.reference,
                            "value_init": run.info.value_init, "policy_base": run.info.base_model,
                            "reward_model": run.info.reward_model, "trunk_blocks": run.info.trunk_blocks},

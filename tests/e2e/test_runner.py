@@ -10,6 +10,7 @@ import pytest
 
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.pipeline import manifest, runner, staleness
+from rlhf_stack.pipeline.plan import plan
 
 TINY = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llama")
 
@@ -168,11 +169,69 @@ def test_stable_hash_ignores_key_order():
     assert staleness.stable_hash({"a": 1}) != staleness.stable_hash({"a": 2})
 
 
+def _stage(recipe, name):
+    return next(stage for stage in plan(recipe) if stage.name == name)
+
+
 def test_recipe_seed_fills_unset_stage_seeds(data):
-    recipe, _ = runner.load_recipe({**tiny_recipe(data), "seed": 7})
-    assert runner.stage_dict(recipe, runner.STAGES["sft"])["train"]["seed"] == 7
-    assert runner.stage_dict(recipe, runner.STAGES["ppo"])["seed"] == 7
+    recipe, _ = runner.load_recipe({**branch_recipe(data), "seed": 7})
+    assert runner.stage_dict(recipe, _stage(recipe, "sft"))["train"]["seed"] == 7
+    assert runner.stage_dict(recipe, _stage(recipe, "ppo"))["seed"] == 7
+    assert runner.stage_dict(recipe, _stage(recipe, "ppo_rloo"))["seed"] == 7
     explicit = tiny_recipe(data)
     explicit["sft"]["train"]["seed"] = 3
     recipe, _ = runner.load_recipe({**explicit, "seed": 7})
-    assert runner.stage_dict(recipe, runner.STAGES["sft"])["train"]["seed"] == 3
+    assert runner.stage_dict(recipe, _stage(recipe, "sft"))["train"]["seed"] == 3
+
+
+def branch_recipe(data: dict) -> dict:
+    """The tiny recipe plus a named PPO branch with RLOO advantages, compared in the one evaluation."""
+    recipe = tiny_recipe(data)
+    rloo = {**recipe["ppo"], "kind": "ppo", "advantage_estimator": "rloo", "samples_per_prompt": 2}
+    rloo.pop("value_init")
+    recipe["stages"] = {"ppo_rloo": rloo}
+    recipe["evaluation"]["policies"] = [{"name": "rloo", "path": "@ppo_rloo", "label": "RLOO"}]
+    return recipe
+
+
+@pytest.mark.e2e
+def test_a_named_branch_runs_after_the_fixed_stages_and_follows_the_same_rules(data, tmp_path):
+    first = runner.run_recipe(branch_recipe(data), run_dir=tmp_path)
+    assert first.ran == ["sft", "reward", "ppo", "ppo_rloo", "eval"]
+    entry = first.manifest["stages"]["ppo_rloo"]
+    assert entry["kind"] == "ppo" and set(entry["inputs"]) == {"sft", "reward"}
+    assert entry["metrics"]["advantage_estimator"] == "rloo" and "kind" not in first.manifest["stages"]["ppo"]
+    assert json.loads((tmp_path / "ppo_rloo" / "stage.json").read_text())["config"]["advantage_estimator"] == "rloo"
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {"policy", "rloo"} <= {m["name"] for m in results["models"]}
+    report = (tmp_path / "report.md").read_text()
+    assert "| ppo_rloo (ppo) | done |" in report and "## Stage 3: PPO (`ppo_rloo`), rloo advantages" in report
+    assert (tmp_path / "plots" / "ppo_rloo_reward_kl.png").is_file()
+
+    # skip, staleness and --only hold per branch: a branch's change redoes the branch and the evaluation
+    changed = runner.run_recipe(branch_recipe(data), ["stages.ppo_rloo.learning_rate=2e-4"], run_dir=tmp_path)
+    assert changed.ran == ["ppo_rloo", "eval"] and changed.reused == ["sft", "reward", "ppo"]
+    only = runner.run_recipe(branch_recipe(data), ["stages.ppo_rloo.learning_rate=3e-4"], run_dir=tmp_path,
+                             only=["ppo_rloo"])
+    assert only.ran == ["ppo_rloo"] and only.manifest["stages"]["eval"]["status"] == "skipped"
+
+
+def test_named_branches_are_checked_like_fixed_stages(data):
+    recipe = branch_recipe(data)
+    recipe["stages"]["ppo_rloo"]["stepz"] = 3
+    with pytest.raises(ConfigError, match=r"unknown key 'stages\.ppo_rloo\.stepz'"):
+        runner.load_recipe(recipe)
+    recipe = branch_recipe(data)
+    recipe["stages"]["ppo_rloo"]["kind"] = "pp0"
+    with pytest.raises(ConfigError, match=r"stages\.ppo_rloo\.kind must be one of sft, reward, dpo, ppo"):
+        runner.load_recipe(recipe)
+    recipe = branch_recipe(data)
+    recipe["stages"] = {"eval": recipe["stages"]["ppo_rloo"]}
+    with pytest.raises(ConfigError, match="stage name 'eval'"):
+        runner.load_recipe(recipe)
+    recipe = branch_recipe(data)
+    recipe["ppo"]["policy"]["name_or_path"] = "@ppo_rloo"  # the fixed stages run before the branches
+    with pytest.raises(ConfigError, match=r"ppo\.policy\.name_or_path: '@ppo_rloo' is not an earlier stage"):
+        runner.load_recipe(recipe)
+    with pytest.raises(ConfigError, match="unknown stage 'ppo_gae'"):
+        runner.run_recipe(branch_recipe(data), only=["ppo_gae"])

@@ -350,13 +350,14 @@ def test_policies_take_stage_references_in_a_recipe():
     import yaml
 
     from rlhf_stack.pipeline import runner, staleness
+    from rlhf_stack.pipeline.plan import plan
 
     quickstart = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
     recipe = yaml.safe_load(quickstart.read_text())
     recipe["evaluation"]["policies"] = [{"name": "sft_again", "path": "@sft"}]
     loaded, _ = runner.load_recipe(recipe)
     assert loaded.evaluation.best_of_n == [4]  # the quickstart's `best_of_n: 4`, read as a list
-    stage = runner.stage_dict(loaded, runner.STAGES["eval"])
+    stage = runner.stage_dict(loaded, plan(loaded)[-1])
     assert ("evaluation.policies.0.path", "sft") in list(staleness.iter_references(stage, "evaluation"))
     resolved = staleness.resolve_references(stage, {"sft": "/r/sft", "ppo": "/r/ppo", "reward": "/r/reward"})
     assert resolved["policies"] == [{"name": "sft_again", "path": "/r/sft", "label": None}]
