@@ -31,12 +31,11 @@ PHASES = ("time_sample_s", "time_rollout_forward_s", "time_score_s", "time_train
 def quickstart_ppo(run_dir: Path, steps: int, overrides: list[str], output_dir: Path):
     from rlhf_stack.config import validate
     from rlhf_stack.pipeline.runner import load_recipe, stage_dict
-    from rlhf_stack.pipeline.stages import STAGES
     from rlhf_stack.pipeline.staleness import resolve_references
     from rlhf_stack.ppo.config import PPOConfig
 
     recipe, _ = load_recipe("recipes/quickstart.yaml", [f"ppo.{o}" for o in overrides])
-    config = stage_dict(recipe, STAGES["ppo"])
+    config = stage_dict(recipe, "ppo")
     checkpoints = {name: str((run_dir / name).resolve()) for name in ("sft", "reward")}
     config = {**resolve_references(config, checkpoints), "output_dir": str(output_dir), "steps": steps,
               "save_every_steps": None, "progress_bar": False, "resume": False}

@@ -157,8 +157,14 @@ def _where(origin: str, lines: dict[str, int], key: str) -> str:
     return f"{origin}:{lines[key]}: " if key in lines else f"{origin}: "
 
 
-def stage_dict(recipe: Recipe, stage: PlannedStage) -> dict:
-    """The stage's config as a plain dict, the recipe seed filled in where the stage left its own unset."""
+def stage_dict(recipe: Recipe, stage: PlannedStage | str) -> dict:
+    """The stage's config (a planned stage, or a stage's name) as a plain dict, the recipe seed filled
+    in where the stage left its own unset."""
+    if isinstance(stage, str):
+        found = [p for p in plan(recipe) if p.name == stage]
+        if not found:
+            raise ConfigError(f"the recipe has no stage '{stage}'")
+        stage = found[0]
     cfg = stage.config
     data = cfg.model_dump(mode="json")
     data.pop("output_dir", None)
