@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
 from rlhf_stack.data import load_ranking_splits
@@ -63,6 +63,14 @@ class DPOConfig(Config):
     Off under `policy.gradient_checkpointing` (see `shares_prompt`)."""
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
+
+    @field_validator("policy")
+    @classmethod
+    def _method_fits(cls, policy: ModelConfig) -> ModelConfig:
+        from rlhf_stack.peft_methods import check_stage
+
+        check_stage(policy, "dpo")
+        return policy
 
     @property
     def shares_prompt(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig
 from rlhf_stack.ppo.estimators import uses_value_model
@@ -173,6 +173,14 @@ class PPOConfig(Config):
     adapter once per rollout and reuse their output in every later pass over it (reference, value,
     each PPO epoch): same results up to float rounding, checked at setup (`ppo/trunk.py`).
     No effect with full tuning or adapters on every block."""
+
+    @field_validator("policy")
+    @classmethod
+    def _method_fits(cls, policy: ModelConfig) -> ModelConfig:
+        from rlhf_stack.peft_methods import check_stage
+
+        check_stage(policy, "ppo")
+        return policy
 
     @model_validator(mode="after")
     def _check_batches(self) -> PPOConfig:
