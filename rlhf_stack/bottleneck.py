@@ -92,8 +92,9 @@ def is_bottleneck_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def has_adapters(model: nn.Module) -> bool:
-    return any(isinstance(m, AdaptedOutput) for m in model.modules())
+def has_adapters(model) -> bool:
+    """Whether `model` carries bottleneck adapters (inserted by add_adapters / load_adapters)."""
+    return getattr(model, "rlhf_bottleneck", None) is not None
 
 
 def read_config(path: str | Path) -> dict:

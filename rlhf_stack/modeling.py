@@ -261,6 +261,12 @@ def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
     return apply_adapters(model, settings_of(cfg), task_type)
 
 
+def in_adapter(param_name: str, adapter: str) -> bool:
+    """Whether a peft-wrapped model's parameter belongs to `adapter`: the adapter name is a component
+    of its path, in the middle (`lora_A.value.weight`) or last (`ia3_l.value`, `hada_w1_a.value`)."""
+    return f".{adapter}." in f"{param_name}."
+
+
 def linear_module_names(model) -> list[str]:
     """Leaf names of the linear layers inside the transformer blocks (q_proj, up_proj, ...)."""
     from peft.tuners.tuners_utils import BaseTunerLayer

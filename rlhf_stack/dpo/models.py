@@ -94,7 +94,7 @@ def build_policy(policy_cfg: ModelConfig) -> tuple[nn.Module, Reference, ModelIn
         model = modeling.apply_tuning(modeling.load_causal_lm(policy_cfg, merge=True, device=device), policy_cfg)
         ref_model = modeling.load_causal_lm(policy_cfg, merge=True, device=device).requires_grad_(False).eval()
         info = ModelInfo("separate-models", "frozen-copy", path)
-    trainable = [p for name, p in model.named_parameters() if p.requires_grad and f".{REF}." not in name]
+    trainable = [p for name, p in model.named_parameters() if p.requires_grad and not modeling.in_adapter(name, REF)]
     model.requires_grad_(False)
     for param in trainable:
         param.requires_grad_(True)

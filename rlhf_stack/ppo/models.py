@@ -118,7 +118,7 @@ class ActorCritic(nn.Module):
         self.policy.add_adapter(name, lora_config)
         set_peft_model_state_dict(self.policy, state, adapter_name=name)
         for param_name, param in self.policy.named_parameters():
-            if f".{name}." in param_name:
+            if modeling.in_adapter(param_name, name):
                 param.requires_grad_(False)
         self._switch(self._active)  # add_adapter may touch the active adapter and trainable flags
 
@@ -273,10 +273,10 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
     model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter,
                         value_backbone=value_model)
     named = list(peft_model.named_parameters())
-    value_params = [p for n, p in named if f".{VALUE}." in n] + (list(head.parameters()) if head else [])
+    value_params = [p for n, p in named if modeling.in_adapter(n, VALUE)] + (list(head.parameters()) if head else [])
     if value_model is not None:
         value_params = [p for p in value_model.parameters() if p.requires_grad] + list(head.parameters())
-    model.set_trainable([p for n, p in named if f".{POLICY}." in n], value_params)
+    model.set_trainable([p for n, p in named if modeling.in_adapter(n, POLICY)], value_params)
     return model, ModelInfo(layout, reference, value_init, base_path)
 
 
