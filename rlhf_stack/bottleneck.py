@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf_stack.modeling import BOTTLENECK_FILE as CONFIG_FILE
-
+CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck_adapter.safetensors"
 PLACEMENTS = {"houlsby": ("o_proj", "down_proj"), "pfeiffer": ("down_proj",)}
 
@@ -103,14 +102,13 @@ def read_config(path: str | Path) -> dict:
 
 def add_adapters(model: nn.Module, settings, task_type: str = "CAUSAL_LM") -> nn.Module:
     """Insert fresh adapters per `settings` (a PeftSettings of method bottleneck); freeze the rest."""
-    from rlhf_stack import modeling
+    from rlhf_stack.architecture import transformer_blocks
     from rlhf_stack.errors import ConfigError
-    from rlhf_stack.peft_methods import METHODS
 
-    config = BottleneckConfig(**{**METHODS["bottleneck"].defaults, **settings.options})
+    config = BottleneckConfig(**settings.options)
     names = settings.target_modules or list(PLACEMENTS[config.placement])
     names = [names] if isinstance(names, str) else names
-    blocks = modeling.transformer_blocks(model)
+    blocks = transformer_blocks(model)
     prefix = next(name for name, module in model.named_modules() if module is blocks)
     first = max(0, len(blocks) - settings.last_n_layers) if settings.last_n_layers else 0
     modules = [f"{prefix}.{i}.{name}" for i in range(first, len(blocks))

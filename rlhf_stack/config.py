@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf_stack.errors import ConfigError
+from rlhf_stack.errors import ConfigError, KeyPathError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -41,16 +41,6 @@ def is_data_path(info) -> bool:
         return True
     return any(get_origin(arg) is Annotated and any(isinstance(m, DataFile) for m in arg.__metadata__)
                for arg in get_args(info.annotation))
-
-
-class KeyPathError(ValueError):
-    """A validator's error about a key below the field it validates (`peft.method` under `model`):
-    the message then names the full key path, and the YAML line of that key."""
-
-    def __init__(self, subkey: str, message: str) -> None:
-        super().__init__(message)
-        self.subkey = subkey
-        self.message = message
 
 
 class Config(BaseModel):
@@ -97,8 +87,8 @@ class PeftSettings(Config):
     """The method's own settings, by peft's names for its config class (LoraConfig, IA3Config,
     LoHaConfig, LoKrConfig, OFTConfig, BOFTConfig, PromptTuningConfig, PrefixTuningConfig), e.g.
     `{r: 8, lora_alpha: 16}` or `{num_virtual_tokens: 16}`; for bottleneck: `placement`
-    (houlsby|pfeiffer), `size`, `activation`, `dropout`. Unknown names are errors; defaults per
-    method in `peft_methods.METHODS`."""
+    (houlsby|pfeiffer), `reduction_factor`, `activation`, `dropout` (`bottleneck.BottleneckConfig`).
+    Unknown names and wrong types are errors; defaults per method in `peft_methods.METHODS`."""
 
     @model_validator(mode="after")
     def _check(self) -> PeftSettings:
@@ -135,6 +125,15 @@ class ModelConfig(Config):
     def adapter_method(self) -> str | None:
         """The peft-style method in effect (`lora` for tuning lora), None for full / freeze."""
         return {"lora": "lora", "peft": self.peft.method}.get(self.tuning)
+
+    @property
+    def peft_settings(self) -> PeftSettings | None:
+        """The PeftSettings in effect: `tuning: lora` is method lora with the `lora:` block's values."""
+        if self.tuning != "lora":
+            return self.peft if self.tuning == "peft" else None
+        lora = self.lora
+        return PeftSettings(method="lora", target_modules=lora.target_modules, last_n_layers=lora.last_n_layers,
+                            options={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout})
 
 
 class DataConfig(Config):

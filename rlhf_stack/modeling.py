@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
+from rlhf_stack.architecture import in_adapter, linear_module_names, transformer_blocks  # noqa: F401 (re-exported)
+from rlhf_stack.bottleneck import CONFIG_FILE as BOTTLENECK_FILE  # rlhf_stack's own adapters
 from rlhf_stack.config import ModelConfig
 from rlhf_stack.errors import ModelNotFoundError
 from rlhf_stack.pipeline.layout import STAGE_FILE
 
 ADAPTER_FILE = "adapter_config.json"
-BOTTLENECK_FILE = "bottleneck_config.json"  # rlhf_stack's own adapters (bottleneck.py)
 
 # ChatML: used when a tokenizer ships no chat template (the demo model and the tiny fixture use it too).
 DEFAULT_CHAT_TEMPLATE = (
@@ -224,8 +225,8 @@ def _check_mergeable(adapter: str) -> None:
     problem = merge_problem(adapter)
     if problem and is_adapter_dir(adapter):
         raise RlhfStackError(f"{adapter}: a {problem.split(':')[0]} adapter cannot be merged into its base "
-                             f"({problem.split(': ', 1)[1]}); use it as it is (evaluation, generation) or start "
-                             "this stage from its base model")
+                             f"({problem.split(': ', 1)[1]}), and the stages and the evaluation run the model's "
+                             "layers directly; generate with it through peft (PeftModel.from_pretrained)")
 
 
 @contextmanager
@@ -256,40 +257,9 @@ def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
         return model
     if cfg.tuning == "freeze":
         return _freeze_all_but_last(model, cfg.freeze_trainable_layers, task_type)
-    from rlhf_stack.peft_methods import apply_adapters, settings_of
+    from rlhf_stack.peft_methods import apply_adapters
 
-    return apply_adapters(model, settings_of(cfg), task_type)
-
-
-def in_adapter(param_name: str, adapter: str) -> bool:
-    """Whether a peft-wrapped model's parameter belongs to `adapter`: the adapter name is a component
-    of its path, in the middle (`lora_A.value.weight`) or last (`ia3_l.value`, `hada_w1_a.value`)."""
-    return f".{adapter}." in f"{param_name}."
-
-
-def linear_module_names(model) -> list[str]:
-    """Leaf names of the linear layers inside the transformer blocks (q_proj, up_proj, ...)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    names, inside = set(), ()
-    for name, module in transformer_blocks(model).named_modules():
-        if inside and name.startswith(inside):
-            continue  # the layers inside an adapter-wrapped module (base_layer, lora_A, ...)
-        if isinstance(module, BaseTunerLayer):
-            inside = tuple(p + "." for p in (*inside, name))
-        if isinstance(module, torch.nn.Linear | BaseTunerLayer):
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
-
-
-def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The list of decoder blocks of a HF model (Llama/Qwen/Mistral/GPT-2 layouts)."""
-    backbone = getattr(model, "base_model", model)
-    for attr in ("layers", "h", "blocks"):
-        for owner in (backbone, getattr(backbone, "model", None), getattr(backbone, "transformer", None)):
-            if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
-                return getattr(owner, attr)
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+    return apply_adapters(model, cfg.peft_settings, task_type)
 
 
 def _freeze_all_but_last(model, n_trainable: int, task_type: str):

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_stack.config import KeyPathError
+from rlhf_stack.errors import KeyPathError
 
 LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 VIRTUAL_TOKENS = ("prompt_tuning", "prefix_tuning")
@@ -169,15 +169,18 @@ def check_stage(model_cfg, stage: str) -> None:
         raise KeyPathError("gradient_checkpointing", "peft's prefix tuning does not work with gradient checkpointing")
 
 
-def settings_of(model_cfg):
-    """The PeftSettings in effect: `tuning: lora` is method lora with the `lora:` block's values."""
-    from rlhf_stack.config import PeftSettings
+def check_same_kind(model_cfg, loaded_type: str, path: str) -> None:
+    """ConfigError unless the policy's method is of peft type `loaded_type` (the SFT adapter's): PPO
+    trains that adapter further and adds a value adapter of the policy's method beside it on the
+    same base, and peft holds one kind of adapter per model."""
+    from rlhf_stack.errors import ConfigError
 
-    if model_cfg.tuning == "peft":
-        return model_cfg.peft
-    lora = model_cfg.lora
-    return PeftSettings(method="lora", target_modules=lora.target_modules, last_n_layers=lora.last_n_layers,
-                        options={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout})
+    method = model_cfg.peft_settings.method
+    if PEFT_TYPES.get(METHODS[method].peft_class) != loaded_type:
+        same = [m for m, spec in METHODS.items() if PEFT_TYPES.get(spec.peft_class) == loaded_type]
+        raise ConfigError(f"policy.peft.method: {path} is a {loaded_type} adapter, trained further here as the "
+                          f"policy; the value adapter joins it on the same base and must be of the same kind, not "
+                          f"{method}: set policy.tuning: peft with policy.peft.method one of {', '.join(same)}")
 
 
 # ---- building -----------------------------------------------------------------------------------
@@ -200,16 +203,16 @@ def adapter_config(settings, model, task_type: str | None = "CAUSAL_LM"):
 def target_modules(model, targets: str | list[str] | None, last_n_layers: int | None, method: str):
     """peft's `target_modules`: the names as given (None: peft's default, `all-linear`: every linear
     layer of the blocks); with last_n_layers, a regex over the last N blocks' modules of those names."""
-    from rlhf_stack import modeling
+    from rlhf_stack.architecture import linear_module_names, transformer_blocks
 
     if targets == "all-linear":
-        targets = modeling.linear_module_names(model)
+        targets = linear_module_names(model)
     if not last_n_layers:
         return targets
     if targets is None:
         targets = _peft_default_targets(model, method)
     names = [targets] if isinstance(targets, str) else list(targets)
-    blocks = modeling.transformer_blocks(model)
+    blocks = transformer_blocks(model)
     prefix = next(name for name, module in model.named_modules() if module is blocks)
     keep = range(max(0, len(blocks) - last_n_layers), len(blocks))
     return (rf"{re.escape(prefix)}\.({'|'.join(map(str, keep))})\.(.*\.)?"

@@ -39,7 +39,9 @@ class DPOConfig(Config):
     base copy: an SFT LoRA adapter is trained further as a copy, the original frozen beside it as the
     reference (its own r, alpha and target modules; `lora` settings then do not apply); from a full
     SFT model the policy is a new adapter and the reference the model with adapters disabled.
-    `full` / `freeze` hold a frozen copy of the SFT model as the reference."""
+    `full` / `freeze` hold a frozen copy of the SFT model as the reference. `tuning: peft` takes the
+    methods that can be switched off (dora, rslora, ia3, loha, lokr, oft, boft) the LoRA way; PiSSA/OLoRA,
+    prompt/prefix tuning and bottleneck adapters are refused (README "PEFT methods")."""
     data: DataConfig
     """Rankings (`{prompt, completions, ranks}` rows; TRL `{prompt, chosen, rejected}` rows are K=2).
     The held-out ones (eval_path / eval_fraction) give the eval metrics and pick the best checkpoint."""

@@ -250,8 +250,10 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         peft_model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         peft_model.load_adapter(path, adapter_name=REF, is_trainable=False)
         ref_adapter, reference = REF, "sft-adapter-copy"
-        if with_value:
-            _check_same_kind(cfg.policy, peft_model, path)
+        if with_value:  # the value adapter joins the SFT adapter on its base: one kind per PeftModel
+            from rlhf_stack.peft_methods import check_same_kind
+
+            check_same_kind(cfg.policy, str(peft_model.peft_type.value), path)
     else:
         # SFT = full model B: the policy is a new adapter; B itself (adapters disabled) is the reference.
         base_path = path
@@ -363,23 +365,9 @@ def _value_init_adapter(value_source: str | None, base_path: str, peft_model) ->
 
 def _value_adapter_config(model_cfg: ModelConfig, base_model: nn.Module, task_type: str | None = "CAUSAL_LM"):
     """The peft config of a fresh value adapter: the policy's method and settings."""
-    from rlhf_stack.peft_methods import adapter_config, settings_of
+    from rlhf_stack.peft_methods import adapter_config
 
-    return adapter_config(settings_of(model_cfg), base_model, task_type)
-
-
-def _check_same_kind(model_cfg: ModelConfig, peft_model, path: str) -> None:
-    """The value adapter joins the SFT adapter on its base: peft holds one kind of adapter per model."""
-    from rlhf_stack.errors import ConfigError
-    from rlhf_stack.peft_methods import METHODS, PEFT_TYPES, settings_of
-
-    loaded = str(peft_model.peft_type.value)
-    method = settings_of(model_cfg).method
-    if PEFT_TYPES[METHODS[method].peft_class] != loaded:
-        same = [m for m, spec in METHODS.items() if PEFT_TYPES.get(spec.peft_class) == loaded]
-        raise ConfigError(f"policy.peft.method: {path} is a {loaded} adapter, trained further here as the policy; "
-                          f"the value adapter joins it on the same base and must be of the same kind, not {method}: "
-                          f"set policy.tuning: peft with policy.peft.method one of {', '.join(same)}")
+    return adapter_config(model_cfg.peft_settings, base_model, task_type)
 
 
 def _with_path(model_cfg: ModelConfig, name_or_path: str) -> ModelConfig:

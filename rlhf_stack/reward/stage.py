@@ -234,9 +234,8 @@ def _continue_adapter(init: str, cfg: RewardConfig, tokenizer):
     from peft.utils import load_peft_weights
 
     from rlhf_stack import modeling
-    from rlhf_stack.peft_methods import settings_of
 
-    settings = settings_of(cfg.model)
+    settings = cfg.model.peft_settings
     base_cfg = cfg.model.model_copy(update={"name_or_path": modeling.adapter_base(init)})
     base = modeling.load_sequence_classifier(base_cfg, merge=True)
     base.config.pad_token_id = tokenizer.pad_token_id

@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
+from conftest import write_jsonl
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from conftest import write_jsonl
 from rlhf_stack import modeling
 from rlhf_stack.config import ModelConfig, load_config
 from rlhf_stack.errors import ConfigError, RlhfStackError
@@ -231,3 +231,26 @@ def test_dpo_runs_a_non_lora_method_with_the_reference_as_adapters_disabled(tiny
     with torch.no_grad():  # the LoHa delta starts at zero; trained, the policy differs from the reference
         assert not torch.allclose(policy(input_ids=IDS).logits, base(input_ids=IDS).logits)
     assert_model_card(result.checkpoint, "dpo", "loha")
+
+
+def test_checkpoints_that_cannot_start_a_stage_are_config_errors(tiny_model_dir, prompts_file, rankings, tmp_path):
+    from rlhf_stack.ppo import PPOConfig, train_ppo
+    from rlhf_stack.reward.stage import RewardConfig, train_reward
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    saved = {}
+    for method in ("ia3", "prompt_tuning"):
+        cfg = ModelConfig(name_or_path=str(tiny_model_dir), tuning="peft", peft=model_block(tiny_model_dir, method)["peft"])
+        saved[method] = modeling.save_checkpoint(modeling.apply_tuning(modeling.load_causal_lm(cfg), cfg), tokenizer,
+                                                 tmp_path / method, {"stage": "sft"})
+    # PPO trains the IA3 SFT adapter further; a LoRA value adapter cannot join it on the same base
+    ppo = load_config(PPOConfig, {"policy": {"name_or_path": str(saved["ia3"]), "tuning": "lora"},
+                                  "prompts": {"path": str(prompts_file)}, "output_dir": str(tmp_path / "ppo"),
+                                  "batch_size": 4, "mini_batch_size": 2, "progress_bar": False})
+    with pytest.raises(ConfigError, match="^policy.peft.method: .* is a IA3 adapter, .* one of ia3$"):
+        train_ppo(ppo, reward_fns=[lambda prompts, responses: [0.0] * len(responses)])
+    # virtual tokens cannot be merged into a base for the reward model to start from
+    rm = load_config(RewardConfig, {"model": {"name_or_path": str(tiny_model_dir)}, "data": {"path": str(rankings)},
+                                    "init_from": str(saved["prompt_tuning"]), "output_dir": str(tmp_path / "rm")})
+    with pytest.raises(ConfigError, match="^init_from: .* is a prompt_tuning checkpoint, which cannot start"):
+        train_reward(rm)
