@@ -50,7 +50,7 @@ def model_card(out_dir: Path, record: dict) -> str:
              "tags": ["rlhf_stack", TAGS.get(stage, stage), method, *(["peft"] if kind == "peft" else [])]}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {stage}: {what}", "",
-             f"Made by [rlhf_stack](https://pypi.org/project/rlhf-stack/), stage `{stage}`.", "",
+             f"Made by rlhf_stack, stage `{stage}`.", "",
              "| | |", "|---|---|",
              f"| stage | `{stage}`: {what} |",
              f"| base model | `{base}` |",

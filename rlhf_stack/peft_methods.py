@@ -91,10 +91,9 @@ PEFT_TYPES = {"LoraConfig": "LORA", "IA3Config": "IA3", "LoHaConfig": "LOHA", "L
 def check_settings(settings) -> None:
     """The `peft:` block's own rules (a PeftSettings); KeyPathError names the key below `peft`."""
     spec = METHODS[settings.method]
-    if settings.method in VIRTUAL_TOKENS or settings.method == "bottleneck":
-        for key in ("target_modules", "last_n_layers") if settings.method in VIRTUAL_TOKENS else ():
-            if getattr(settings, key) is not None:
-                raise KeyPathError(key, f"{settings.method} adds virtual tokens, not layers: remove {key}")
+    for key in ("target_modules", "last_n_layers") if settings.method in VIRTUAL_TOKENS else ():
+        if getattr(settings, key) is not None:
+            raise KeyPathError(key, f"{settings.method} adds virtual tokens, not layers: remove {key}")
     if not settings.options:
         return
     allowed = option_names(settings.method)

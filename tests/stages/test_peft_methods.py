@@ -155,13 +155,16 @@ def test_reward_model_trains_saves_reloads_and_merges(method, tiny_model_dir, ra
 def test_ppo_runs_each_method_on_the_shared_base(method, tiny_model_dir, prompts_file, tmp_path):
     from rlhf_stack.ppo import PPOConfig, train_ppo
 
+    policy = model_block(tiny_model_dir, method)
+    policy["peft"]["last_n_layers"] = 1  # the top block only: the bottom one becomes PPO's frozen trunk
     cfg = load_config(PPOConfig, {
-        "policy": model_block(tiny_model_dir, method), "prompts": {"path": str(prompts_file), "eval_fraction": 0.0},
+        "policy": policy, "prompts": {"path": str(prompts_file), "eval_fraction": 0.0},
         "output_dir": str(tmp_path / "ppo"), "steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4,
         "learning_rate": 1e-2, "progress_bar": False, "save_every_steps": None, "eval_max_prompts": 0})
     result = train_ppo(cfg, reward_fns=[lambda prompts, responses: [len(r) / 10 for r in responses]])
     assert result.metrics["models"]["layout"] == "lora-shared-base"
     assert result.metrics["models"]["reference"] == "adapters-disabled"
+    assert result.metrics["models"]["trunk_blocks"] == 1
     log = [json.loads(line) for line in (tmp_path / "ppo" / "logs" / "ppo_log.jsonl").read_text().splitlines()]
     # step 1 samples before any update: the new adapter is the identity, so policy == reference
     assert abs(log[0]["kl"]) < 1e-4 and all(math.isfinite(r["value_loss"]) for r in log)
