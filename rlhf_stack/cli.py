@@ -118,9 +118,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory written
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A stage checkpoint directory.")],
     out: Annotated[Path, typer.Argument(help="Output directory.")],
-    merge: Annotated[bool, typer.Option(help="Merge a LoRA adapter into its base (a full model).")] = True,
+    merge: Annotated[bool, typer.Option(help="Merge an adapter into its base (a full model); prompt tuning, "
+                                             "prefix tuning and bottleneck adapters cannot be merged.")] = True,
 ) -> None:
-    """Export a checkpoint as a standalone HF model directory."""
+    """Export a checkpoint as a standalone HF model directory (an adapter of any mergeable method merged)."""
     from rlhf_stack.modeling import export_merged, read_stage_info
 
     if read_stage_info(checkpoint) is None and not (checkpoint / "config.json").exists():

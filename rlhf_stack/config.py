@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf_stack.errors import ConfigError
+from rlhf_stack.errors import ConfigError, KeyPathError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -65,6 +65,39 @@ class LoraSettings(Config):
     backward pass short, since nothing below the lowest adapter needs gradients."""
 
 
+class PeftSettings(Config):
+    """A peft method by name, with peft's own settings for it (`tuning: peft`)."""
+
+    method: Literal["lora", "dora", "rslora", "pissa", "olora", "ia3", "loha", "lokr", "oft", "boft",
+                    "prompt_tuning", "prefix_tuning", "bottleneck"] = "lora"
+    """`lora`, its variants `dora` (weight-decomposed), `rslora` (rank-stabilised scale), `pissa` /
+    `olora` (LoRA started from the weights' principal / orthonormal directions); `ia3` (learned
+    scaling vectors); `loha` / `lokr` (Hadamard / Kronecker low-rank products); `oft` / `boft`
+    (orthogonal rotations); `prompt_tuning` / `prefix_tuning` (learned virtual tokens, SFT only);
+    `bottleneck` (Houlsby/Pfeiffer adapters: small residual MLPs after the attention and MLP
+    outputs; rlhf_stack's own, see `bottleneck.py`). Which stage takes which, and why: README "PEFT methods"."""
+    target_modules: str | list[str] | None = None
+    """Modules that get the method: a list of names, or `all-linear`. None: the method's default
+    (`all-linear` for the LoRA family, LoHa, LoKr, OFT, BOFT; peft's per-architecture default for
+    IA3; `o_proj` + `down_proj` for bottleneck houlsby, `down_proj` for pfeiffer). Not for the
+    virtual-token methods."""
+    last_n_layers: int | None = Field(None, ge=1)
+    """Only the last N transformer blocks get the method (None: all). Not for the virtual-token methods."""
+    options: dict[str, Any] = {}
+    """The method's own settings, by peft's names for its config class (LoraConfig, IA3Config,
+    LoHaConfig, LoKrConfig, OFTConfig, BOFTConfig, PromptTuningConfig, PrefixTuningConfig), e.g.
+    `{r: 8, lora_alpha: 16}` or `{num_virtual_tokens: 16}`; for bottleneck: `placement`
+    (houlsby|pfeiffer), `reduction_factor`, `activation`, `dropout` (`bottleneck.BottleneckConfig`).
+    Unknown names and wrong types are errors; defaults per method in `peft_methods.METHODS`."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PeftSettings:
+        from rlhf_stack.peft_methods import check_settings
+
+        check_settings(self)
+        return self
+
+
 class ModelConfig(Config):
     name_or_path: str
     """Hub id, local directory, checkpoint from an earlier stage, or an alias (`smollm2-135m-instruct`)."""
@@ -74,16 +107,33 @@ class ModelConfig(Config):
     """Jinja chat template to use instead of the tokenizer's (a default is set when it has none)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype. `auto` = float32 on CPU (bf16 matmul is very slow there), bfloat16 on CUDA."""
-    tuning: Literal["full", "lora", "freeze"] = "lora"
-    """`full`: train every weight; `lora`: peft adapters; `freeze`: train only the last N blocks + head."""
+    tuning: Literal["full", "lora", "freeze", "peft"] = "lora"
+    """`full`: train every weight; `lora`: peft LoRA adapters (settings in `lora`); `freeze`: train
+    only the last N blocks + head; `peft`: any method of the `peft` block (DoRA, IA3, prompt tuning, ...)."""
     lora: LoraSettings = LoraSettings()
     """Adapter settings, used when tuning is `lora`."""
+    peft: PeftSettings = PeftSettings()
+    """The method and its settings, used when tuning is `peft`."""
     freeze_trainable_layers: int = 2
     """With tuning `freeze`: how many of the last transformer blocks stay trainable."""
     trust_remote_code: bool = False
     """Allow model code from the Hub repository (only for models you trust)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
+
+    @property
+    def adapter_method(self) -> str | None:
+        """The peft-style method in effect (`lora` for tuning lora), None for full / freeze."""
+        return {"lora": "lora", "peft": self.peft.method}.get(self.tuning)
+
+    @property
+    def peft_settings(self) -> PeftSettings | None:
+        """The PeftSettings in effect: `tuning: lora` is method lora with the `lora:` block's values."""
+        if self.tuning != "lora":
+            return self.peft if self.tuning == "peft" else None
+        lora = self.lora
+        return PeftSettings(method="lora", target_modules=lora.target_modules, last_n_layers=lora.last_n_layers,
+                            options={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout})
 
 
 class DataConfig(Config):
@@ -230,6 +280,9 @@ def format_validation_error(cls: type[BaseModel], exc: ValidationError, origin: 
     messages = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, KeyPathError):
+            loc, err = [*loc, *error.subkey.split(".")], {**err, "msg": error.message}
         key = ".".join(([prefix] if prefix else []) + _strip_union_tags(loc))
         where = f"{origin}:{lines[key]}: " if origin and key in lines else (f"{origin}: " if origin else "")
         if err["type"] == "extra_forbidden":

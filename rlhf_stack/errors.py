@@ -19,3 +19,13 @@ class DataError(RlhfStackError):
 
 class ModelNotFoundError(RlhfStackError):
     """A model id/path/alias could not be resolved locally or from the Hub."""
+
+
+class KeyPathError(ValueError):
+    """A config validator's error about a key below the field it validates (`peft.method` under
+    `model`): `config.format_validation_error` then names the full key path and its YAML line."""
+
+    def __init__(self, subkey: str, message: str) -> None:
+        super().__init__(message)
+        self.subkey = subkey
+        self.message = message

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from rlhf_stack.architecture import in_adapter, linear_module_names, transformer_blocks  # noqa: F401 (re-exported)
+from rlhf_stack.bottleneck import CONFIG_FILE as BOTTLENECK_FILE  # rlhf_stack's own adapters
 from rlhf_stack.config import ModelConfig
 from rlhf_stack.errors import ModelNotFoundError
 from rlhf_stack.pipeline.layout import STAGE_FILE
@@ -91,15 +93,16 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def adapter_base(path: str | Path) -> str:
-    """The base model an adapter checkpoint was trained on."""
-    return json.loads((Path(path) / ADAPTER_FILE).read_text())["base_model_name_or_path"]
+    """The base model an adapter checkpoint (peft's or a bottleneck one) was trained on."""
+    file = Path(path) / (ADAPTER_FILE if is_adapter_dir(path) else BOTTLENECK_FILE)
+    return json.loads(file.read_text())["base_model_name_or_path"]
 
 
 def resolve_model_path(name_or_path: str) -> str:
     """Turn a local dir, alias or Hub id into something `from_pretrained` can open offline or online."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not any((path / f).is_file() for f in ("config.json", ADAPTER_FILE)):
+        if not any((path / f).is_file() for f in ("config.json", ADAPTER_FILE, BOTTLENECK_FILE)):
             raise ModelNotFoundError(f"{path} is a directory but holds no config.json or {ADAPTER_FILE}")
         return str(path.resolve())  # absolute, so adapters saved on top of it reload from any cwd
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
@@ -179,11 +182,17 @@ def _load(auto_cls, cfg: ModelConfig, *, merge: bool, device, **kwargs):
     path = resolve_model_path(cfg.name_or_path)
     device = device or resolve_device()
     dtype = resolve_dtype(cfg.dtype, device)
-    adapter = path if is_adapter_dir(path) else None
+    adapter = path if is_adapter_dir(path) or (Path(path) / BOTTLENECK_FILE).is_file() else None
     base = resolve_model_path(adapter_base(path)) if adapter else path
+    if adapter and merge:
+        _check_mergeable(adapter)
     with _quiet_load_report(bool(adapter)):
         model = auto_cls.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs)
-    if adapter:
+    if adapter and not is_adapter_dir(adapter):
+        from rlhf_stack import bottleneck
+
+        model = bottleneck.load_adapters(model, adapter, trainable=not merge)
+    elif adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter, is_trainable=not merge)
@@ -193,6 +202,31 @@ def _load(auto_cls, cfg: ModelConfig, *, merge: bool, device, **kwargs):
         tokenizer = load_tokenizer(cfg.tokenizer or path)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device)
+
+
+def check_trainable_init(path: str, key: str) -> None:
+    """ConfigError at `key` when the checkpoint at `path` cannot start a stage's training: its adapter
+    cannot be merged into the base (virtual tokens, bottleneck adapters)."""
+    from rlhf_stack.errors import ConfigError
+    from rlhf_stack.peft_methods import merge_problem
+
+    problem = merge_problem(path)
+    if problem:
+        method, why = problem.split(": ", 1)
+        raise ConfigError(f"{key}: {path} is a {method} checkpoint, which cannot start this stage's training "
+                          f"({why}); start from its base model, or use it as it is (evaluation, reward source)")
+
+
+def _check_mergeable(adapter: str) -> None:
+    """A peft adapter that cannot be folded into its base (virtual tokens) cannot be a fixed init."""
+    from rlhf_stack.errors import RlhfStackError
+    from rlhf_stack.peft_methods import merge_problem
+
+    problem = merge_problem(adapter)
+    if problem and is_adapter_dir(adapter):
+        raise RlhfStackError(f"{adapter}: a {problem.split(':')[0]} adapter cannot be merged into its base "
+                             f"({problem.split(': ', 1)[1]}), and the stages and the evaluation run the model's "
+                             "layers directly; generate with it through peft (PeftModel.from_pretrained)")
 
 
 @contextmanager
@@ -211,7 +245,8 @@ def _quiet_load_report(quiet: bool):
 
 
 def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
-    """Make only the parameters the tuning method trains require grad; wrap with peft for LoRA.
+    """Make only the parameters the tuning method trains require grad; wrap with peft for LoRA and
+    the other adapter methods (`peft_methods.apply_adapters`; bottleneck adapters are inserted).
 
     task_type: "CAUSAL_LM" or "SEQ_CLS" (peft then keeps the score head trainable and saves it).
     """
@@ -222,38 +257,9 @@ def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
         return model
     if cfg.tuning == "freeze":
         return _freeze_all_but_last(model, cfg.freeze_trainable_layers, task_type)
-    from peft import LoraConfig, get_peft_model
+    from rlhf_stack.peft_methods import apply_adapters
 
-    lora = cfg.lora
-    n_layers = model.config.num_hidden_layers
-    layers, targets = None, lora.target_modules
-    if lora.last_n_layers:
-        layers = list(range(max(0, n_layers - lora.last_n_layers), n_layers))
-        if targets == "all-linear":  # peft needs explicit names together with layers_to_transform
-            targets = linear_module_names(model)
-    peft_config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-        task_type=task_type, layers_to_transform=layers,
-        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
-    )
-    return get_peft_model(model, peft_config)
-
-
-def linear_module_names(model) -> list[str]:
-    """Leaf names of the linear layers inside the transformer blocks (q_proj, up_proj, ...)."""
-    names = {name.rsplit(".", 1)[-1] for name, module in transformer_blocks(model).named_modules()
-             if isinstance(module, torch.nn.Linear)}
-    return sorted(names)
-
-
-def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The list of decoder blocks of a HF model (Llama/Qwen/Mistral/GPT-2 layouts)."""
-    backbone = getattr(model, "base_model", model)
-    for attr in ("layers", "h", "blocks"):
-        for owner in (backbone, getattr(backbone, "model", None), getattr(backbone, "transformer", None)):
-            if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
-                return getattr(owner, attr)
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+    return apply_adapters(model, cfg.peft_settings, task_type)
 
 
 def _freeze_all_but_last(model, n_trainable: int, task_type: str):
@@ -291,9 +297,17 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     unwrapped = getattr(model, "module", model)
-    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    from rlhf_stack import bottleneck, peft_methods
+    from rlhf_stack.model_card import write_model_card
+
+    if bottleneck.has_adapters(unwrapped):
+        bottleneck.save_adapters(unwrapped, tmp)
+    else:
+        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        peft_methods.save_converted(unwrapped, tmp)  # PiSSA / OLoRA: as plain LoRA over the original base
     tokenizer.save_pretrained(tmp)
     info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **stage_info}
+    write_model_card(tmp, info)  # after save_pretrained, which writes a README of its own
     (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
     if out_dir.exists():
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
@@ -306,7 +320,16 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str,
 
 
 def export_merged(checkpoint: str | Path, out_dir: str | Path, task: str | None = None) -> Path:
-    """Write a checkpoint as one full model (a LoRA adapter merged into its base)."""
+    """Write a checkpoint as one full model (an adapter of any mergeable method merged into its base);
+    RlhfStackError naming the method for one that cannot be merged."""
+    from rlhf_stack.errors import RlhfStackError
+    from rlhf_stack.peft_methods import merge_problem, unmergeable_methods
+
+    problem = merge_problem(checkpoint)
+    if problem:
+        raise RlhfStackError(f"{checkpoint} cannot be merged: {problem}. Methods that cannot be merged: "
+                             f"{', '.join(unmergeable_methods())} (every other method merges). "
+                             "`rlhf-stack export --no-merge` copies the adapter checkpoint as it is")
     info = read_stage_info(checkpoint) or {}
     task = task or ("seq_cls" if info.get("stage") == "reward" else "causal")
     cfg = ModelConfig(name_or_path=str(checkpoint), tuning="full", dtype="float32")

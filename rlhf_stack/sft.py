@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import field_validator
+
 from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
 from rlhf_stack.data import LINE_KEY, load_rows, prompt_messages, split_train_eval
 from rlhf_stack.errors import DataError
@@ -39,6 +41,14 @@ class SFTConfig(Config):
     """Measure the eval loss of the untuned model first, so the gain is reported in stage.json."""
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
+
+    @field_validator("model")
+    @classmethod
+    def _method_fits(cls, model: ModelConfig) -> ModelConfig:
+        from rlhf_stack.peft_methods import check_stage
+
+        check_stage(model, "sft")
+        return model
 
 
 def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:

@@ -147,10 +147,14 @@ def stage_record(stage: str, cfg, model_cfg: ModelConfig, model, fingerprints: d
     trainable, total = count_parameters(model)
     import transformers
 
+    from rlhf_stack.model_card import invocation
+
     return {
         "stage": stage,
         "base_model": model_cfg.name_or_path,
         "tuning": model_cfg.tuning,
+        "method": model_cfg.adapter_method or model_cfg.tuning,  # lora, dora, ia3, ...; full / freeze
+        "command": invocation(),
         "config": config_to_dict(cfg),
         "data": fingerprints,
         "metrics": metrics,

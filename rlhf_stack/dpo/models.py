@@ -1,6 +1,8 @@
 """The DPO policy and its frozen reference, assembled from the SFT checkpoint.
 
-With LoRA, ONE copy of the base weights serves both (DESIGN "Tuning methods"), as in PPO:
+With LoRA, or another peft method that can be switched off (DoRA, rsLoRA, IA3, LoHa, LoKr, OFT,
+BOFT; `peft_methods.METHODS` refuses the others here), ONE copy of the base weights serves both
+(DESIGN "Tuning methods"), as in PPO:
   - the SFT checkpoint is a LoRA adapter over base B: B is loaded once and the SFT adapter twice,
     as "default" (the policy, trainable, starting equal to the SFT model) and "ref" (frozen):
     reference `sft-adapter-copy`;
@@ -69,9 +71,11 @@ class Reference:
 def build_policy(policy_cfg: ModelConfig) -> tuple[nn.Module, Reference, ModelInfo]:
     """(policy, its reference, how they were built), on the default device, dropout off."""
     path = modeling.resolve_model_path(policy_cfg.name_or_path)
+    modeling.check_trainable_init(path, "policy.name_or_path")
     device = modeling.resolve_device()
     ref_model = None
-    if policy_cfg.tuning == "lora" and modeling.is_adapter_dir(path):
+    adapters = policy_cfg.adapter_method is not None  # lora or another peft method: one shared base
+    if adapters and modeling.is_adapter_dir(path):
         from peft import PeftModel
 
         # SFT = B + adapter: B once; the SFT adapter twice, POLICY trainable and REF frozen.
@@ -82,7 +86,7 @@ def build_policy(policy_cfg: ModelConfig) -> tuple[nn.Module, Reference, ModelIn
         model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         model.load_adapter(path, adapter_name=REF, is_trainable=False)
         info = ModelInfo("lora-shared-base", "sft-adapter-copy", base_path)
-    elif policy_cfg.tuning == "lora":
+    elif adapters:
         # SFT = a full model B: the policy is a new adapter; B itself (adapters disabled) is the reference.
         model = modeling.apply_tuning(modeling.load_causal_lm(policy_cfg, device=device), policy_cfg)
         info = ModelInfo("lora-shared-base", "adapters-disabled", path)
@@ -90,7 +94,7 @@ def build_policy(policy_cfg: ModelConfig) -> tuple[nn.Module, Reference, ModelIn
         model = modeling.apply_tuning(modeling.load_causal_lm(policy_cfg, merge=True, device=device), policy_cfg)
         ref_model = modeling.load_causal_lm(policy_cfg, merge=True, device=device).requires_grad_(False).eval()
         info = ModelInfo("separate-models", "frozen-copy", path)
-    trainable = [p for name, p in model.named_parameters() if p.requires_grad and f".{REF}." not in name]
+    trainable = [p for name, p in model.named_parameters() if p.requires_grad and not modeling.in_adapter(name, REF)]
     model.requires_grad_(False)
     for param in trainable:
         param.requires_grad_(True)

@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig, StageResult, TrainingConfig
 from rlhf_stack.data import load_ranking_splits
@@ -39,7 +39,9 @@ class DPOConfig(Config):
     base copy: an SFT LoRA adapter is trained further as a copy, the original frozen beside it as the
     reference (its own r, alpha and target modules; `lora` settings then do not apply); from a full
     SFT model the policy is a new adapter and the reference the model with adapters disabled.
-    `full` / `freeze` hold a frozen copy of the SFT model as the reference."""
+    `full` / `freeze` hold a frozen copy of the SFT model as the reference. `tuning: peft` takes the
+    methods that can be switched off (dora, rslora, ia3, loha, lokr, oft, boft) the LoRA way; PiSSA/OLoRA,
+    prompt/prefix tuning and bottleneck adapters are refused (README "PEFT methods")."""
     data: DataConfig
     """Rankings (`{prompt, completions, ranks}` rows; TRL `{prompt, chosen, rejected}` rows are K=2).
     The held-out ones (eval_path / eval_fraction) give the eval metrics and pick the best checkpoint."""
@@ -63,6 +65,14 @@ class DPOConfig(Config):
     Off under `policy.gradient_checkpointing` (see `shares_prompt`)."""
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
+
+    @field_validator("policy")
+    @classmethod
+    def _method_fits(cls, policy: ModelConfig) -> ModelConfig:
+        from rlhf_stack.peft_methods import check_stage
+
+        check_stage(policy, "dpo")
+        return policy
 
     @property
     def shares_prompt(self) -> bool:

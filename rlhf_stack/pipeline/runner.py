@@ -335,7 +335,10 @@ def launch_env(threads: int | None = None) -> dict[str, str]:
     threads: each process's CPU threads (OMP_NUM_THREADS), when set."""
     import torch
 
+    from rlhf_stack.model_card import COMMAND_ENV, invocation
+
     env = dict(os.environ)
+    env.setdefault(COMMAND_ENV, invocation())  # what the model cards of its checkpoints name
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     if not torch.cuda.is_available():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig
 from rlhf_stack.ppo.estimators import uses_value_model
@@ -21,7 +21,9 @@ class PPOConfig(Config):
     # ---- models and data ---------------------------------------------------------------------
     policy: ModelConfig
     """The policy init and reference: the SFT checkpoint (the runner puts `@sft` here). `tuning:
-    lora` shares one base between policy, reference and value; `full` keeps separate copies."""
+    lora` (or `peft` with a method that can be switched off and stacked: dora, rslora, ia3, loha,
+    lokr, oft, boft) shares one base between policy, reference and value; `full` / `freeze` keep
+    separate copies. PiSSA/OLoRA, prompt/prefix tuning and bottleneck adapters are refused here."""
     prompts: DataConfig
     """Prompts to roll out on (`prompts` format). Held-out prompts (eval_path / eval_fraction) are
     scored once at the end (`eval_score`)."""
@@ -169,10 +171,18 @@ class PPOConfig(Config):
     round trip leaves rounding drift (~1e-7) in the shared base, which is also the reference and
     breaks exact resume; so it is off by default (benchmarks/ppo_generation_merge.py); float32 only."""
     cache_frozen_trunk: bool = True
-    """With LoRA on the top blocks only (`policy.lora.last_n_layers`), run the blocks below every
-    adapter once per rollout and reuse their output in every later pass over it (reference, value,
+    """With adapters on the top blocks only (`policy.lora.last_n_layers`, `policy.peft.last_n_layers`),
+    run the blocks below every adapter once per rollout and reuse their output in every later pass over it (reference, value,
     each PPO epoch): same results up to float rounding, checked at setup (`ppo/trunk.py`).
     No effect with full tuning or adapters on every block."""
+
+    @field_validator("policy")
+    @classmethod
+    def _method_fits(cls, policy: ModelConfig) -> ModelConfig:
+        from rlhf_stack.peft_methods import check_stage
+
+        check_stage(policy, "ppo")
+        return policy
 
     @model_validator(mode="after")
     def _check_batches(self) -> PPOConfig:

@@ -1,6 +1,8 @@
 """Policy, reference and value function for PPO, assembled from the SFT checkpoint (and the RM).
 
-With LoRA, ONE copy of the base weights serves all three (DESIGN "Tuning methods"):
+With LoRA, or another peft method that can be switched off and stacked (DoRA, rsLoRA, IA3, LoHa,
+LoKr, OFT, BOFT: `peft_methods.METHODS` refuses the others for this stage), ONE copy of the base
+weights serves all three (DESIGN "Tuning methods"; the layout is still named `lora-shared-base`):
   - policy    = peft adapter "default" (trainable; starts equal to the SFT model),
   - reference = the SFT model: a frozen copy of the SFT adapter ("ref") when the SFT checkpoint is
                 itself an adapter over base B, else the base with adapters disabled,
@@ -116,7 +118,7 @@ class ActorCritic(nn.Module):
         self.policy.add_adapter(name, lora_config)
         set_peft_model_state_dict(self.policy, state, adapter_name=name)
         for param_name, param in self.policy.named_parameters():
-            if f".{name}." in param_name:
+            if modeling.in_adapter(param_name, name):
                 param.requires_grad_(False)
         self._switch(self._active)  # add_adapter may touch the active adapter and trainable flags
 
@@ -220,8 +222,9 @@ def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCriti
     """Policy/ref/value for `cfg` (a PPOConfig), on `device`, every module in eval mode (no dropout).
     No value function when cfg.uses_value_model is False (the critic-free estimators)."""
     path = modeling.resolve_model_path(cfg.policy.name_or_path)
+    modeling.check_trainable_init(path, "policy.name_or_path")
     value_source = _usable_value_init(cfg.value_init, tokenizer)
-    if cfg.policy.tuning == "lora":
+    if cfg.policy.adapter_method is not None:  # lora or another peft method: one shared base
         model, info = _build_shared(cfg, path, value_source, device, cfg.uses_value_model)
     else:
         model, info = _build_separate(cfg, path, value_source, device, cfg.uses_value_model)
@@ -247,13 +250,17 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         peft_model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         peft_model.load_adapter(path, adapter_name=REF, is_trainable=False)
         ref_adapter, reference = REF, "sft-adapter-copy"
+        if with_value:  # the value adapter joins the SFT adapter on its base: one kind per PeftModel
+            from rlhf_stack.peft_methods import check_same_kind
+
+            check_same_kind(cfg.policy, str(peft_model.peft_type.value), path)
     else:
         # SFT = full model B: the policy is a new adapter; B itself (adapters disabled) is the reference.
         base_path = path
         peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
         ref_adapter, reference = None, "adapters-disabled"
     value_model = None
-    if with_value and value_source is not None and read_reward_adapter(value_source, base_path) is None:
+    if with_value and value_source is not None and _value_init_adapter(value_source, base_path, peft_model) is None:
         # The RM is not a LoRA adapter over this base (a full model, or another base): the value
         # starts as the RM, as asked (InstructGPT), on a copy of the RM with LoRA of the policy's
         # shape, so only its adapter and head train.
@@ -268,10 +275,10 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
     model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter,
                         value_backbone=value_model)
     named = list(peft_model.named_parameters())
-    value_params = [p for n, p in named if f".{VALUE}." in n] + (list(head.parameters()) if head else [])
+    value_params = [p for n, p in named if modeling.in_adapter(n, VALUE)] + (list(head.parameters()) if head else [])
     if value_model is not None:
         value_params = [p for p in value_model.parameters() if p.requires_grad] + list(head.parameters())
-    model.set_trainable([p for n, p in named if f".{POLICY}." in n], value_params)
+    model.set_trainable([p for n, p in named if modeling.in_adapter(n, POLICY)], value_params)
     return model, ModelInfo(layout, reference, value_init, base_path)
 
 
@@ -285,7 +292,7 @@ def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueH
     if getattr(rm.score, "bias", None) is not None:
         head.summary.bias.data.copy_(rm.score.bias.data[:1])
     _maybe_checkpointing(rm, cfg.policy)
-    backbone = get_peft_model(rm.base_model, _value_lora_config(cfg.policy, rm.base_model, task_type=None))
+    backbone = get_peft_model(rm.base_model, _value_adapter_config(cfg.policy, rm.base_model, task_type=None))
     print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base; the value model is a "
           "copy of it with LoRA (adapters and head train): one more base copy")
     return backbone, head
@@ -294,8 +301,8 @@ def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueH
 def _shared_value(cfg, peft_model, value_source: str | None, base_path: str) -> tuple[ValueHead, str]:
     """Add the adapter VALUE to the shared base, from the RM's LoRA weights when it is an adapter
     over the same base; return (value head, value_init)."""
-    rm = _value_init_adapter(value_source, base_path)
-    peft_model.add_adapter(VALUE, rm.lora_config if rm else _value_lora_config(cfg.policy, peft_model.get_base_model()))
+    rm = _value_init_adapter(value_source, base_path, peft_model)
+    peft_model.add_adapter(VALUE, rm.lora_config if rm else _value_adapter_config(cfg.policy, peft_model.get_base_model()))
     head = ValueHead(peft_model.get_base_model().config.hidden_size)
     if rm is None:
         return head, "policy-base"
@@ -347,26 +354,20 @@ def _usable_value_init(value_init: str | None, tokenizer) -> str | None:
     return path
 
 
-def _value_init_adapter(value_source: str | None, base_path: str) -> RewardAdapter | None:
-    """The RM to start the value adapter from, when it is a LoRA adapter over the same base
-    (any other RM becomes a value model of its own, `_lora_value_model`)."""
-    if value_source is None:
+def _value_init_adapter(value_source: str | None, base_path: str, peft_model) -> RewardAdapter | None:
+    """The RM to start the value adapter from, when it is a LoRA adapter over the same base and the
+    policy's adapters are LoRA too (one PeftModel holds one kind); any other RM becomes a value
+    model of its own (`_lora_value_model`)."""
+    if value_source is None or str(peft_model.peft_type.value) != "LORA":
         return None
     return read_reward_adapter(value_source, base_path)
 
 
-def _value_lora_config(model_cfg: ModelConfig, base_model: nn.Module, task_type: str | None = "CAUSAL_LM"):
-    """LoraConfig of a fresh value adapter: the policy's LoRA settings."""
-    from peft import LoraConfig
+def _value_adapter_config(model_cfg: ModelConfig, base_model: nn.Module, task_type: str | None = "CAUSAL_LM"):
+    """The peft config of a fresh value adapter: the policy's method and settings."""
+    from rlhf_stack.peft_methods import adapter_config
 
-    lora, layers, targets = model_cfg.lora, None, model_cfg.lora.target_modules
-    if lora.last_n_layers:  # as modeling.apply_tuning: explicit names together with layers_to_transform
-        n_layers = base_model.config.num_hidden_layers
-        layers = list(range(max(0, n_layers - lora.last_n_layers), n_layers))
-        if targets == "all-linear":  # the base already holds LoRA layers; their leaves are adapter names
-            targets = [n for n in modeling.linear_module_names(base_model) if n not in (POLICY, REF, VALUE)]
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      task_type=task_type, layers_to_transform=layers)
+    return adapter_config(model_cfg.peft_settings, base_model, task_type)
 
 
 def _with_path(model_cfg: ModelConfig, name_or_path: str) -> ModelConfig:

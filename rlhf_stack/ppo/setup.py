@@ -105,7 +105,7 @@ def make_accelerator(cfg):
     # A shared LoRA base under gradient checkpointing runs value and policy passes separately
     # (ActorCritic.needs_split_backward): each pass leaves the other's parameters unused. So do
     # the value-only updates of value_warmup_steps (the policy gets no gradient at all).
-    split = cfg.policy.tuning == "lora" and cfg.policy.gradient_checkpointing
+    split = cfg.policy.adapter_method is not None and cfg.policy.gradient_checkpointing
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split or cfg.value_warmup_steps else []
     return Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=cfg.output_dir,
                        kwargs_handlers=handlers)

@@ -57,7 +57,8 @@ def read_reward_adapter(path: str, base_path: str) -> RewardAdapter | None:
     rm_config = LoraConfig.from_pretrained(path)
     config = LoraConfig(r=rm_config.r, lora_alpha=rm_config.lora_alpha, lora_dropout=0.0,
                         target_modules=rm_config.target_modules, task_type="CAUSAL_LM",
-                        layers_to_transform=rm_config.layers_to_transform, use_rslora=rm_config.use_rslora)
+                        layers_to_transform=rm_config.layers_to_transform, use_rslora=rm_config.use_rslora,
+                        use_dora=rm_config.use_dora)
     bias = head["bias"][:1] if "bias" in head else None
     return RewardAdapter(lora_state, head["weight"][:1], bias, config,
                          only_lora_and_head=len(lora_state) + len(head) == len(state))
@@ -95,7 +96,8 @@ def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterS
     """Load the RM `checkpoint` as the adapter "reward" on the actor-critic's shared base (loaded
     from `base_path`) when it is a LoRA adapter over that base with nothing trained but LoRA
     weights and the score head; else None (the caller loads the RM on its own)."""
-    if not actor_critic.shared or REWARD in actor_critic.policy.peft_config:
+    if (not actor_critic.shared or REWARD in actor_critic.policy.peft_config
+            or str(actor_critic.policy.peft_type.value) != "LORA"):  # peft holds one kind of adapter per model
         return None
     path = modeling.resolve_model_path(checkpoint)
     rm = read_reward_adapter(path, base_path)

@@ -8,10 +8,12 @@ become tensors in `batching.py`; the losses are pure functions in `functional.py
 
 Initialisation (`init_from`):
 - None: the base model of `model.name_or_path` with a fresh score head;
-- a LoRA checkpoint (e.g. the SFT stage's) while this stage also uses LoRA: the SFT adapter keeps
-  training as a sequence-classification adapter on the ORIGINAL base, plus the new score head; the
-  reward checkpoint stays one plain adapter over that base (LoRA shape from the SFT adapter;
-  `model.lora.last_n_layers` then only limits which of its layers keep training);
+- a peft adapter checkpoint (e.g. the SFT stage's) of the same kind as this stage's method (LoRA,
+  DoRA, rsLoRA and a saved PiSSA/OLoRA are one kind; IA3, LoHa, ... each its own): the SFT adapter
+  keeps training as a sequence-classification adapter on the ORIGINAL base, plus the new score
+  head; the reward checkpoint stays one plain adapter over that base (its shape from the SFT
+  adapter; `last_n_layers` then only limits which of its layers keep training); a bottleneck
+  checkpoint with method bottleneck likewise;
 - any other checkpoint: loaded as a sequence classifier (a LoRA adapter merged first), then the
   stage's tuning method is applied.
 
@@ -84,6 +86,14 @@ class RewardConfig(Config):
         """Prompt sharing in effect: it needs the prompt's key/value cache, which transformers drops
         under gradient checkpointing while training, so gradient checkpointing turns it off."""
         return self.share_prompt and not self.model.gradient_checkpointing
+
+    @field_validator("model")
+    @classmethod
+    def _method_fits(cls, model: ModelConfig) -> ModelConfig:
+        from rlhf_stack.peft_methods import check_stage
+
+        check_stage(model, "reward")
+        return model
 
     @field_validator("margin", "center_coef")
     @classmethod
@@ -170,17 +180,39 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
 def load_reward_model(cfg: RewardConfig, tokenizer):
     """One-output sequence classifier with the stage's tuning method (see module docstring)."""
-    from rlhf_stack import modeling
+    from rlhf_stack import bottleneck, modeling
 
     init = cfg.init_from
-    if init and cfg.model.tuning == "lora" and modeling.is_adapter_dir(init):
-        model = _continue_lora_adapter(init, cfg, tokenizer)
+    if init and _continues_sft_adapter(cfg, init):
+        model = _continue_adapter(init, cfg, tokenizer)
+    elif init and cfg.model.adapter_method == "bottleneck" and bottleneck.is_bottleneck_dir(init):
+        # the SFT bottleneck adapters keep training, with a new score head
+        model = modeling.load_sequence_classifier(cfg.model.model_copy(update={"name_or_path": init}), merge=False)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.rlhf_bottleneck["task_type"] = "SEQ_CLS"
+        model.score.requires_grad_(True)
     else:
+        if init:
+            modeling.check_trainable_init(init, "init_from")
         source = cfg.model.model_copy(update={"name_or_path": init}) if init else cfg.model
         model = modeling.load_sequence_classifier(source, merge=True)
         model.config.pad_token_id = tokenizer.pad_token_id
         model = modeling.apply_tuning(model, cfg.model, "SEQ_CLS")
     return model
+
+
+def _continues_sft_adapter(cfg: RewardConfig, init: str) -> bool:
+    """Whether init_from is a peft adapter of the same kind as this stage's method (LoRA and DoRA are
+    one kind): it then keeps training on the original base; any other init is merged first."""
+    from peft import PeftConfig
+
+    from rlhf_stack import modeling
+    from rlhf_stack.peft_methods import METHODS, PEFT_TYPES
+
+    method = cfg.model.adapter_method
+    if method is None or not modeling.is_adapter_dir(init):
+        return False
+    return str(PeftConfig.from_pretrained(init).peft_type.value) == PEFT_TYPES.get(METHODS[method].peft_class)
 
 
 def _check_init_from(init: str | None) -> None:
@@ -194,29 +226,31 @@ def _check_init_from(init: str | None) -> None:
         raise ConfigError(f"init_from: {exc} (run the SFT stage first, or fix the path)") from None
 
 
-def _continue_lora_adapter(init: str, cfg: RewardConfig, tokenizer):
-    """The SFT LoRA adapter re-opened as a SEQ_CLS adapter (+ trainable score head) on its base."""
+def _continue_adapter(init: str, cfg: RewardConfig, tokenizer):
+    """The SFT adapter re-opened as a SEQ_CLS adapter (+ trainable score head) on its base."""
     import dataclasses
 
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
     from rlhf_stack import modeling
 
+    settings = cfg.model.peft_settings
     base_cfg = cfg.model.model_copy(update={"name_or_path": modeling.adapter_base(init)})
     base = modeling.load_sequence_classifier(base_cfg, merge=True)
     base.config.pad_token_id = tokenizer.pad_token_id
-    sft = LoraConfig.from_pretrained(init)
-    lora = dataclasses.replace(sft, task_type="SEQ_CLS", modules_to_save=["score"], inference_mode=False,
-                               lora_dropout=cfg.model.lora.dropout)
-    model = get_peft_model(base, lora)
+    sft = PeftConfig.from_pretrained(init)
+    changes = {"task_type": "SEQ_CLS", "modules_to_save": ["score"], "inference_mode": False}
+    if hasattr(sft, "lora_dropout"):
+        changes["lora_dropout"] = settings.options.get("lora_dropout", sft.lora_dropout)
+    model = get_peft_model(base, dataclasses.replace(sft, **changes))
     state = get_peft_model_state_dict(model)  # fresh score head + empty adapters, in peft's saved naming
     sft_weights = load_peft_weights(init)
     unknown = sorted(set(sft_weights) - set(state))
     if unknown:
         raise ConfigError(f"init_from: {init}: adapter weights do not fit the base model ({unknown[:3]})")
     set_peft_model_state_dict(model, {**state, **sft_weights})
-    keep = cfg.model.lora.last_n_layers
+    keep = settings.last_n_layers
     if keep:  # train only the top blocks' adapters: backward then stops at the lowest trainable block
         blocks = modeling.transformer_blocks(model.get_base_model())
         for block in blocks[:max(0, len(blocks) - keep)]:

@@ -11,14 +11,14 @@ import typer
 
 from rlhf_stack.config import DataConfig
 from rlhf_stack.errors import ConfigError
+from rlhf_stack.pipeline.plan import plan
 from rlhf_stack.pipeline.runner import load_recipe
-from rlhf_stack.pipeline.stages import STAGES
 from rlhf_stack.pipeline.staleness import data_files
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 ACCELERATE = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
-LOCAL = {"quickstart.yaml", "tiny.yaml"}  # recipes whose data is in the repository
+LOCAL = {"quickstart.yaml", "tiny.yaml", "compare.yaml"}  # recipes whose data is in the repository
 
 
 def header(path: Path) -> str:
@@ -50,12 +50,8 @@ def parse_cli(args: list[str]) -> tuple[str, dict]:
 
 
 def recipe_inputs(recipe) -> set[str]:
-    files = set()
-    for spec in STAGES.values():
-        cfg = getattr(recipe, spec.field)
-        if cfg is not None:
-            files.update(data_files(cfg))
-    return files
+    """Every data file of every stage, named branches included."""
+    return {file for stage in plan(recipe) for file in data_files(stage.config)}
 
 
 def test_there_are_recipes():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.pipeline import manifest, runner, staleness
@@ -89,6 +90,15 @@ def test_first_run_hands_checkpoints_on_and_writes_everything(first_run):
     reward_info = json.loads((run_dir / "reward" / "stage.json").read_text())
     assert reward_info["config"]["init_from"] == str((run_dir / "sft").resolve())
     assert (run_dir / "configs" / "ppo.yaml").is_file() and (run_dir / "recipe.yaml").is_file()
+    for name in ("sft", "reward", "ppo"):  # a Hugging Face model card in every checkpoint
+        info = json.loads((run_dir / name / "stage.json").read_text())
+        card = (run_dir / name / "README.md").read_text()
+        front = yaml.safe_load(card.split("---")[1])
+        assert front["base_model"] == info["base_model"] and front["library_name"] == "transformers"
+        assert {"rlhf_stack", "full", {"reward": "reward-model"}.get(name, name)} <= set(front["tags"])
+        assert f"`{name}`" in card and info["command"] in card
+        assert info["data"] and all(f"| `{path}` | `{fp}` |" in card for path, fp in info["data"].items())
+        assert all(key in card for key in info["metrics"] if isinstance(info["metrics"][key], float))
     assert result.report == run_dir / "report.md" and "## Evaluation" in result.report.read_text()
     assert 0.0 <= saved["stages"]["eval"]["metrics"]["policy_win_rate"] <= 1.0
 
