@@ -21,6 +21,7 @@ directory is RUN_DIR/<stage> (`layout.py`), set here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, v
 from rlhf_stack.dpo.stage import DPOConfig
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.evaluation.evaluate import EvalConfig
-from rlhf_stack.pipeline.layout import RunLayout
+from rlhf_stack.pipeline.layout import STAGE_FILE, RunLayout
 from rlhf_stack.pipeline.manifest import (
     MANIFEST_FORMAT,
     now,
@@ -239,6 +240,11 @@ class _Run:
             entry.update(status="skipped", note="not selected, and an upstream stage has no checkpoint")
             return write_manifest(self.run_dir, self.manifest)
         action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
+        damage = damaged_output(spec, stage_dir) if action == "reuse" else None
+        if damage:
+            print(f"[runner] {spec.name}: the finished checkpoint in {stage_dir} is damaged ({damage}); "
+                  "running the stage again", flush=True)
+            action = "resume"
         if action == "reuse":
             entry.update(status="done", metrics=read_metrics(spec, stage_dir))
             entry.pop("note", None)
@@ -300,7 +306,8 @@ class _Run:
             metrics = read_metrics(spec, stage_dir)
         except BaseException as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            write_manifest(self.run_dir, self.manifest)
+            with contextlib.suppress(OSError):  # a full disk may refuse the manifest too; `exc` says why
+                write_manifest(self.run_dir, self.manifest)
             raise
         entry.update(status="done", metrics=metrics, finished_at=now(),
                      duration_s=round(time.monotonic() - start, 2))
@@ -335,6 +342,17 @@ def launch_env(threads: int | None = None) -> dict[str, str]:
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
     return env
+
+
+def damaged_output(spec: StageSpec, stage_dir: Path) -> str | None:
+    """Why a finished training stage's output cannot be handed on (a file no longer matches the
+    size or sha256 its checkpoint_manifest.json records), or None. An output written before
+    checkpoints carried a manifest is taken as it is."""
+    from rlhf_stack import checkpointing
+
+    if spec.marker != STAGE_FILE or not (stage_dir / checkpointing.MANIFEST_FILE).is_file():
+        return None
+    return checkpointing.verify(stage_dir)
 
 
 def read_metrics(spec: StageSpec, stage_dir: Path) -> dict:
