@@ -122,8 +122,11 @@ def write_failure(exc: Exception, final: Path, estimate_bytes: int,
     discard(final)
     if os_error is None and not full:
         return None
-    reason = (os_error.strerror or str(os_error)) if os_error is not None else \
-        f"No space left on device ({type(exc).__name__}: {str(exc)[:200]})"
+    if os_error is not None:
+        reason = os_error.strerror or str(os_error)
+    else:  # the writer's own words, unless they say it already
+        said = "" if "No space left" in str(exc) else f" ({type(exc).__name__}: {str(exc)[:200]})"
+        reason = f"No space left on device{said}"
     then = (f"{previous} is intact: free space (or move output_dir to a larger disk) and re-run to resume from it."
             if previous is not None else
             "Free space (or move output_dir to a larger disk) and re-run: the stage resumes from its newest "

@@ -51,17 +51,21 @@ class DiskFull:
         from safetensors import serialize
 
         self.left: int | None = None  # None: room for everything
+        self.written = 0  # bytes written to regular files through os.write
         self.refused = 0  # os.write calls that failed with ENOSPC
         real_write, real_statvfs, real_save = os.write, os.statvfs, torch.save
 
         def write(fd, data):
-            if self.left is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return real_write(fd, data)
-            if self.left <= 0:
+            if self.left is not None and self.left <= 0:
                 self.refused += 1
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            written = real_write(fd, memoryview(data).cast("B")[:self.left])
-            self.left -= written
+            view = memoryview(data).cast("B")
+            written = real_write(fd, view if self.left is None else view[:self.left])
+            self.written += written
+            if self.left is not None:
+                self.left -= written
             return written
 
         def statvfs(path):

@@ -302,3 +302,111 @@ def test_ppo_survives_a_full_disk_and_a_flipped_byte(tmp_path, tiny_model_dir, p
     assert again.metrics["resumed_from_step"] == 2
     assert_same_weights(damaged, out)
     assert_same_log(ppo_log(damaged), clean_log)
+
+
+# ---- the runner: the final output is whole or absent, and verified before it is reused -------------------
+
+
+def test_runner_final_output_is_whole_or_absent_and_verified(tmp_path, tiny_model_dir, instructions_file,
+                                                             monkeypatch, capsys):
+    from rlhf_stack.pipeline import runner
+
+    sft = {"model": {"name_or_path": str(tiny_model_dir), "tuning": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+           "data": {"path": str(instructions_file), "eval_fraction": 0.0}, "max_length": 48,
+           "train": {"max_steps": 2, "batch_size": 2, "learning_rate": 5e-3, "eval_every_steps": 2, "warmup_ratio": 0.0}}
+    recipe = {"sft": sft, "report": False}
+    disk = DiskFull(monkeypatch)
+    reference = runner.run_recipe(recipe, run_dir=tmp_path / "reference").run_dir / "sft"
+    total = disk.written  # every byte of the run through os.write: checkpoint-2, then the final model
+
+    # 1. the disk is full 200 bytes before the end: the final output's last write (its manifest) fails
+    run_dir, disk.written = tmp_path / "run", 0
+    disk.fill(total - 200)
+    with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint .*/sft/checkpoints/final: No space"):
+        runner.run_recipe(recipe, run_dir=run_dir)
+    out = run_dir / "sft"
+    entry = json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]
+    assert entry["status"] == "failed" and entry["error"].startswith("CheckpointWriteError: could not write")
+    assert not (out / "stage.json").exists() and not (out / "adapter_model.safetensors").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-2"]  # no partial
+    assert checkpointing.verify(out / "checkpoints" / "checkpoint-2") is None
+
+    # 2. space freed: the re-run resumes the stage, ends equal to the reference; a 3rd run reuses it
+    disk.free()
+    second = runner.run_recipe(recipe, run_dir=run_dir)
+    assert second.ran == ["sft"] and second.manifest["stages"]["sft"]["status"] == "done"
+    assert second.manifest["stages"]["sft"]["metrics"]["resumed_from"].endswith("checkpoint-2")
+    assert_same_weights(out, reference)
+    assert checkpointing.verify(out) is None
+    assert runner.run_recipe(recipe, run_dir=run_dir).reused == ["sft"]
+
+    # 3. a byte of the finished output rots: the runner does not hand it on, it runs the stage again
+    flip_byte(out / "adapter_model.safetensors")
+    capsys.readouterr()
+    third = runner.run_recipe(recipe, run_dir=run_dir)
+    assert (f"[runner] sft: the finished checkpoint in {out} is damaged (adapter_model.safetensors does not match "
+            "its recorded sha256") in capsys.readouterr().out
+    assert third.ran == ["sft"] and third.manifest["stages"]["sft"]["status"] == "done"
+    assert checkpointing.verify(out) is None
+    assert_same_weights(out, reference)
+
+
+# ---- a real full disk: a small tmpfs (root only) ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted under tmp_path: its ENOSPC comes from the kernel, to every writer."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (the os.write-level tests above run everywhere)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mount(2) is not permitted in this container (the os.write-level tests above run everywhere)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_ppo_on_a_really_full_disk(small_disk, tmp_path, tiny_model_dir, prompts_file, capsys):
+    """The kernel's ENOSPC reaches torch.save as a RuntimeError ("unexpected pos ..."), not an
+    OSError: the free space tells the checkpoint writer what happened."""
+    import os
+
+    from rlhf_stack.ppo import PPOConfig, train_ppo
+
+    filler = small_disk / "filler"
+    calls = []
+
+    def t_share(prompts, responses):
+        calls.append(1)
+        if len(calls) == 3:  # someone else fills the disk while step 3 runs, leaving 32 KiB
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+            os.posix_fallocate(fd, 0, os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - 32768)
+            os.close(fd)
+        return [sum(w.startswith("t") for w in r.split()) / max(len(r.split()), 1) for r in responses]
+
+    def cfg(out):
+        return load_config(PPOConfig, {
+            "policy": {"name_or_path": str(tiny_model_dir), "tuning": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+            "prompts": {"path": str(prompts_file), "eval_fraction": 0.0}, "output_dir": str(out), "steps": 4,
+            "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 6, "learning_rate": 5e-3, "save_every_steps": 1,
+            "progress_bar": False, "seed": 3, "eval_max_prompts": 0})
+
+    out = small_disk / "ppo"
+    with pytest.raises(CheckpointWriteError) as failed:
+        train_ppo(cfg(out), reward_fns=[t_share])
+    message = str(failed.value)
+    assert message.startswith(f"could not write checkpoint {out / 'checkpoints' / 'step-3'}: No space left on device")
+    assert f"{out / 'checkpoints' / 'step-2'} is intact" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    assert checkpointing.verify(out / "checkpoints" / "step-2") is None
+
+    filler.unlink()  # space freed
+    resumed = train_ppo(cfg(out), reward_fns=[t_share])
+    clean = train_ppo(cfg(tmp_path / "clean"), reward_fns=[t_share])
+    assert resumed.metrics["resumed_from_step"] == 2
+    assert_same_weights(out, clean.checkpoint)
+    assert_same_log(ppo_log(out), ppo_log(clean.checkpoint))
