@@ -10,8 +10,9 @@ chain of stages needs:
   timings, metrics, config hash, data fingerprints; plus package versions;
 - skip and resume: a stage's config hash covers its own config, its data files' fingerprints and
   the hashes of the stages it references, so an upstream change invalidates what follows. A stage
-  whose hash and upstream checkpoints are unchanged and whose output is finished is reused; one that
-  was interrupted is called again on the same directory, where it resumes from its last checkpoint;
+  whose hash and upstream checkpoints are unchanged and whose output is finished (and still matches
+  its checkpoint_manifest.json) is reused; one that was interrupted, or whose output was damaged
+  since, is called again on the same directory, where it resumes from its newest whole checkpoint;
   any other is started over in an emptied directory.
 
 Stages run in this process, or as `accelerate launch` subprocesses (`launch.py`) when the recipe
