@@ -112,6 +112,9 @@ class AtomicCheckpoints:
         partial = checkpointing.partial_path(final)
         try:
             if self.args.should_save:
+                # A killed save's leftover in the staging root would take part in the Trainer's
+                # own rotation there (which counts every checkpoint-* it finds): start empty.
+                shutil.rmtree(partial.parent, ignore_errors=True)
                 checkpointing.start(final)
             self.accelerator.wait_for_everyone()
             self._staging_root = str(partial.parent)

@@ -137,6 +137,9 @@ def test_sft_survives_a_full_disk_and_a_truncated_checkpoint(tmp_path, tiny_mode
     # A finished run whose stage.json is gone (killed before the end) and whose newest checkpoint
     # lost half of its weights file: the re-run skips it, says why, and resumes from checkpoint-2.
     damaged = tmp_path / "clean"
+    # the best model was picked and reloaded from its committed checkpoint, never from the staging one
+    best = json.loads((damaged / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert Path(best).parent == damaged / "checkpoints" and Path(best).is_dir()
     (damaged / "stage.json").unlink()
     truncate(damaged / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
     capsys.readouterr()
