@@ -23,7 +23,7 @@ import typer
 
 from data_tools.cli import app as data_app
 from data_tools.labeler.cli import app as label_app
-from rlhf_stack.errors import RlhfStackError
+from rlhf_stack.errors import RlhfStackError, disk_full
 
 app = typer.Typer(help="RLHF the InstructGPT way: SFT -> reward model -> PPO(-ptx).", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -154,11 +154,16 @@ def config_show(stage: Annotated[str, typer.Argument(help="sft | reward | dpo | 
 
 
 def main() -> None:
-    """Console entry point: one readable line for user errors, exit code 2."""
+    """Console entry point: one readable line for user errors (a full disk included), exit code 2."""
     try:
         app()
     except RlhfStackError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        typer.echo(f"error: {full}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

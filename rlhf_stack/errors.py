@@ -1,12 +1,15 @@
-"""One exception family for input the user can fix.
+"""One exception family for what the user can fix: input, or the machine it runs on (a full disk).
 
-The CLI prints `error: <message>` for any `RlhfStackError` and exits 2 without a traceback;
-everything else is a bug and keeps its traceback.
+The CLI prints `error: <message>` for any `RlhfStackError` and exits 2 without a traceback, and
+so it does for an OSError that says the disk is full (`disk_full`); everything else is a bug and
+keeps its traceback.
 """
+
+import errno
 
 
 class RlhfStackError(Exception):
-    """Bad input the user can fix: a config key, a data row, a model path."""
+    """Something the user can fix: a config key, a data row, a model path, disk space."""
 
 
 class ConfigError(RlhfStackError):
@@ -29,3 +32,17 @@ class KeyPathError(ValueError):
         super().__init__(message)
         self.subkey = subkey
         self.message = message
+
+
+class CheckpointWriteError(RlhfStackError):
+    """A checkpoint could not be written (disk full, permissions): the message names the path, the
+    space it needs and the space free; the previous checkpoint is intact (`checkpointing.py`)."""
+
+
+def disk_full(exc: OSError) -> RlhfStackError | None:
+    """The user's error for an OSError meaning the disk is full (ENOSPC, EDQUOT), else None.
+    Checkpoint writes say more (`CheckpointWriteError`); this covers every other write (logs)."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return RlhfStackError(f"could not write {exc.filename or 'a file'}: {exc.strerror}. Free space (or move "
+                          "output_dir to a larger disk) and re-run: the stage resumes from its newest whole checkpoint.")

@@ -8,15 +8,14 @@ One place for what every stage needs (STYLE "Leave behind": no copy-paste across
 - `load_causal_lm` / `load_sequence_classifier`: a stage checkpoint that holds a peft adapter is
   opened as base + adapter; `merge=True` folds the adapter in (a fixed init for the next stage).
 - `apply_tuning`: `full`, `lora` (peft) or `freeze` (only the last N blocks + head train).
-- `save_checkpoint`: model + tokenizer + `stage.json`, written to a temp dir and renamed, so a
-  crash never leaves a directory that looks finished.
+- `save_checkpoint`: model + tokenizer + `stage.json`, written whole or not at all
+  (`checkpointing.writing`: temp dir, fsync, sizes and sha256 recorded, rename), so neither a
+  crash nor a full disk leaves a directory that looks finished.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -287,36 +286,39 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str, Any]) -> Path:
-    """Write model (full weights or adapter), tokenizer and stage.json into `out_dir` atomically.
+    """Write model (full weights or adapter), tokenizer and stage.json into `out_dir`, whole or not at all.
 
-    Everything goes to `out_dir.partial-<pid>` first; the rename at the end is the commit point,
-    so a killed run leaves no directory a later run could mistake for a finished checkpoint.
+    Everything goes to a partial directory first, is fsync'd and recorded (size, sha256) in
+    `checkpoint_manifest.json`; the rename is the commit point. A failed write (a full disk)
+    raises `CheckpointWriteError` and leaves `out_dir` as it was.
     """
+    from rlhf_stack import checkpointing
+
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    unwrapped = getattr(model, "module", model)
     from rlhf_stack import bottleneck, peft_methods
     from rlhf_stack.model_card import write_model_card
 
-    if bottleneck.has_adapters(unwrapped):
-        bottleneck.save_adapters(unwrapped, tmp)
-    else:
-        unwrapped.save_pretrained(tmp, safe_serialization=True)
-        peft_methods.save_converted(unwrapped, tmp)  # PiSSA / OLoRA: as plain LoRA over the original base
-    tokenizer.save_pretrained(tmp)
-    info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **stage_info}
-    write_model_card(tmp, info)  # after save_pretrained, which writes a README of its own
-    (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
-    if out_dir.exists():
-        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+    unwrapped = getattr(model, "module", model)
+    with checkpointing.writing(out_dir, lambda: saved_weight_bytes(model)) as tmp:
+        if bottleneck.has_adapters(unwrapped):
+            bottleneck.save_adapters(unwrapped, tmp)
+        else:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            peft_methods.save_converted(unwrapped, tmp)  # PiSSA / OLoRA: as plain LoRA over the original base
+        tokenizer.save_pretrained(tmp)
+        info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **stage_info}
+        write_model_card(tmp, info)  # after save_pretrained, which writes a README of its own
+        checkpointing.write_bytes(tmp / STAGE_FILE, json.dumps(info, indent=2, default=str).encode())
     return out_dir
+
+
+def saved_weight_bytes(model) -> int:
+    """About the bytes `save_pretrained` writes for `model`: an adapter model's trainable weights
+    (adapters, heads), else every weight. A PPO `PolicySaver` counts its policy."""
+    module = getattr(model, "module", model)
+    module = getattr(getattr(module, "actor_critic", None), "policy", module)
+    adapter = hasattr(module, "peft_config")
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad or not adapter)
 
 
 def export_merged(checkpoint: str | Path, out_dir: str | Path, task: str | None = None) -> Path:

@@ -64,8 +64,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     for callback in callbacks or []:
         trainer.add_callback(callback)
 
-    # 4. train (resuming from the newest checkpoint in output_dir when there is one)
-    resume = training.last_trainer_checkpoint(output_dir)
+    # 4. train (resuming from the newest whole checkpoint in output_dir when there is one)
+    resume = training.resume_checkpoint(trainer, output_dir, "sft")
     if trainer.eval_dataset is not None and cfg.eval_before_training and resume is None:
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     result = trainer.train(resume_from_checkpoint=resume)
@@ -89,7 +89,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
 
 def build_sft_trainer(cfg: SFTConfig):
     """(TRL SFTTrainer ready to train, metrics so far). Marks output_dir unfinished."""
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
@@ -101,8 +101,10 @@ def build_sft_trainer(cfg: SFTConfig):
     lengths = _check_lengths(cfg, tokenizer, train_rows)
     train_ds, eval_ds = _to_dataset(train_rows, cfg.data_kind), _to_dataset(eval_rows, cfg.data_kind)
 
-    # 2. model + tuning method (LoRA / freeze / full)
+    # 2. model + tuning method (LoRA / freeze / full), seeded as the reward and DPO stages are: the
+    #    adapter init must not depend on what ran before in this process (a resume re-creates it)
     training.begin_stage(Path(cfg.output_dir))
+    set_seed(cfg.train.seed)
     model = modeling.apply_tuning(modeling.load_causal_lm(cfg.model), cfg.model, "CAUSAL_LM")
 
     # 3. TRL SFTTrainer with early stopping on eval loss and the best checkpoint kept
@@ -115,7 +117,7 @@ def build_sft_trainer(cfg: SFTConfig):
     callbacks = []
     if eval_ds is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = training.with_atomic_checkpoints(SFTTrainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=callbacks)
     return trainer, {"n_train": len(train_rows), "n_eval": len(eval_rows), **lengths}
 

@@ -1,12 +1,15 @@
-"""What the Trainer-based stages (SFT, reward model, DPO) share: arguments, resume, evals, logs, stage.json.
+"""What the Trainer-based stages (SFT, reward model, DPO) share: arguments, checkpoints and resume,
+evals, logs, stage.json.
 
-A stage's `output_dir` is its checkpoint: model files + tokenizer + `stage.json` (written last, the
-commit marker), with Trainer states for resume under `output_dir/checkpoints/` and the training log
-under `output_dir/logs/`.
+A stage's `output_dir` is its checkpoint: model files + tokenizer + `checkpoint_manifest.json` +
+`stage.json` (written last, the commit marker), with Trainer states for resume under
+`output_dir/checkpoints/` and the training log under `output_dir/logs/`. Every checkpoint is
+written whole or not at all and verified before a resume trusts it (`checkpointing.py`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shutil
@@ -15,9 +18,10 @@ from typing import Any
 
 import torch
 
+from rlhf_stack import checkpointing
 from rlhf_stack.config import DataConfig, ModelConfig, TrainingConfig, config_to_dict
 from rlhf_stack.data import fingerprint
-from rlhf_stack.modeling import count_parameters, read_stage_info, save_checkpoint
+from rlhf_stack.modeling import count_parameters, read_stage_info, save_checkpoint, saved_weight_bytes
 from rlhf_stack.pipeline.layout import CHECKPOINTS_DIR, LOGS_DIR, STAGE_FILE, TRAIN_LOG
 
 RANKING_METRIC = "eval_pairwise_accuracy"  # what the ranking stages keep their best model by
@@ -84,13 +88,91 @@ def train_metrics(result, trainer, resumed_from: str | None) -> dict[str, Any]:
             "steps": trainer.state.global_step, "resumed_from": resumed_from}
 
 
-def last_trainer_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` under output_dir/checkpoints that holds a trainer state."""
+class AtomicCheckpoints:
+    """Mixin for a transformers.Trainer subclass (list it first): each `checkpoint-N` is written
+    whole or not at all, the `checkpointing` way.
+
+    The Trainer still writes the checkpoint itself (model, optimizer, scheduler, RNG, trainer
+    state), but while it saves, its output directory is the staging root `checkpoints/.partial`;
+    then the files are committed (fsync, manifest, rename) and the rotation (`save_total_limit`)
+    runs on the real directory, after the commit, so it can never delete the previous checkpoint
+    before the new one is whole. A failed write raises `CheckpointWriteError`.
+    """
+
+    _staging_root: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = Path(super()._get_output_dir(trial))
+        final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        partial = checkpointing.partial_path(final)
+        try:
+            if self.args.should_save:
+                # A killed save's leftover in the staging root would take part in the Trainer's
+                # own rotation there (which counts every checkpoint-* it finds): start empty.
+                shutil.rmtree(partial.parent, ignore_errors=True)
+                checkpointing.start(final)
+            self.accelerator.wait_for_everyone()
+            self._staging_root = str(partial.parent)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_root = None
+            if self.state.best_model_checkpoint == str(partial):  # the new one is the best: its real name
+                self.state.best_model_checkpoint = str(final)
+                if self.args.should_save:
+                    self.state.save_to_json(str(partial / "trainer_state.json"))
+            self.accelerator.wait_for_everyone()  # every process's RNG state is in
+            if self.args.should_save:
+                checkpointing.commit(partial, final)
+                rotate_checkpoints(str(run_dir), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        except Exception as exc:
+            # Under `accelerate launch` the failing process exits and torchrun stops the others.
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            estimate = saved_weight_bytes(unwrapped) + checkpointing.tensor_bytes(
+                self.optimizer.state_dict() if self.optimizer is not None else {})
+            previous = [p for p in trainer_checkpoints(run_dir) if p != final]
+            error = checkpointing.write_failure(exc, final, estimate, previous[-1] if previous else None)
+            if error is None:
+                raise
+            raise error from exc
+        self.accelerator.wait_for_everyone()
+
+
+@functools.cache
+def with_atomic_checkpoints(trainer_class: type) -> type:
+    """`trainer_class` with `AtomicCheckpoints` mixed in (for library trainers such as TRL's)."""
+    return type(trainer_class.__name__, (AtomicCheckpoints, trainer_class), {"__module__": __name__})
+
+
+def trainer_checkpoints(root: Path) -> list[Path]:
+    """Every `checkpoint-N` directory under root, oldest first (whole or not)."""
+    found = [p for p in Path(root).glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+
+
+def resume_checkpoint(trainer, output_dir: Path, label: str) -> str | None:
+    """The newest whole `checkpoint-N` under output_dir/checkpoints (None: start fresh).
+
+    Newer ones whose files do not match their manifest (or that have none) are moved to
+    `checkpoints/corrupt/` by the main process, each with a printed reason; the choice is printed.
+    """
     root = Path(output_dir) / CHECKPOINTS_DIR
-    found = [p for p in root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    if not found:
+    main = trainer.accelerator.is_main_process
+    if main:
+        checkpointing.drop_damaged(trainer_checkpoints(root), label)
+    trainer.accelerator.wait_for_everyone()
+    whole = [p for p in trainer_checkpoints(root) if (p / checkpointing.MANIFEST_FILE).is_file()]
+    if not whole:
         return None
-    return str(max(found, key=lambda p: int(p.name.rsplit("-", 1)[-1])))
+    if main:
+        print(f"[{label}] resuming from {whole[-1]}", flush=True)
+    return str(whole[-1])
 
 
 def begin_stage(output_dir: Path) -> None:
@@ -165,14 +247,20 @@ def stage_record(stage: str, cfg, model_cfg: ModelConfig, model, fingerprints: d
 
 
 def finish_stage(model, tokenizer, output_dir: Path, record: dict, keep_checkpoints: bool) -> Path:
-    """Write the final model + tokenizer, then stage.json (commit marker); drop resume states."""
+    """Write the final model + tokenizer, then stage.json (commit marker); drop resume states.
+
+    The files are first written whole into checkpoints/final (`modeling.save_checkpoint`: fsync'd,
+    recorded in checkpoint_manifest.json); a full disk stops there, before anything moves, with the
+    resume states intact. Then they move up, stage.json last."""
     clear_model_files(output_dir)
     staging = output_dir / CHECKPOINTS_DIR / "final"
     save_checkpoint(model, tokenizer, staging, record)
     for item in staging.iterdir():
         if item.name != STAGE_FILE:
             item.rename(output_dir / item.name)
+    checkpointing.fsync_dir(output_dir)
     (staging / STAGE_FILE).rename(output_dir / STAGE_FILE)  # last: the directory is now finished
+    checkpointing.fsync_dir(output_dir)
     shutil.rmtree(staging, ignore_errors=True)
     if not keep_checkpoints:
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)

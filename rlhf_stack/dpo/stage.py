@@ -114,13 +114,13 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
         callbacks=callbacks, compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=partial(LOSSES[cfg.loss], beta=cfg.beta), reference=reference, beta=cfg.beta)
 
-    # 4. train, resuming from the newest checkpoint in output_dir when there is one
+    # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
                      "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds),
                      "share_prompt": cfg.shares_prompt,
                      "models": {"layout": info.layout, "reference": info.reference, "base_model": info.base_model}}
-    resume = training.last_trainer_checkpoint(output_dir)
+    resume = training.resume_checkpoint(trainer, output_dir, "dpo")
     metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume))
 
     # 5. final eval (the best model), checkpoint (the policy alone) + stage.json

@@ -8,7 +8,7 @@
   implicit rewards (the same `evaluate` modules), the mean margin and the drift from the reference.
 
 The outer loop (optimizer, schedule, accumulation, checkpoints, early stopping) is the Trainer's
-own (STYLE 6).
+own (STYLE 6); `training.AtomicCheckpoints` makes its checkpoint writes atomic and verified.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rlhf_stack.dpo.models import Reference, decoder
 from rlhf_stack.reward.batching import to_ranking_matrix
 from rlhf_stack.reward.functional import pairwise_accuracy
 from rlhf_stack.reward.scorer import forward_shared
+from rlhf_stack.training import AtomicCheckpoints
 
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], prefix_model=None) -> torch.Tensor:
@@ -45,8 +46,9 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], prefix_model=None
     return sequence_logprobs(logits, input_ids[:, first + 1:], completion)
 
 
-class RankingDPOTrainer(Trainer):
-    """transformers.Trainer whose batch is whole rankings and whose loss is a K-wise DPO loss."""
+class RankingDPOTrainer(AtomicCheckpoints, Trainer):
+    """transformers.Trainer whose batch is whole rankings and whose loss is a K-wise DPO loss; its
+    checkpoints are written whole or not at all (`training.AtomicCheckpoints`)."""
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: the Trainer divides by GA steps
 

@@ -13,7 +13,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from rlhf_stack.config import load_config
-    from rlhf_stack.errors import RlhfStackError
+    from rlhf_stack.errors import RlhfStackError, disk_full
     from rlhf_stack.pipeline.runner import seed_everything
     from rlhf_stack.pipeline.stages import STAGES
 
@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         spec.entry()(cfg)
     except RlhfStackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
         return 2
     return 0
 

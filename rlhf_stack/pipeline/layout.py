@@ -6,8 +6,11 @@
       configs/<stage>.yaml each stage's resolved config (references replaced, output_dir set)
       <stage>/             a stage's output: its checkpoint, or the evaluation's results
         stage.json         a finished checkpoint's record, written last (the commit marker)
+        checkpoint_manifest.json  size and sha256 of every file of the checkpoint (checkpointing.py)
         logs/              train_log.jsonl (SFT, RM) or ppo_log.jsonl + samples.jsonl (PPO)
-        checkpoints/       resumable training state (Trainer checkpoints, PPO step-N/)
+        checkpoints/       resumable training state (Trainer checkpoint-N/, PPO step-N/), each with
+                           its checkpoint_manifest.json; .partial/ while one is written, corrupt/
+                           for those a resume skipped
       eval/results.json    a finished evaluation (its commit marker), eval/samples.jsonl beside it
       report.md, plots/    the report
       .lock                one runner per run directory

@@ -13,8 +13,9 @@ chain of stages needs:
   timings, metrics, config hash, data fingerprints; plus package versions;
 - skip and resume: a stage's config hash covers its own config, its data files' fingerprints and
   the hashes of the stages it references, so an upstream change invalidates what follows. A stage
-  whose hash and upstream checkpoints are unchanged and whose output is finished is reused; one that
-  was interrupted is called again on the same directory, where it resumes from its last checkpoint;
+  whose hash and upstream checkpoints are unchanged and whose output is finished (and still matches
+  its checkpoint_manifest.json) is reused; one that was interrupted, or whose output was damaged
+  since, is called again on the same directory, where it resumes from its newest whole checkpoint;
   any other is started over in an emptied directory.
 
 Stages run in this process, or as `accelerate launch` subprocesses (`launch.py`) when the recipe
@@ -24,6 +25,7 @@ directory is RUN_DIR/<stage name> (`layout.py`), set here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -244,6 +246,11 @@ class _Run:
             entry.update(status="skipped", note="not selected, and an upstream stage has no checkpoint")
             return write_manifest(self.run_dir, self.manifest)
         action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
+        damage = damaged_output(spec, stage_dir) if action == "reuse" else None
+        if damage:
+            print(f"[runner] {spec.name}: the finished checkpoint in {stage_dir} is damaged ({damage}); "
+                  "running the stage again", flush=True)
+            action = "resume"
         if action == "reuse":
             entry.update(status="done", metrics=read_metrics(spec, stage_dir))
             entry.pop("note", None)
@@ -306,7 +313,8 @@ class _Run:
             metrics = read_metrics(spec, stage_dir)
         except BaseException as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            write_manifest(self.run_dir, self.manifest)
+            with contextlib.suppress(OSError):  # a full disk may refuse the manifest too; `exc` says why
+                write_manifest(self.run_dir, self.manifest)
             raise
         entry.update(status="done", metrics=metrics, finished_at=now(),
                      duration_s=round(time.monotonic() - start, 2))
@@ -344,6 +352,17 @@ def launch_env(threads: int | None = None) -> dict[str, str]:
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
     return env
+
+
+def damaged_output(spec: StageSpec, stage_dir: Path) -> str | None:
+    """Why a finished training stage's output cannot be handed on (a file no longer matches the
+    size or sha256 its checkpoint_manifest.json records), or None. An output written before
+    checkpoints carried a manifest is taken as it is."""
+    from rlhf_stack import checkpointing
+
+    if spec.marker != STAGE_FILE or not (stage_dir / checkpointing.MANIFEST_FILE).is_file():
+        return None
+    return checkpointing.verify(stage_dir)
 
 
 def read_metrics(spec: StageSpec, stage_dir: Path) -> dict:

@@ -4,8 +4,9 @@ A checkpoint `output_dir/checkpoints/step-N/` holds everything the next step dep
 trainable weights (adapters + value head, or full models), AdamW and LR-scheduler states, the KL
 controller and score moments, every process's RNG states, and the step. Data positions are a
 pure function of the step (`data.IndexStream`), so they need no state. The directory is written
-as `step-N.partial` and renamed when complete, so a kill -9 never leaves a checkpoint that looks
-whole.
+the `checkpointing` way: into `.partial/step-N`, fsync'd, sizes and sha256 recorded in its
+manifest, then renamed; a kill -9 or a full disk never leaves a checkpoint that looks whole, and
+a resume takes the newest one whose files still match their manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhf_stack import checkpointing
 from rlhf_stack.pipeline.layout import CHECKPOINTS_DIR  # noqa: F401  (under the stage's output_dir)
 
 CHECKPOINT_PREFIX = "step-"
@@ -46,41 +48,61 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler, controllers: dict,
                           accelerator) -> Path:
-    """Write step-N atomically (all processes call this; each saves its own RNG state)."""
+    """Write step-N whole or not at all (all processes call this; each saves its own RNG state).
+
+    A failed write (a full disk: ENOSPC, or any OSError) raises `CheckpointWriteError` naming the
+    path and the space needed; the partial files are gone and the previous step-M is untouched.
+    """
     from safetensors.torch import save_file
 
     final = root / f"{CHECKPOINT_PREFIX}{step}"
-    partial = root / f"{CHECKPOINT_PREFIX}{step}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), partial / f"rng-{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file(trainable_state(model), str(partial / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        state = {"step": step, "world_size": accelerator.num_processes,
-                 **{name: c.state_dict() for name, c in controllers.items()}}
-        (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)  # the commit point
-        for old in sorted(completed_checkpoints(root))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(root / f"{CHECKPOINT_PREFIX}{old}", ignore_errors=True)
+    partial = checkpointing.partial_path(final)
+    main = accelerator.is_main_process
+    weights = trainable_state(model) if main else {}
+    try:
+        if main:
+            checkpointing.start(final)
+        accelerator.wait_for_everyone()
+        torch.save(rng_state(), partial / f"rng-{accelerator.process_index}.pt")
+        if main:
+            save_file(weights, str(partial / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+            torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+            state = {"step": step, "world_size": accelerator.num_processes,
+                     **{name: c.state_dict() for name, c in controllers.items()}}
+            checkpointing.write_bytes(partial / STATE_FILE, json.dumps(state, indent=2).encode())
+        accelerator.wait_for_everyone()
+        if main:
+            checkpointing.commit(partial, final)  # the commit point
+            for old in completed_checkpoints(root)[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(root / f"{CHECKPOINT_PREFIX}{old}", ignore_errors=True)
+    except Exception as exc:
+        # Under `accelerate launch` the failing process exits and torchrun stops the others.
+        estimate = checkpointing.tensor_bytes([weights, optimizer.state_dict()])
+        previous = [root / f"{CHECKPOINT_PREFIX}{s}" for s in completed_checkpoints(root) if s != step]
+        error = checkpointing.write_failure(exc, final, estimate, previous[-1] if previous else None)
+        if error is None:
+            raise
+        raise error from exc
     accelerator.wait_for_everyone()
     return final
 
 
-def completed_checkpoints(root: Path) -> list[int]:
-    """Steps of the whole checkpoints under root (a `.partial` directory never counts)."""
-    steps = []
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """Every `step-N` directory under root, oldest first (whole or not: see `completed_checkpoints`)."""
+    found = []
     for path in root.glob(f"{CHECKPOINT_PREFIX}*"):
         suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if suffix.isdigit() and (path / STATE_FILE).is_file():
-            steps.append(int(suffix))
-    return sorted(steps)
+        if suffix.isdigit() and path.is_dir():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def completed_checkpoints(root: Path) -> list[int]:
+    """Steps of the committed checkpoints under root (those with a manifest; a partial one never
+    counts). Whether their files still match it is `checkpointing.verify`'s question."""
+    return [int(p.name[len(CHECKPOINT_PREFIX):]) for p in checkpoint_dirs(root)
+            if (p / checkpointing.MANIFEST_FILE).is_file()]
 
 
 def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controllers: dict, accelerator) -> int:
@@ -111,7 +133,11 @@ def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controller
 
 def resume_latest(root: Path, *, model, optimizer, scheduler, controllers: dict, accelerator) -> int:
     """Load the newest whole checkpoint under `root` into the given objects; return its step
-    (0 when there is none: the run starts from step 1)."""
+    (0 when there is none: the run starts from step 1). Newer checkpoints whose files no longer
+    match their manifest are moved to `root/corrupt/`, each with a printed reason."""
+    if accelerator.is_main_process:
+        checkpointing.drop_damaged(checkpoint_dirs(root), "ppo")
+    accelerator.wait_for_everyone()
     steps = completed_checkpoints(root)
     if not steps:
         return 0
@@ -119,5 +145,5 @@ def resume_latest(root: Path, *, model, optimizer, scheduler, controllers: dict,
     step = load_checkpoint_state(path, model=model, optimizer=optimizer, scheduler=scheduler,
                                  controllers=controllers, accelerator=accelerator)
     if accelerator.is_main_process:
-        print(f"[ppo] resuming from {path} (step {step})")
+        print(f"[ppo] resuming from {path} (step {step})", flush=True)
     return step

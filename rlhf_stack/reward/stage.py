@@ -145,11 +145,11 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
         compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=make_objective(cfg), micro_batch_completions=cfg.micro_batch_completions)
 
-    # 4. train, resuming from the newest checkpoint in output_dir when there is one
+    # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
                      "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds)}
-    resume = training.last_trainer_checkpoint(output_dir)
+    resume = training.resume_checkpoint(trainer, output_dir, "reward")
     if has_eval and cfg.eval_before_training and resume is None:
         metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})
     metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume))

@@ -6,7 +6,8 @@
 - `eval_metrics_fn`: the Trainer's `compute_metrics`, our `evaluate` modules on the eval scores.
 
 The outer loop (optimizer, schedule, accumulation, checkpoints, early stopping, DDP) is the
-Trainer's own (STYLE 6: use it through its public hooks).
+Trainer's own (STYLE 6: use it through its public hooks); `training.AtomicCheckpoints` makes its
+checkpoint writes atomic and verified.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import Trainer
 from rlhf_stack.reward.batching import completion_chunks, to_ranking_matrix
 from rlhf_stack.reward.functional import pairwise_accuracy
 from rlhf_stack.reward.scorer import forward_scores, forward_scores_shared
+from rlhf_stack.training import AtomicCheckpoints
 
 
 def _rng_state() -> tuple:
@@ -29,8 +31,9 @@ def _set_rng_state(state: tuple) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-class RankingTrainer(Trainer):
-    """transformers.Trainer whose batch is whole rankings and whose loss is K-wise."""
+class RankingTrainer(AtomicCheckpoints, Trainer):
+    """transformers.Trainer whose batch is whole rankings and whose loss is K-wise; its checkpoints
+    are written whole or not at all (`training.AtomicCheckpoints`)."""
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: the Trainer divides by GA steps
 
