@@ -280,18 +280,20 @@ def count_parameters(model) -> tuple[int, int]:
 # ---- saving -------------------------------------------------------------------------------------
 
 
-def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str, Any]) -> Path:
+def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model (full weights or adapter), tokenizer and stage.json into `out_dir` atomically.
 
     Everything goes to `out_dir.partial-<pid>` first; the rename at the end is the commit point,
     so a killed run leaves no directory a later run could mistake for a finished checkpoint.
+    state_dict: the model's weights gathered from its shards (`distributed.full_state_dict`), else None.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     unwrapped = getattr(model, "module", model)
-    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    unwrapped.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(tmp)
     info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **stage_info}
     (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))

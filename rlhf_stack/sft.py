@@ -63,7 +63,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     tokens_seen = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     metrics.update(train_loss=result.training_loss, train_runtime_s=runtime, resumed_from=resume,
                    train_samples_per_s=result.metrics["train_samples_per_second"],
-                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step)
+                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step,
+                   **training.launch_metrics(trainer.model))
 
     # 5. final eval (on the best model) and the checkpoint with stage.json
     if trainer.eval_dataset is not None:
@@ -79,7 +80,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
 
 def build_sft_trainer(cfg: SFTConfig):
     """(TRL SFTTrainer ready to train, metrics so far). Marks output_dir unfinished."""
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
@@ -91,8 +92,10 @@ def build_sft_trainer(cfg: SFTConfig):
     lengths = _check_lengths(cfg, tokenizer, train_rows)
     train_ds, eval_ds = _to_dataset(train_rows, cfg.data_kind), _to_dataset(eval_rows, cfg.data_kind)
 
-    # 2. model + tuning method (LoRA / freeze / full)
+    # 2. model + tuning method (LoRA / freeze / full); seeded first, so the adapters' random init
+    #    is the config's, whatever ran before in this process
     training.begin_stage(Path(cfg.output_dir))
+    set_seed(cfg.train.seed)
     model = modeling.apply_tuning(modeling.load_causal_lm(cfg.model), cfg.model, "CAUSAL_LM")
 
     # 3. TRL SFTTrainer with early stopping on eval loss and the best checkpoint kept

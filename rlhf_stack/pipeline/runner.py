@@ -37,6 +37,7 @@ from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, v
 from rlhf_stack.dpo.stage import DPOConfig
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.evaluation.evaluate import EvalConfig
+from rlhf_stack.pipeline.launch import world_size as launch_world_size
 from rlhf_stack.pipeline.layout import RunLayout
 from rlhf_stack.pipeline.manifest import (
     MANIFEST_FORMAT,
@@ -54,6 +55,7 @@ from rlhf_stack.pipeline.staleness import (
     data_files,
     iter_references,
     resolve_references,
+    restart_reason,
     stage_action,
 )
 from rlhf_stack.ppo.config import PPOConfig
@@ -238,7 +240,10 @@ class _Run:
                 raise
             entry.update(status="skipped", note="not selected, and an upstream stage has no checkpoint")
             return write_manifest(self.run_dir, self.manifest)
-        action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
+        world = self.world_size(spec)
+        action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected, world)
+        if action == "fresh" and selected and (reason := restart_reason(entry, world)):
+            print(f"[runner] {spec.name}: {reason}", flush=True)
         if action == "reuse":
             entry.update(status="done", metrics=read_metrics(spec, stage_dir))
             entry.pop("note", None)
@@ -277,6 +282,10 @@ class _Run:
             return f"accelerate:{self.recipe.accelerate_config}"
         return "in-process"
 
+    def world_size(self, spec: StageSpec) -> int:
+        """The processes the stage runs on (recorded in the manifest; see `stage_action`)."""
+        return launch_world_size(self.recipe.accelerate_config) if self.launcher(spec) != "in-process" else 1
+
     def execute(self, spec: StageSpec, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
                 fresh: bool) -> None:
         stage_dir = self.layout.stage_dir(spec.name)
@@ -287,7 +296,7 @@ class _Run:
         config_file = self.layout.config_file(spec.name)
         write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
         entry.update(status="running", checkpoint=str(stage_dir), config_hash=key, inputs=inputs, data=data,
-                     launcher=self.launcher(spec),
+                     launcher=self.launcher(spec), world_size=self.world_size(spec),
                      config_file=str(config_file.relative_to(self.run_dir)), started_at=now(),
                      attempts=1 if fresh else entry.get("attempts", 0) + 1, error=None)
         for stale in ("metrics", "finished_at", "duration_s", "note"):

@@ -40,14 +40,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler, controllers: dict,
                           accelerator) -> Path:
-    """Write step-N atomically (all processes call this; each saves its own RNG state)."""
+    """Write step-N atomically (all processes call this; each saves its own RNG state). Under
+    FSDP2 the weights and optimizer states are gathered whole first, so the files are the same as
+    an unsharded run's, apart from the optimizer's keys (parameter names; `sharded` records which)."""
     from safetensors.torch import save_file
+
+    from rlhf_stack import distributed
 
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     partial = root / f"{CHECKPOINT_PREFIX}{step}.partial"
@@ -56,11 +56,12 @@ def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler,
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), partial / f"rng-{accelerator.process_index}.pt")
+    weights, optimizer_state = distributed.trainable_weights(model), distributed.optimizer_state(model, optimizer)
     if accelerator.is_main_process:
-        save_file(trainable_state(model), str(partial / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        save_file(weights, str(partial / "trainable.safetensors"))
+        torch.save(optimizer_state, partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        state = {"step": step, "world_size": accelerator.num_processes,
+        state = {"step": step, "world_size": accelerator.num_processes, "sharded": distributed.is_sharded(model),
                  **{name: c.state_dict() for name, c in controllers.items()}}
         (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
@@ -87,21 +88,23 @@ def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controller
     """Restore everything saved by save_checkpoint_state; return the step it was taken after."""
     from safetensors.torch import load_file
 
+    from rlhf_stack import distributed
+    from rlhf_stack.errors import ConfigError
+
     state = json.loads((path / STATE_FILE).read_text())
     if state["world_size"] != accelerator.num_processes:
-        from rlhf_stack.errors import ConfigError
-
         raise ConfigError(f"{path} was written by {state['world_size']} processes; resume it with the same "
                           f"number (now {accelerator.num_processes}) or start a fresh output_dir")
+    if state.get("sharded", False) != distributed.is_sharded(model):
+        kinds = {True: "sharded (FSDP2)", False: "unsharded"}
+        raise ConfigError(f"{path} was written by a {kinds[state.get('sharded', False)]} run; resume it the same "
+                          f"way (now {kinds[distributed.is_sharded(model)]}) or start a fresh output_dir")
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in weights]
     if missing:
         raise RuntimeError(f"{path}: checkpoint lacks trainable weights {missing[:3]}...")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device))
+    distributed.load_weights(model, weights)
+    distributed.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", map_location=accelerator.device))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
     for name, controller in controllers.items():
         controller.load_state_dict(state[name])
