@@ -9,23 +9,6 @@ the last argument is the recipe seed, set before the stage starts as the in-proc
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-
-def world_size(accelerate_config: str | Path | None) -> int:
-    """The number of processes `accelerate launch` starts with this config (`num_processes`, all
-    machines together); 1 for None (in-process). Recorded per stage in the manifest."""
-    if accelerate_config is None:
-        return 1
-    import yaml
-
-    from rlhf_stack.errors import ConfigError
-
-    try:
-        data = yaml.safe_load(Path(accelerate_config).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"accelerate_config: cannot read {accelerate_config} ({exc})") from None
-    return int(data.get("num_processes", 1))
 
 
 def main(argv: list[str] | None = None) -> int:

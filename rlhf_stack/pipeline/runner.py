@@ -37,7 +37,6 @@ from rlhf_stack.config import Config, StageResult, apply_overrides, read_yaml, v
 from rlhf_stack.dpo.stage import DPOConfig
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.evaluation.evaluate import EvalConfig
-from rlhf_stack.pipeline.launch import world_size as launch_world_size
 from rlhf_stack.pipeline.layout import RunLayout
 from rlhf_stack.pipeline.manifest import (
     MANIFEST_FORMAT,
@@ -45,6 +44,7 @@ from rlhf_stack.pipeline.manifest import (
     package_versions,
     read_manifest,
     run_lock,
+    world_size_of,
     write_atomic,
     write_manifest,
 )
@@ -284,7 +284,7 @@ class _Run:
 
     def world_size(self, spec: StageSpec) -> int:
         """The processes the stage runs on (recorded in the manifest; see `stage_action`)."""
-        return launch_world_size(self.recipe.accelerate_config) if self.launcher(spec) != "in-process" else 1
+        return world_size_of(self.recipe.accelerate_config) if self.launcher(spec) != "in-process" else 1
 
     def execute(self, spec: StageSpec, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
                 fresh: bool) -> None:

@@ -99,7 +99,7 @@ def stage_action(entry: dict, key: str, inputs: dict, marker: Path, force: bool,
     entry: the stage's manifest entry from earlier runs; key: its config hash now (`config_hash`);
     inputs: the ids of the upstream checkpoints it references now (`checkpoint_id`); marker: the
     file whose presence marks its output finished; force: start over whatever the rest says;
-    world_size: the number of processes it would run on now (`launch.world_size`).
+    world_size: the number of processes it would run on now (`manifest.world_size_of`).
 
     The number of processes is not part of the key: a finished checkpoint is whole and the same
     on any number, so moving a run to more (or fewer) processes re-runs nothing finished. An

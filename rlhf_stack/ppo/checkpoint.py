@@ -104,7 +104,9 @@ def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controller
     if missing:
         raise RuntimeError(f"{path}: checkpoint lacks trainable weights {missing[:3]}...")
     distributed.load_weights(model, weights)
-    distributed.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", map_location=accelerator.device))
+    # map to "cpu": the states move to their parameters' devices on load (a saved "cpu:0" tag, as
+    # gathered FSDP2 states carry, cannot be mapped back by torch.load)
+    distributed.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
     for name, controller in controllers.items():
         controller.load_state_dict(state[name])
