@@ -11,7 +11,9 @@ files generated so that every example of a stage has the same number of tokens. 
 process: 1. `train_sft` (full fine-tuning); 2. `train_reward` from the SFT checkpoint (K=4
 rankings, full); 3. `train_ppo` with the SFT checkpoint as policy and reference and the RM as
 reward and value init (full, separate models); 4. TRL 1.12 PPO on the same checkpoints, prompts
-and sizes in a child process (`trl_ppo.py`), on the same torch and transformers.
+and sizes in a child process (`trl_ppo.py`), on the same torch and transformers. 5. (GPU mode)
+recipes/tiny.yaml under the FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 accelerate configs on every GPU
+present (`gpu_scale_out.py`, JSON key `scale_out`).
 
 Figures, each the median over the measured steps (warm-up steps dropped; spread and every per-step
 number in the JSON):
@@ -241,6 +243,8 @@ def main(argv=None) -> None:
     p.add_argument("--skip-trl", action="store_true", help="leave out the TRL 1.12 PPO run")
     p.add_argument("--shapes", default=None, help="comma-separated subset of the shapes (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--skip-scale-out", action="store_true",
+                   help="leave out the FSDP2 / DeepSpeed ZeRO-2 / ZeRO-3 runs (gpu_scale_out.py; GPU mode only)")
     p.add_argument("--work", type=Path, default=None,
                    help="models, data and checkpoints (default: benchmarks/out/gpu_suite[_smoke]; emptied per shape)")
     p.add_argument("--json", type=Path, default=None,
@@ -273,6 +277,11 @@ def main(argv=None) -> None:
 
     for name, shape in shapes.items():
         run_shape(name, shape, sizes, device, args, torch_settings["float32_matmul_precision"], record)
+    if device.cuda and not args.skip_scale_out:  # the sharded accelerate configs, on every GPU here
+        import torch
+        from gpu_scale_out import run_scale_out
+
+        report["scale_out"] = run_scale_out(OUT / "scale_out", torch.cuda.device_count())
     ratios = report["ratios"] = parts.ratios(report["runs"], skipped=args.skip_trl, shapes=list(shapes))
     report["suite"]["wall_s"] = time.perf_counter() - started
     out.write_text(json.dumps(report, indent=2))

@@ -285,12 +285,14 @@ def count_parameters(model) -> tuple[int, int]:
 # ---- saving -------------------------------------------------------------------------------------
 
 
-def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str, Any]) -> Path:
+def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model (full weights or adapter), tokenizer and stage.json into `out_dir`, whole or not at all.
 
     Everything goes to a partial directory first, is fsync'd and recorded (size, sha256) in
     `checkpoint_manifest.json`; the rename is the commit point. A failed write (a full disk)
     raises `CheckpointWriteError` and leaves `out_dir` as it was.
+    state_dict: the model's weights gathered from its shards (`distributed.full_state_dict`), else None.
     """
     from rlhf_stack import checkpointing
 
@@ -303,7 +305,7 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path, stage_info: dict[str,
         if bottleneck.has_adapters(unwrapped):
             bottleneck.save_adapters(unwrapped, tmp)
         else:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            unwrapped.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
             peft_methods.save_converted(unwrapped, tmp)  # PiSSA / OLoRA: as plain LoRA over the original base
         tokenizer.save_pretrained(tmp)
         info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **stage_info}

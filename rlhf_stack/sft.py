@@ -73,7 +73,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     tokens_seen = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     metrics.update(train_loss=result.training_loss, train_runtime_s=runtime, resumed_from=resume,
                    train_samples_per_s=result.metrics["train_samples_per_second"],
-                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step)
+                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step,
+                   **training.launch_metrics(trainer.model))
 
     # 5. final eval (on the best model) and the checkpoint with stage.json
     if trainer.eval_dataset is not None:

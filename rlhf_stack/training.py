@@ -30,7 +30,10 @@ RESERVED = {CHECKPOINTS_DIR, LOGS_DIR}
 
 def trainer_arguments(train: TrainingConfig, output_dir: Path, *, has_eval: bool, metric: str,
                       greater_is_better: bool, **extra) -> dict[str, Any]:
-    """Keyword arguments for transformers.TrainingArguments (and TRL configs built on it)."""
+    """Keyword arguments for transformers.TrainingArguments (and TRL configs built on it).
+    Under an FSDP launch on CPU this also sets up accelerate's state (`distributed.trainer_kwargs`)."""
+    from rlhf_stack import distributed
+
     cuda = torch.cuda.is_available()
     strategy = ("steps" if train.eval_every_steps else "epoch") if has_eval else "no"
     return dict(
@@ -61,6 +64,7 @@ def trainer_arguments(train: TrainingConfig, output_dir: Path, *, has_eval: bool
         use_cpu=not cuda,
         gradient_checkpointing=False,  # applied by modeling.apply_tuning from ModelConfig
         dataloader_num_workers=0,
+        **distributed.trainer_kwargs(),
         **extra,
     )
 
@@ -85,7 +89,14 @@ def train_metrics(result, trainer, resumed_from: str | None) -> dict[str, Any]:
     """What a ranking stage records about `trainer.train(...)`'s run (`result` is its TrainOutput)."""
     return {"train_loss": result.training_loss, "train_runtime_s": result.metrics["train_runtime"],
             "train_rankings_per_s": result.metrics["train_samples_per_second"],
-            "steps": trainer.state.global_step, "resumed_from": resumed_from}
+            "steps": trainer.state.global_step, "resumed_from": resumed_from, **launch_metrics(trainer.model)}
+
+
+def launch_metrics(model) -> dict[str, Any]:
+    """How the stage ran: its number of processes, and whether the model was sharded (FSDP2)."""
+    from rlhf_stack import distributed
+
+    return {"world_size": distributed.world_size(), "sharded": distributed.is_sharded(model)}
 
 
 class AtomicCheckpoints:
@@ -251,10 +262,20 @@ def finish_stage(model, tokenizer, output_dir: Path, record: dict, keep_checkpoi
 
     The files are first written whole into checkpoints/final (`modeling.save_checkpoint`: fsync'd,
     recorded in checkpoint_manifest.json); a full disk stops there, before anything moves, with the
-    resume states intact. Then they move up, stage.json last."""
+    resume states intact. Then they move up, stage.json last.
+
+    Every process calls it: a sharded model (FSDP2) is gathered whole first (a collective; the
+    weights to gather are `model.sharded` when the saver wraps one, as PPO's does), and the main
+    process writes a plain HF/peft checkpoint while the others wait."""
+    from rlhf_stack import distributed
+
+    state_dict = distributed.full_state_dict(getattr(model, "sharded", model))
+    if not distributed.is_main_process():
+        distributed.barrier()
+        return output_dir
     clear_model_files(output_dir)
     staging = output_dir / CHECKPOINTS_DIR / "final"
-    save_checkpoint(model, tokenizer, staging, record)
+    save_checkpoint(model, tokenizer, staging, record, state_dict=state_dict)
     for item in staging.iterdir():
         if item.name != STAGE_FILE:
             item.rename(output_dir / item.name)
@@ -265,4 +286,5 @@ def finish_stage(model, tokenizer, output_dir: Path, record: dict, keep_checkpoi
     if not keep_checkpoints:
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     assert read_stage_info(output_dir) is not None
+    distributed.barrier()
     return output_dir

@@ -62,7 +62,7 @@ class DPOConfig(Config):
     share_prompt: bool = True
     """Encode the prompt tokens a ranking's K completions share once and reuse their key/value cache
     for all K, under the policy and under the reference (same log-probabilities up to float rounding).
-    Off under `policy.gradient_checkpointing` (see `shares_prompt`)."""
+    Off under `policy.gradient_checkpointing` and under FSDP (see `shares_prompt`)."""
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
 
@@ -77,8 +77,12 @@ class DPOConfig(Config):
     @property
     def shares_prompt(self) -> bool:
         """Prompt sharing in effect: it needs the prompt's key/value cache, which transformers drops
-        under gradient checkpointing while training, so gradient checkpointing turns it off."""
-        return self.share_prompt and not self.policy.gradient_checkpointing
+        under gradient checkpointing while training, so gradient checkpointing turns it off. So
+        does an FSDP launch: the cache carries gradients past the blocks' outputs, where FSDP2's
+        backward hooks would gather the parameters, and the backward fails."""
+        from rlhf_stack.distributed import fsdp_requested
+
+        return self.share_prompt and not self.policy.gradient_checkpointing and not fsdp_requested()
 
 
 def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:

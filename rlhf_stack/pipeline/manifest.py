@@ -1,4 +1,5 @@
-"""RUN_DIR/manifest.json, the run-directory lock and atomic writes: the runner's bookkeeping on disk."""
+"""RUN_DIR/manifest.json, the run-directory lock, atomic writes and the world size a stage
+runs on: the runner's bookkeeping on disk."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlhf_stack.errors import RlhfStackError
+from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.pipeline.layout import LOCK_FILE, MANIFEST_FILE
 
 MANIFEST_FORMAT = 1
@@ -63,3 +64,17 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def world_size_of(accelerate_config: str | Path | None) -> int:
+    """The number of processes `accelerate launch` starts with this config (`num_processes`, all
+    machines together); 1 for None (in-process). Recorded per stage in the manifest."""
+    if accelerate_config is None:
+        return 1
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"accelerate_config: cannot read {accelerate_config} ({exc})") from None
+    return int(data.get("num_processes", 1))

@@ -49,6 +49,7 @@ from rlhf_stack.pipeline.manifest import (
     package_versions,
     read_manifest,
     run_lock,
+    world_size_of,
     write_atomic,
     write_manifest,
 )
@@ -60,6 +61,7 @@ from rlhf_stack.pipeline.staleness import (
     data_files,
     iter_references,
     resolve_references,
+    restart_reason,
     stage_action,
 )
 from rlhf_stack.ppo.config import PPOConfig
@@ -245,10 +247,13 @@ class _Run:
                 raise
             entry.update(status="skipped", note="not selected, and an upstream stage has no checkpoint")
             return write_manifest(self.run_dir, self.manifest)
-        action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected)
+        world = self.world_size(spec)
+        action = stage_action(entry, key, inputs, stage_dir / spec.marker, self.force and selected, world)
+        if action == "fresh" and selected and (reason := restart_reason(entry, world)):
+            print(f"[runner] {stage.name}: {reason}", flush=True)
         damage = damaged_output(spec, stage_dir) if action == "reuse" else None
         if damage:
-            print(f"[runner] {spec.name}: the finished checkpoint in {stage_dir} is damaged ({damage}); "
+            print(f"[runner] {stage.name}: the finished checkpoint in {stage_dir} is damaged ({damage}); "
                   "running the stage again", flush=True)
             action = "resume"
         if action == "reuse":
@@ -289,6 +294,10 @@ class _Run:
             return f"accelerate:{self.recipe.accelerate_config}"
         return "in-process"
 
+    def world_size(self, spec: StageSpec) -> int:
+        """The processes the stage runs on (recorded in the manifest; see `stage_action`)."""
+        return world_size_of(self.recipe.accelerate_config) if self.launcher(spec) != "in-process" else 1
+
     def execute(self, stage: PlannedStage, entry: dict, resolved: dict, key: str, inputs: dict, data: dict,
                 fresh: bool) -> None:
         spec = stage.spec
@@ -300,7 +309,7 @@ class _Run:
         config_file = self.layout.config_file(stage.name)
         write_atomic(config_file, yaml.safe_dump(resolved, sort_keys=False))
         entry.update(status="running", checkpoint=str(stage_dir), config_hash=key, inputs=inputs, data=data,
-                     launcher=self.launcher(spec),
+                     launcher=self.launcher(spec), world_size=self.world_size(spec),
                      config_file=str(config_file.relative_to(self.run_dir)), started_at=now(),
                      attempts=1 if fresh else entry.get("attempts", 0) + 1, error=None)
         for stale in ("metrics", "finished_at", "duration_s", "note"):

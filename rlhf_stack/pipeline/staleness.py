@@ -5,7 +5,8 @@ data file it reads (each field typed `config.DataPath`) and the config hashes of
 references, so it is stable across run directories and machines, and an upstream change changes
 every hash downstream. `checkpoint_id` (the hash of a finished stage's stage.json, which records
 when it was written) tells a re-trained upstream apart even when its config is unchanged.
-`stage_action` turns those keys into reuse / resume / fresh.
+`stage_action` turns those keys (and the number of processes, for a stage to resume) into
+reuse / resume / fresh.
 """
 
 from __future__ import annotations
@@ -90,15 +91,33 @@ def checkpoint_id(stage_dir: Path, marker: str) -> str | None:
 # ---- the rule -----------------------------------------------------------------------------------
 
 
-def stage_action(entry: dict, key: str, inputs: dict, marker: Path, force: bool) -> str:
+def stage_action(entry: dict, key: str, inputs: dict, marker: Path, force: bool, world_size: int = 1) -> str:
     """What the runner does with a stage: `reuse` (finished, same config hash and the same
     upstream checkpoints), `resume` (same, started but unfinished: its own checkpoints carry it
     on) or `fresh` (anything else: the output directory is emptied and the stage starts over).
 
     entry: the stage's manifest entry from earlier runs; key: its config hash now (`config_hash`);
     inputs: the ids of the upstream checkpoints it references now (`checkpoint_id`); marker: the
-    file whose presence marks its output finished; force: start over whatever the rest says.
+    file whose presence marks its output finished; force: start over whatever the rest says;
+    world_size: the number of processes it would run on now (`manifest.world_size_of`).
+
+    The number of processes is not part of the key: a finished checkpoint is whole and the same
+    on any number, so moving a run to more (or fewer) processes re-runs nothing finished. An
+    unfinished stage resumes only on the number that wrote its resume state (PPO's holds one RNG
+    state per process; a Trainer's data sampler is sharded by process), else it starts over:
+    `restart_reason` says so.
     """
     if force or entry.get("config_hash") != key or entry.get("inputs") != inputs:
         return "fresh"
-    return "reuse" if marker.is_file() else "resume"
+    if marker.is_file():
+        return "reuse"
+    return "fresh" if restart_reason(entry, world_size) else "resume"
+
+
+def restart_reason(entry: dict, world_size: int) -> str | None:
+    """Why an interrupted stage cannot resume on `world_size` processes (None: it can)."""
+    before = entry.get("world_size", 1)
+    if "started_at" not in entry or before == world_size:  # never started, or the same number
+        return None
+    return (f"interrupted on {before} process(es), now {world_size}: its resume state is per process, "
+            "so it starts over")

@@ -42,23 +42,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler, controllers: dict,
                           accelerator) -> Path:
     """Write step-N whole or not at all (all processes call this; each saves its own RNG state).
 
     A failed write (a full disk: ENOSPC, or any OSError) raises `CheckpointWriteError` naming the
     path and the space needed; the partial files are gone and the previous step-M is untouched.
+    Under FSDP2 the weights and optimizer states are gathered whole first (a collective), so the
+    files are the same as an unsharded run's, apart from the optimizer's keys (`sharded` records which).
     """
     from safetensors.torch import save_file
+
+    from rlhf_stack import distributed
 
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     partial = checkpointing.partial_path(final)
     main = accelerator.is_main_process
-    weights = trainable_state(model) if main else {}
+    weights, optimizer_state = distributed.trainable_weights(model), distributed.optimizer_state(model, optimizer)
     try:
         if main:
             checkpointing.start(final)
@@ -66,9 +66,9 @@ def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler,
         torch.save(rng_state(), partial / f"rng-{accelerator.process_index}.pt")
         if main:
             save_file(weights, str(partial / "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+            torch.save(optimizer_state, partial / "optimizer.pt")
             torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-            state = {"step": step, "world_size": accelerator.num_processes,
+            state = {"step": step, "world_size": accelerator.num_processes, "sharded": distributed.is_sharded(model),
                      **{name: c.state_dict() for name, c in controllers.items()}}
             checkpointing.write_bytes(partial / STATE_FILE, json.dumps(state, indent=2).encode())
         accelerator.wait_for_everyone()
@@ -78,7 +78,7 @@ def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler,
                 shutil.rmtree(root / f"{CHECKPOINT_PREFIX}{old}", ignore_errors=True)
     except Exception as exc:
         # Under `accelerate launch` the failing process exits and torchrun stops the others.
-        estimate = checkpointing.tensor_bytes([weights, optimizer.state_dict()])
+        estimate = checkpointing.tensor_bytes([weights, optimizer_state])
         previous = [root / f"{CHECKPOINT_PREFIX}{s}" for s in completed_checkpoints(root) if s != step]
         error = checkpointing.write_failure(exc, final, estimate, previous[-1] if previous else None)
         if error is None:
@@ -109,21 +109,25 @@ def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controller
     """Restore everything saved by save_checkpoint_state; return the step it was taken after."""
     from safetensors.torch import load_file
 
+    from rlhf_stack import distributed
+    from rlhf_stack.errors import ConfigError
+
     state = json.loads((path / STATE_FILE).read_text())
     if state["world_size"] != accelerator.num_processes:
-        from rlhf_stack.errors import ConfigError
-
         raise ConfigError(f"{path} was written by {state['world_size']} processes; resume it with the same "
                           f"number (now {accelerator.num_processes}) or start a fresh output_dir")
+    if state.get("sharded", False) != distributed.is_sharded(model):
+        kinds = {True: "sharded (FSDP2)", False: "unsharded"}
+        raise ConfigError(f"{path} was written by a {kinds[state.get('sharded', False)]} run; resume it the same "
+                          f"way (now {kinds[distributed.is_sharded(model)]}) or start a fresh output_dir")
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in weights]
     if missing:
         raise RuntimeError(f"{path}: checkpoint lacks trainable weights {missing[:3]}...")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device))
+    distributed.load_weights(model, weights)
+    # map to "cpu": the states move to their parameters' devices on load (a saved "cpu:0" tag, as
+    # gathered FSDP2 states carry, cannot be mapped back by torch.load)
+    distributed.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
     for name, controller in controllers.items():
         controller.load_state_dict(state[name])

@@ -169,7 +169,8 @@ class PPOConfig(Config):
     """Fold LoRA into the base weights while generating (then unfold). Measured on SmolLM2-135M
     (LoRA r16 on all linear layers, 16 x 48 tokens, 2 CPU cores): generation 9% faster, but every
     round trip leaves rounding drift (~1e-7) in the shared base, which is also the reference and
-    breaks exact resume; so it is off by default (benchmarks/ppo_generation_merge.py); float32 only."""
+    breaks exact resume; so it is off by default (benchmarks/ppo_generation_merge.py); float32 only.
+    Ignored under FSDP2 (outside a forward each process holds only a shard of the base weights)."""
     cache_frozen_trunk: bool = True
     """With adapters on the top blocks only (`policy.lora.last_n_layers`, `policy.peft.last_n_layers`),
     run the blocks below every adapter once per rollout and reuse their output in every later pass over it (reference, value,

@@ -68,7 +68,25 @@ class ActorCritic(nn.Module):
         self._active = POLICY  # adapter active on the shared base
         self.policy_params: list[nn.Parameter] = []
         self.value_params: list[nn.Parameter] = []
+        self._trainable_names: tuple[list[str], list[str]] = ([], [])  # the two lists, by name (`rebind`)
         self.trunk: Trunk | None = None  # set by use_trunk() once every adapter is in place
+        # accelerate's FSDP2 auto-wrap reads this: one shard unit per decoder block, as for the HF model
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
+
+    def call(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` as part of this model's forward. Under FSDP2 every use of the model
+        outside `forward` (sampling, the rollout passes, a hosted reward model) must run through
+        here: `setup.build_run` registers it with `register_fsdp_forward_method`, so the root's
+        parameters are gathered first; unsharded it is a plain call."""
+        return fn(*args, **kwargs)
+
+    def rebind(self) -> None:
+        """Point the trainable lists at the parameters now in the model: `fully_shard` replaces
+        every parameter with a sharded one, and adapter switches must restore those."""
+        params = dict(self.named_parameters())
+        self.policy_params = [params[n] for n in self._trainable_names[0]]
+        self.value_params = [params[n] for n in self._trainable_names[1]]
 
     def use_trunk(self, probe_ids: torch.Tensor, probe_mask: torch.Tensor) -> int:
         """Split off the blocks below every adapter (shared base only; see `trunk.py`); call after
@@ -94,6 +112,8 @@ class ActorCritic(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self.policy_params, self.value_params = policy_params, value_params
+        names = {id(p): n for n, p in self.named_parameters()}
+        self._trainable_names = ([names[id(p)] for p in policy_params], [names[id(p)] for p in value_params])
         self._restore_trainable()
 
     @contextmanager
@@ -375,12 +395,15 @@ def _with_path(model_cfg: ModelConfig, name_or_path: str) -> ModelConfig:
 
 
 class PolicySaver:
-    """What finish_stage saves: only the policy (adapter POLICY at top level, or the full model)."""
+    """What finish_stage saves: only the policy (adapter POLICY at top level, or the full model).
+    `sharded`: the module finish_stage gathers under FSDP2; its state dict arrives as `state_dict`."""
 
     def __init__(self, actor_critic: ActorCritic) -> None:
-        self.actor_critic = actor_critic
+        self.actor_critic = self.sharded = actor_critic
 
-    def save_pretrained(self, out_dir, **kwargs) -> None:
+    def save_pretrained(self, out_dir, state_dict: dict | None = None, **kwargs) -> None:
+        if state_dict is not None:  # the actor-critic's: keep the policy's, named as in the policy
+            kwargs["state_dict"] = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
         policy = self.actor_critic.policy
         if self.actor_critic.shared:
             policy.save_pretrained(out_dir, selected_adapters=[POLICY], **kwargs)

@@ -134,15 +134,20 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
 
     merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
     and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
-    sampler: a recording RolloutSampler collects log pi and the entropy of each sampled token.
+    sampler: the RolloutSampler to draw with (a recording one collects log pi and the entropy of
+    each sampled token); None: one on torch's global RNG. Under FSDP2 every process keeps stepping until all are done (`synced_gpus`): each step gathers
+    parameters, a collective that a process which stopped early would leave hanging.
     """
+    from rlhf_stack import distributed
+
     merged = merge_lora and hasattr(policy, "merge_adapter")
+    synced = distributed.world_size() > 1 and distributed.is_sharded(policy)
     if merged:
         policy.merge_adapter()
     processors, gen_config = sampling_processors(gen_config, sampler)
     try:
         out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
-                              logits_processor=processors)
+                              logits_processor=processors, synced_gpus=synced)
     finally:
         if merged:
             policy.unmerge_adapter()
@@ -224,24 +229,26 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
 
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
                     temperature: float, micro_batch_size: int, merge_lora: bool = False,
-                    timings: dict | None = None) -> Rollout:
+                    draws: tuple[int, int, int] | None = None, timings: dict | None = None) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
-    policy runs once more over the finished sequences. timings: filled with `sample_s` (generation)
-    and `forward_s` (the passes over the finished batch).
+    policy runs once more over the finished sequences. draws: (seed, first row, rows in the global
+    batch) of the sampler's own generator (`RolloutSampler`); None: torch's global RNG. timings:
+    filled with `sample_s` (generation) and `forward_s` (the passes over the finished batch).
     """
     import time
 
     start = time.perf_counter()
-    sampler = RolloutSampler(record=True) if records_sampling(gen_config) and not merge_lora else None
+    record = records_sampling(gen_config) and not merge_lora
+    sampler = RolloutSampler(record, *((draws[0], draws[1:]) if draws else ()))
     raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
     sampled = time.perf_counter()
     logprobs, entropy, ref_logprobs, values, hidden = score_with_models(
         actor_critic, query_ids, query_mask, response_ids, response_mask,
-        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=sampler is None)
-    if sampler is not None:
+        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=not record)
+    if record:
         logprobs, entropy = (x * response_mask for x in sampler.result(response_ids))
     if timings is not None:
         timings.update(sample_s=sampled - start, forward_s=time.perf_counter() - sampled)
@@ -252,18 +259,24 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
 @torch.no_grad()
 def heldout_score(policy, rows: list[dict], tokenizer, gen_config, reward, accelerator, batch_size: int) -> float | None:
     """Mean raw reward of responses sampled, as in a rollout, to held-out prompt rows (each
-    process scores its share; the mean is over all of them). None without rows."""
+    process scores its share; the mean is over all of them). None without rows.
+
+    Every process runs the same number of batches (a short share is topped up with rows that
+    count 0): under FSDP2 each forward is a collective."""
     if not rows:
         return None
     acc, tok = accelerator, tokenizer
-    rows = rows[acc.process_index::acc.num_processes]
+    share = -(-len(rows) // acc.num_processes)
+    mine = rows[acc.process_index * share:(acc.process_index + 1) * share]
+    weights = [1.0] * len(mine) + [0.0] * (share - len(mine))
+    mine = mine + [rows[0]] * (share - len(mine))
     total = torch.zeros(2, device=acc.device)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+    for start in range(0, share, batch_size):
+        batch, weight = mine[start:start + batch_size], torch.tensor(weights[start:start + batch_size])
         ids, mask = left_pad(encode_prompts(batch, tok, 10**9, "held-out prompts"), tok.pad_token_id, acc.device)
         response_ids, _, _ = truncate_at_eos(generate(policy, ids, mask, gen_config), tok.eos_token_id,
                                              tok.pad_token_id)
         scores, _ = reward([r["prompt"] for r in batch], tok.batch_decode(response_ids, skip_special_tokens=True))
-        total += torch.tensor([float(scores.sum()), len(batch)], device=acc.device)
+        total += torch.tensor([float((scores.cpu() * weight).sum()), float(weight.sum())], device=acc.device)
     total = acc.reduce(total, "sum")
     return float(total[0] / total[1])

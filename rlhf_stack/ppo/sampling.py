@@ -29,21 +29,35 @@ class RolloutSampler:
     """Logits processor that samples the next token (and records log pi and entropy when `record`).
 
     Tokens cut to -inf (top-k / top-p) have probability 0, add nothing to the CDF and are never
-    drawn. Uses torch's global RNG, so seeding and RNG checkpoints work as with multinomial.
-    Record only where no top-k / top-p cut is active (`records_sampling`): the recorded
+    drawn. Uses torch's global RNG, so seeding and RNG checkpoints work as with multinomial;
+    or, given `seed` and `rows`, its own generator, whose draws belong to rows of a larger batch
+    (below). Record only where no top-k / top-p cut is active (`records_sampling`): the recorded
     distribution is then exactly the temperature-scaled policy PPO trains.
     """
 
-    def __init__(self, record: bool = True) -> None:
+    def __init__(self, record: bool = True, seed: int | None = None, rows: tuple[int, int] | None = None) -> None:
+        """seed, rows = (start, total): each step draws `total` uniforms from a generator seeded
+        with `seed` and uses those of rows start .. start + b - 1. PPO passes its global batch
+        there, so a process draws for its rows what one process running the whole batch would:
+        the samples do not depend on the number of processes."""
         self.record = record
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.rows = rows
         self.logprobs: list[Tensor] = []  # each (b,): log pi(a_t | s_t) of the token drawn at step t
         self.entropies: list[Tensor] = []  # each (b,): entropy of pi(. | s_t)
+
+    def _uniform(self, n: int) -> Tensor:
+        """(n, 1) float64 uniforms on the CPU: this process's rows of the step's draws."""
+        if self.generator is None:
+            return torch.rand((n, 1), dtype=torch.float64)
+        start, total = self.rows or (0, n)
+        return torch.rand((total, 1), dtype=torch.float64, generator=self.generator)[start:start + n]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         log_probs = torch.log_softmax(scores.float(), dim=-1)  # (b, V)
         probs = log_probs.exp()
         cdf = probs.double().cumsum_(-1)
-        u = torch.rand((scores.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        u = self._uniform(scores.shape[0]).to(cdf.device) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[1] - 1)  # (b, 1)
         if self.record:
             self.logprobs.append(log_probs.gather(1, tokens).squeeze(1))

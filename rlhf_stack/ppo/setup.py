@@ -35,7 +35,7 @@ class Run:
 
     accelerator: Accelerator
     tokenizer: PreTrainedTokenizerBase  # the policy's, padding on the left
-    model: torch.nn.Module  # the ActorCritic, wrapped by accelerate (DDP) when distributed
+    model: torch.nn.Module  # the ActorCritic, wrapped by accelerate (DDP) when distributed; itself under FSDP2
     actor_critic: ActorCritic  # the same model unwrapped: generation, saving, checkpoints
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -56,7 +56,7 @@ class Run:
 
 
 def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
-    from rlhf_stack import training
+    from rlhf_stack import distributed, training
     from rlhf_stack.ppo import models
     from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, resume_latest
     from rlhf_stack.ppo.data import load_data
@@ -79,6 +79,11 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
         info = replace(info, trunk_blocks=actor_critic.use_trunk(probe_ids, probe_mask))
     optimizer, scheduler = optimizer_and_scheduler(cfg, actor_critic)
     model, optimizer = acc.prepare(actor_critic, optimizer)
+    if distributed.is_sharded(actor_critic):  # FSDP2 shards in place: `model is actor_critic`
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        actor_critic.rebind()
+        register_fsdp_forward_method(actor_critic, "call")
     kl_ctl, moments = controllers(cfg)
     torch.manual_seed(cfg.seed + acc.process_index)  # each process samples different responses
     start_step = 0
@@ -97,9 +102,10 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
 
 
 def make_accelerator(cfg):
-    """One code path for CPU, one GPU and `accelerate launch` (DDP); trackers from report_to."""
-    from accelerate import Accelerator
+    """One code path for CPU, one GPU and `accelerate launch` (DDP, FSDP2); trackers from report_to."""
     from accelerate.utils import DistributedDataParallelKwargs
+
+    from rlhf_stack import distributed
 
     trackers = [r for r in cfg.report_to if r != "none"]
     # A shared LoRA base under gradient checkpointing runs value and policy passes separately
@@ -107,8 +113,7 @@ def make_accelerator(cfg):
     # the value-only updates of value_warmup_steps (the policy gets no gradient at all).
     split = cfg.policy.adapter_method is not None and cfg.policy.gradient_checkpointing
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split or cfg.value_warmup_steps else []
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=cfg.output_dir,
-                       kwargs_handlers=handlers)
+    return distributed.accelerator(log_with=trackers or None, project_dir=cfg.output_dir, kwargs_handlers=handlers)
 
 
 def policy_tokenizer(cfg):

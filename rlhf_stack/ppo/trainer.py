@@ -5,7 +5,7 @@ Each step: 1. generate (and evaluate the samples under policy, reference and val
 The math is rlhf_stack.ppo.functional and .estimators; this file only orders it (STYLE.md items
 4 and 6). The advantage estimator, the loss aggregation and the update (policy + value, or the
 policy alone for a critic-free estimator) are chosen once, before the loop.
-Runs on one CPU/GPU or under `accelerate launch` (DDP); sources: Ziegler et al. 2019,
+Runs on one CPU/GPU or under `accelerate launch` (DDP, FSDP2); sources: Ziegler et al. 2019,
 Ouyang et al. 2022 (InstructGPT), Huang et al. 2024 ("The N+ Implementation Details of RLHF").
 """
 
@@ -31,6 +31,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     """Run PPO (PPO-ptx when cfg.ptx_coef > 0); return the policy checkpoint and final metrics."""
     from tqdm.auto import tqdm
 
+    from rlhf_stack import distributed
     from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, save_checkpoint_state
     from rlhf_stack.ppo.data import step_prompt_indices
     from rlhf_stack.ppo.logs import peak_memory_mb
@@ -50,6 +51,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     aggregate = PF.loss_aggregation(cfg.loss_aggregation, cfg.max_new_tokens)
     update = partial(_policy_and_value_backward if unwrapped.has_value else _policy_backward, aggregate=aggregate)
     world, rank = acc.num_processes, acc.process_index
+    # Merging writes into the base weights, which FSDP2 holds only as shards outside a forward.
+    merge_lora = cfg.merge_lora_for_generation and unwrapped.shared and not distributed.is_sharded(unwrapped)
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
                disable=not (acc.is_main_process and cfg.progress_bar))
     started = time.perf_counter()
@@ -62,16 +65,20 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         query_ids, query_mask = left_pad([data.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
 
         # 1. generate, then evaluate the samples under policy (pi_old), reference and value
+        #    (through `call`: under FSDP2 that gathers the parameters the rollout's passes need).
+        #    The sampler's draws are a function of (seed, step, row of the global batch): the same
+        #    samples on any number of processes, and after a resume.
         phases: dict[str, float] = {}
-        rollout = collect_rollout(unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
-                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                  temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
-                                  merge_lora=cfg.merge_lora_for_generation and unwrapped.shared, timings=phases)
+        draws = (cfg.seed * 100_003 + step, rank * cfg.batch_size, world * cfg.batch_size)
+        rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
+                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                 temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
+                                 merge_lora=merge_lora, draws=draws, timings=phases)
         t_generate = time.perf_counter()
 
         # 2. score the decoded text, then normalise / clip / penalise missing EOS
         responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        raw_scores, parts = run.reward(prompts, responses)
+        raw_scores, parts = unwrapped.call(run.reward, prompts, responses)  # a hosted RM runs on the base
         raw_scores = raw_scores.to(acc.device)
         scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)
         t_score = time.perf_counter()
@@ -83,8 +90,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         rewards = PF.kl_penalized_rewards(scores, kl, mask, kl_coef)
 
         # 4. advantages: GAE (+ returns, whitened when configured), or a critic-free group
-        #    baseline over each prompt's samples (estimators.py)
-        advantages, returns = advantage_fn(rewards, rollout.values, mask)
+        #    baseline over each prompt's samples (estimators.py), over the global batch
+        advantages, returns = _global_advantages(acc, advantage_fn, rewards, rollout.values, mask)
         rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
 
         # 5. PPO epochs over mini-batches (+ ptx_coef * LM loss on a corpus batch); during
@@ -135,6 +142,8 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
 
     backward(run, model, micro_batch, ptx_batch, cfg, last) -> stats: one of the updates below.
     """
+    from rlhf_stack import distributed
+
     acc, model = run.accelerator, run.model
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     stats: dict[str, list[torch.Tensor]] = {}
@@ -146,7 +155,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
             mb_order = order[mb_start:mb_start + cfg.mini_batch_size]
             for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
                 micro = rollout.select(mb_order[micro_start:micro_start + cfg.micro_batch_size])
-                ptx_batch = (run.data.ptx.batch(step, micro_index, acc, run.actor_critic.trunk)
+                ptx_batch = (run.actor_critic.call(run.data.ptx.batch, step, micro_index, acc, run.actor_critic.trunk)
                              if run.data.ptx is not None else None)
                 micro_index += 1
                 last = k == cfg.grad_accum_steps - 1
@@ -155,7 +164,8 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
                 for name, value in micro_stats.items():
                     stats.setdefault(name, []).append(value)
             if cfg.max_grad_norm is not None:
-                stats.setdefault("grad_norm", []).append(acc.clip_grad_norm_(params, cfg.max_grad_norm).detach())
+                grad_norm = distributed.plain(acc.clip_grad_norm_(params, cfg.max_grad_norm))  # DTensor under FSDP2
+                stats.setdefault("grad_norm", []).append(grad_norm.detach())
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
@@ -242,6 +252,18 @@ def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, st
 # ---- setup and finish ---------------------------------------------------------------------------
 
 
+def _global_advantages(acc, advantage_fn: Callable, rewards, values, mask) -> tuple:
+    """advantage_fn on every process's rollouts at once, this process's rows returned: batch
+    statistics (whitening, reinforce_baseline's std) are then the global batch's, as on one process
+    with the whole batch. Rows are padded on the right to a common width (mask 0) to gather."""
+    if acc.num_processes == 1:
+        return advantage_fn(rewards, values, mask)
+    width, rows = rewards.shape[1], slice(acc.process_index * len(rewards), (acc.process_index + 1) * len(rewards))
+    parts = [acc.gather(acc.pad_across_processes(t, dim=1)) if t is not None else None for t in (rewards, values, mask)]
+    advantages, returns = advantage_fn(*parts)
+    return advantages[rows, :width], returns[rows, :width] if returns is not None else None
+
+
 def _value_stats(rollout: Rollout) -> dict[str, torch.Tensor]:
     """Mean value estimate and return over real tokens; none without a value model."""
     if rollout.values is None:
@@ -272,19 +294,18 @@ def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
 
     acc = run.accelerator
     metrics = summarize(run.log.records() if run.log else [], runtime, cfg.steps - run.start_step)
-    eval_score = heldout_score(unwrapped.policy, run.data.eval_rows[:cfg.eval_max_prompts], run.tokenizer,
-                               run.gen_config, run.reward, acc, cfg.batch_size)
+    eval_score = unwrapped.call(heldout_score, unwrapped.policy, run.data.eval_rows[:cfg.eval_max_prompts],
+                                run.tokenizer, run.gen_config, run.reward, acc, cfg.batch_size)
     metrics.update(eval_score=eval_score, resumed_from_step=run.start_step or None,
                    advantage_estimator=cfg.advantage_estimator,
                    models={"layout": run.info.layout, "reference": run.info.reference,
                            "value_init": run.info.value_init, "policy_base": run.info.base_model,
                            "reward_model": run.info.reward_model, "trunk_blocks": run.info.trunk_blocks},
-                   world_size=acc.num_processes)
-    if acc.is_main_process:
-        fingerprints = training.data_fingerprints(cfg.prompts, cfg.ptx_data)
-        record = training.stage_record("ppo", cfg, cfg.policy, unwrapped.policy, fingerprints, metrics)
-        training.finish_stage(PolicySaver(unwrapped), run.tokenizer, run.output_dir, record, cfg.keep_checkpoints)
-    acc.wait_for_everyone()
+                   **training.launch_metrics(unwrapped))
+    fingerprints = training.data_fingerprints(cfg.prompts, cfg.ptx_data)
+    record = training.stage_record("ppo", cfg, cfg.policy, unwrapped.policy, fingerprints, metrics)
+    # every process: under FSDP2 the weights are gathered first; the main process writes
+    training.finish_stage(PolicySaver(unwrapped), run.tokenizer, run.output_dir, record, cfg.keep_checkpoints)
     if cfg.report_to != ["none"]:
         acc.end_training()
     return StageResult(run.output_dir, metrics)

@@ -70,7 +70,7 @@ class RewardConfig(Config):
     cache for all K (same scores up to float rounding; on the demo data 204 instead of 333 tokens
     a ranking, ~1.2x faster on CPU).
     Turn off for a model whose cache cannot be indexed by batch row. Off under
-    `model.gradient_checkpointing` (see `shares_prompt`)."""
+    `model.gradient_checkpointing` and under FSDP (see `shares_prompt`)."""
     normalize_with: DataPath | None = None
     """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
     reward 0. None: no bias."""
@@ -84,8 +84,12 @@ class RewardConfig(Config):
     @property
     def shares_prompt(self) -> bool:
         """Prompt sharing in effect: it needs the prompt's key/value cache, which transformers drops
-        under gradient checkpointing while training, so gradient checkpointing turns it off."""
-        return self.share_prompt and not self.model.gradient_checkpointing
+        under gradient checkpointing while training, so gradient checkpointing turns it off. So
+        does an FSDP launch: the cache carries gradients past the blocks' outputs, where FSDP2's
+        backward hooks would gather the parameters, and the backward fails."""
+        from rlhf_stack.distributed import fsdp_requested
+
+        return self.share_prompt and not self.model.gradient_checkpointing and not fsdp_requested()
 
     @field_validator("model")
     @classmethod
@@ -148,7 +152,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
                      "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
-                     "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds)}
+                     "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds), "share_prompt": cfg.shares_prompt}
     resume = training.resume_checkpoint(trainer, output_dir, "reward")
     if has_eval and cfg.eval_before_training and resume is None:
         metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})

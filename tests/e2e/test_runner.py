@@ -165,6 +165,21 @@ def test_decide(tmp_path):
     assert staleness.stage_action(entry, "h", {"sft": "c"}, marker, force=True) == "fresh"
 
 
+def test_decide_under_another_number_of_processes(tmp_path):
+    """Finished stages are reused on any number of processes; an interrupted one resumes only on
+    the number that wrote its resume state, and says why it starts over otherwise."""
+    marker = tmp_path / "ppo" / "stage.json"
+    interrupted = {"config_hash": "h", "inputs": {}, "status": "pending", "started_at": "t", "world_size": 2}
+    assert staleness.stage_action(interrupted, "h", {}, marker, force=False, world_size=2) == "resume"
+    assert staleness.stage_action(interrupted, "h", {}, marker, force=False, world_size=1) == "fresh"
+    assert "interrupted on 2 process(es), now 1" in staleness.restart_reason(interrupted, 1)
+    assert staleness.restart_reason(interrupted, 2) is None
+    assert staleness.restart_reason({"config_hash": "h"}, 4) is None  # never started: nothing to resume
+    marker.parent.mkdir()
+    marker.write_text("{}")
+    assert staleness.stage_action(interrupted, "h", {}, marker, force=False, world_size=1) == "reuse"
+
+
 def test_references_are_found_and_resolved():
     cfg = {"policy": {"name_or_path": "@sft"}, "rewards": [{"path": "@reward"}, {"path": "mod:fn"}], "x": 1}
     assert list(staleness.iter_references(cfg, "ppo")) == [("ppo.policy.name_or_path", "sft"),
