@@ -12,13 +12,13 @@ import math
 
 import pytest
 import torch
-from conftest import write_jsonl
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
 from rlhf_stack import modeling
 from rlhf_stack.config import ModelConfig, load_config
 from rlhf_stack.errors import ConfigError, RlhfStackError
 from rlhf_stack.peft_methods import METHODS
+from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow
 
