@@ -13,7 +13,9 @@ Rows (each side in its own process, TRL first, then ours; CPU, float32 on both):
 1. real model (PRIMARY): SmolLM2-135M-Instruct (`resolve_model_path("smollm2-135m-instruct")`,
    offline) with LoRA r=16, alpha=32, dropout 0 on every linear layer of the blocks, on both sides.
    The reward model is the same full checkpoint on both sides: SmolLM2-135M-Instruct as a sequence
-   classifier with a seeded random score head, saved once (a full RM is what TRL's PPO takes).
+   classifier with a seeded random score head, saved once. A full RM is what TRL's PPO takes as is;
+   a LoRA RM would have to be merged for TRL while ours would host it on the shared base, a set-up
+   TRL cannot mirror, so the full RM is the one set-up that is the same on both sides.
    - TRL, as its example script: policy + `peft_config`; reference = the policy with adapters
      disabled; reward model and a value model initialised from the RM, the value model trained in
      full; a distinct `[PAD]`. Checked in the worker (`trl_ppo.check_setup`/`check_trained`): fp32
@@ -23,8 +25,14 @@ Rows (each side in its own process, TRL first, then ours; CPU, float32 on both):
      adapters disabled), `value_init` = the RM, which becomes a value model of its own (the RM's
      copy with LoRA of the policy's shape; adapters and head train), and the RM as reward. Checked:
      the stage's `models` metrics say layout `lora-shared-base+lora-value-model`, value_init
-     `reward-model`, reference `adapters-disabled`, reward model `separate-model`.
-   So the sides differ, each by its own docs, in how the value model trains: TRL in full, ours LoRA.
+     `reward-model`, reference `adapters-disabled`, reward model `separate-model`, trunk_blocks 0
+     (adapters on every block).
+   Where the sides differ, each by its own docs: the value model trains in full on TRL (its
+   example), with LoRA on ours; TRL runs the rollout forwards on all 16 rollouts at once
+   (`local_rollout_forward_batch_size` 64) and keeps the generation logits, `(b, t, V)`, ours runs
+   them in micro-batches of 8 and records log-probs while sampling, one `(b, V)` row at a time;
+   TRL's RM scores the policy's token ids, ours decodes the responses and applies the chat
+   template again.
 2. config-built (second, labelled, NOT representative): a Llama of 4 layers x 256 (random init,
    the SmolLM2 tokenizer: 49,152 tokens, so the LM head is ~80% of the compute) and a reward
    model of the same shape with a random head; full fine-tuning on both sides, separate reference,
@@ -38,15 +46,17 @@ optimizer update each, no gradient accumulation: the only geometry TRL 1.12 repr
 checkpointing off (TRL 1.12 cannot turn it on). Optimizer updates are counted by a hook on every
 optimizer step on both sides and must equal steps x epochs x 2 (else the script exits).
 
-Figures, per side and row, each the MEDIAN over the measured steps (step 1 is warm-up and dropped;
-min, max and every per-step number in the JSON):
+Figures, per side and row, each the MEDIAN over the measured steps (6 steps a run by default; step 1
+is warm-up and dropped, so steps 2-6; min, max and every per-step number in the JSON):
 - response tokens/s: the response tokens the side actually sampled in the step (each response up
   to and including its first EOS, or max_new_tokens when it has none), over the step's wall time
   (between the ends of consecutive steps, so sampling, scoring and updates all count). Counting
   real tokens keeps a side that stops earlier at EOS from looking faster per step;
 - steps/s: 1 / the step's wall time;
 - peak RSS: the process's peak resident memory within the step (Linux VmHWM, reset at every
-  step end). The whole process's peak, model loading included, is printed beside it.
+  step end): everything the process holds at that moment (weights, gradients, optimizer state,
+  activations, allocator caches). The whole process's peak, model loading included, is printed
+  beside it in parentheses.
 The last two lines are `speed: N.NNx` (our median response tokens/s over TRL's) and `peak_rss: N.NNx`
 (our median per-step peak RSS over TRL's), both from the real-model row. Every per-step number goes
 to benchmarks/ppo_vs_trl.json (`--smoke`: benchmarks/out/ppo_vs_trl_smoke.json).

@@ -207,19 +207,20 @@ def run_trl(spec: dict) -> dict:
         bf16=False, fp16=False, disable_tqdm=True, dataloader_num_workers=0,
         gradient_checkpointing=False,  # ignored by TRL 1.12 (never applied); checked off below
     )
-    meter, sampled = StepMeter(cuda), []
+    meter, sampled = StepMeter(cuda), []  # sampled: (real response tokens, width) of each step
     generate = trl_module.batch_generation
 
     def counting_generation(model, queries, *rest, **kwargs):  # observes TRL's rollout, changes nothing
         query_responses, logits = generate(model, queries, *rest, **kwargs)
-        sampled.append(query_responses[:, queries.shape[1]:])
+        responses = query_responses[:, queries.shape[1]:]
+        sampled.append((response_tokens(responses, tok.eos_token_id), responses.shape[1]))
         return query_responses, logits
 
     trl_module.batch_generation = counting_generation
 
     class StepEnd(TrainerCallback):  # fires once per PPO step, after its updates and logs (:913)
         def on_step_end(self, *a, **k):
-            meter.step_end(response_tokens(sampled[-1], tok.eos_token_id))
+            meter.step_end(sampled[-1][0])
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward_model,
                          train_dataset=dataset, value_model=value_model, eval_dataset=dataset.select(range(2)),
@@ -321,7 +322,7 @@ def check_trained(trainer, value_model, before: dict, meter, sampled: list, spec
     after = watched_parameters(trainer, value_model)
     unchanged = [name for name, p in after.items() if torch.equal(p.detach(), before[name])]
     expected = spec["steps"] * spec["epochs"] * (spec["batch"] // spec["mini"])
-    widths = [r.shape[1] for r in sampled]
+    widths = [width for _, width in sampled]
     problems = ([f"weights that did not change: {unchanged}"] if unchanged else []) + (
         [f"optimizer updates {meter.updates}, expected {expected} (one per mini-batch)"]
         if meter.updates != expected else []) + (
