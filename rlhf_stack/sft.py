@@ -53,6 +53,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     trainer, metrics = build_sft_trainer(cfg)
     for callback in callbacks or []:
         trainer.add_callback(callback)
+    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "sft", output_dir)
 
     # 4. train (resuming from the newest checkpoint in output_dir when there is one)
     resume = training.last_trainer_checkpoint(output_dir)
@@ -63,7 +64,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     tokens_seen = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     metrics.update(train_loss=result.training_loss, train_runtime_s=runtime, resumed_from=resume,
                    train_samples_per_s=result.metrics["train_samples_per_second"],
-                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step)
+                   train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step,
+                   **guard.metrics())
 
     # 5. final eval (on the best model) and the checkpoint with stage.json
     if trainer.eval_dataset is not None:
