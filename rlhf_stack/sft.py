@@ -81,7 +81,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
 
 def build_sft_trainer(cfg: SFTConfig):
     """(TRL SFTTrainer ready to train, metrics so far). Marks output_dir unfinished."""
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
@@ -93,8 +93,10 @@ def build_sft_trainer(cfg: SFTConfig):
     lengths = _check_lengths(cfg, tokenizer, train_rows)
     train_ds, eval_ds = _to_dataset(train_rows, cfg.data_kind), _to_dataset(eval_rows, cfg.data_kind)
 
-    # 2. model + tuning method (LoRA / freeze / full)
+    # 2. model + tuning method (LoRA / freeze / full); seeded first, as the other stages do, so
+    #    the adapter's initialisation is a function of train.seed, not of what ran before in the process
     training.begin_stage(Path(cfg.output_dir))
+    set_seed(cfg.train.seed)
     model = modeling.apply_tuning(modeling.load_causal_lm(cfg.model), cfg.model, "CAUSAL_LM")
 
     # 3. TRL SFTTrainer with early stopping on eval loss and the best checkpoint kept

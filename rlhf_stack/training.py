@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import platform
 import shutil
 from pathlib import Path
@@ -202,6 +203,7 @@ class NonFiniteCallback(TrainerCallback):
         self._trainer = None
         self._problem: str | None = None  # found in the step being accumulated
         self._restore = None  # (LR-scheduler state, group learning rates, problem) of a dropped step
+        self._window = [0, 0]  # steps, dropped steps since the last logged training loss
 
     @classmethod
     def attach(cls, trainer, on_nonfinite: str, stage: str, output_dir: Path) -> NonFiniteCallback:
@@ -232,6 +234,7 @@ class NonFiniteCallback(TrainerCallback):
         # On resume the log history is the checkpoint's: so is the count.
         self.skipped = max((e["skipped_updates"] for e in state.log_history if "skipped_updates" in e), default=0)
         self._problem = self._restore = None
+        self._window = [0, 0]
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         from rlhf_stack.errors import NonFiniteError
@@ -251,8 +254,10 @@ class NonFiniteCallback(TrainerCallback):
                   "(train.on_nonfinite: skip_step)", flush=True)
 
     def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self._window[0] += 1
         if self._restore is None:
             return
+        self._window[1] += 1
         scheduler_state, learning_rates, problem = self._restore
         lr_scheduler.load_state_dict(scheduler_state)
         for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
@@ -260,6 +265,15 @@ class NonFiniteCallback(TrainerCallback):
         self.skipped += 1
         state.log_history.append({"skipped_updates": self.skipped, "nonfinite": problem, "step": state.global_step})
         self._restore = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        if self._window[0] and self._window[1] == self._window[0]:
+            # Every step since the last log was dropped: the Trainer's NaN filter logs a made-up
+            # loss (0.0 right after a log); the history records NaN, which the report leaves out.
+            state.log_history[-1]["loss"] = math.nan
+        self._window = [0, 0]
 
     def _agreed(self, problem: str | None) -> str | None:
         """The same answer on every process (one all-reduce when distributed)."""
