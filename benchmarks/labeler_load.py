@@ -1,21 +1,28 @@
 """Load test of the labeling server on loopback: concurrent annotators, retries, and kill -9.
 
-    .venv/bin/python benchmarks/labeler_load.py [--annotators 20] [--per-annotator 50] [--no-kill]
+    .venv/bin/python benchmarks/labeler_load.py [--annotators 20] [--per-annotator 50] [--no-kill] [--disk-full]
 
 Starts `python -m data_tools.labeler serve` as its own process, logs in N annotators (one thread
 and one HTTP connection each), and has each submit M rankings: GET /api/next, then POST
 /api/submit with a fresh client id, retrying the same body on connection errors and 5xx until it
 is acknowledged. With kill on, the server gets SIGKILL once 40% of the submissions are
-acknowledged and is started again; clients keep retrying through the outage.
+acknowledged and is started again; clients keep retrying through the outage. With disk_full on
+(instead), the disk "fills up" once 40% are acknowledged: every SQLite connection of the server
+gets `PRAGMA max_page_count` pinned to the current size (SQLite then fails writes that need a new
+page with SQLITE_FULL, as on a full disk) until clients have been refused (507) a few times, then
+the space comes back; clients retry 5xx as the page does.
 
 Checks at the end (read straight from SQLite): exactly N*M submissions stored, each client id
-once, every acknowledged id present, nobody got the same item twice. Prints submissions/s and
-the p50/p95 latency of acknowledged POSTs. Everything is bounded: deadlines, finite loops.
+once, every acknowledged id present, nobody got the same item twice; with disk_full also how
+many 507s the clients saw and whether any other 5xx came back (a 500 would be a bug). Prints
+submissions/s and the p50/p95 latency of acknowledged POSTs. Everything is bounded: deadlines,
+finite loops.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -37,6 +44,40 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 RETRYABLE = (httpx.TransportError,)
 
+# `python -c FULL_DISK_SERVER FLAG serve ...`: the labeler server, whose SQLite connections refuse
+# to grow the database (max_page_count pinned) while the file FLAG exists.
+FULL_DISK_SERVER = """
+import os, sqlite3, sys, threading, time
+from data_tools.labeler import store
+flag, state, connections, real_connect = sys.argv.pop(1), {"full": False}, [], store.connect
+
+def pin(conn, full):
+    try:
+        conn.execute("PRAGMA max_page_count=" + ("1" if full else "1073741823"))
+    except sqlite3.ProgrammingError:  # closed
+        pass
+
+def connect(*args, **kwargs):
+    conn = real_connect(*args, **kwargs)
+    connections.append(conn)
+    pin(conn, state["full"])
+    return conn
+
+def watch():
+    while True:
+        full = os.path.exists(flag)
+        if full != state["full"]:
+            state["full"] = full
+            for conn in list(connections):
+                pin(conn, full)
+        time.sleep(0.005)
+
+store.connect = connect
+threading.Thread(target=watch, daemon=True).start()
+from data_tools.labeler.__main__ import main
+main()
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,11 +93,12 @@ def write_candidates(path: Path, n_items: int, k: int = 4) -> Path:
     return path
 
 
-def start_server(db: Path, port: int, candidates: Path | None, log: Path, min_annotations: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "data_tools.labeler", "serve", "--db", str(db), "--port", str(port),
-           "--require-tokens", "--min-annotations", str(min_annotations)]
-    if candidates is not None:
-        cmd.insert(4, str(candidates))
+def start_server(db: Path, port: int, candidates: Path | None, log: Path, min_annotations: int,
+                 full_flag: Path | None = None) -> subprocess.Popen:
+    """The server as its own process; with full_flag, under FULL_DISK_SERVER."""
+    launch = ["-m", "data_tools.labeler"] if full_flag is None else ["-c", FULL_DISK_SERVER, str(full_flag)]
+    cmd = [sys.executable, *launch, "serve", *([str(candidates)] if candidates is not None else []), "--db", str(db),
+           "--port", str(port), "--require-tokens", "--min-annotations", str(min_annotations)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -96,6 +138,7 @@ class Tally:
     latencies_s: list[float] = field(default_factory=list)
     retries: int = 0
     errors: list[str] = field(default_factory=list)
+    server_errors: list[int] = field(default_factory=list)  # the status of every 5xx answer (retried)
 
 
 def request(client: httpx.Client, method: str, path: str, tally: Tally, deadline: float, **kwargs) -> httpx.Response:
@@ -105,7 +148,9 @@ def request(client: httpx.Client, method: str, path: str, tally: Tally, deadline
         start = time.perf_counter()
         try:
             response = client.request(method, path, **kwargs)
-            if response.status_code < 500:
+            if response.status_code >= 500:
+                tally.server_errors.append(response.status_code)
+            else:
                 response.raise_for_status()
                 if method == "POST" and path == "/api/submit":
                     tally.latencies_s.append(time.perf_counter() - start)
@@ -139,30 +184,37 @@ def annotator_loop(port: int, token: str, n_submissions: int, tally: Tally, dead
 
 
 def run_load(workdir: Path, n_annotators: int = 20, per_annotator: int = 50, kill: bool = True,
-             kill_at: float = 0.4, deadline_s: float = 300.0) -> dict:
-    """Run the load; return measurements and the checks' inputs (see module docstring)."""
+             kill_at: float = 0.4, deadline_s: float = 300.0, disk_full: bool = False,
+             full_refusals: int = 20) -> dict:
+    """Run the load; return measurements and the checks' inputs (see module docstring).
+
+    disk_full: instead of (or besides) the kill, fill the disk at kill_at until the clients have
+    been refused full_refusals times (or 10 s passed), then free it."""
     workdir.mkdir(parents=True, exist_ok=True)
     db, log, port = workdir / "labels.sqlite", workdir / "server.log", free_port()
     total = n_annotators * per_annotator
     # Twice as many item slots as submissions (min 2 annotators per item): nobody can run short.
     candidates = write_candidates(workdir / "candidates.jsonl", total)
     tokens = add_annotators(db, n_annotators)
-    server = start_server(db, port, candidates, log, min_annotations=2)
+    flag = workdir / "disk-full" if disk_full else None
+    server = start_server(db, port, candidates, log, min_annotations=2, full_flag=flag)
     tally, deadline = Tally(), time.monotonic() + deadline_s
     threads = [threading.Thread(target=_guarded, args=(annotator_loop, tally, port, t, per_annotator, tally, deadline, n))
                for n, t in enumerate(tokens)]
-    killed_after = None
+    killed_after = full_after = None
     start = time.perf_counter()
     try:
         for t in threads:
             t.start()
+        if flag is not None:
+            full_after = _fill_disk(flag, tally, threads, kill_at * total, full_refusals)
         if kill:
             while len(tally.acked) < kill_at * total and any(t.is_alive() for t in threads):
                 time.sleep(0.01)
             killed_after = len(tally.acked)
             os.kill(server.pid, signal.SIGKILL)
             server.wait()
-            server = start_server(db, port, None, log, min_annotations=2)
+            server = start_server(db, port, None, log, min_annotations=2, full_flag=flag)
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()) + 5)
         wall_s = time.perf_counter() - start
@@ -176,7 +228,22 @@ def run_load(workdir: Path, n_annotators: int = 20, per_annotator: int = 50, kil
             "wall_s": wall_s, "submissions_per_s": len(tally.acked) / wall_s, "retries": tally.retries,
             "p50_ms": 1000 * statistics.median(tally.latencies_s) if tally.latencies_s else None,
             "p95_ms": 1000 * _p95(tally.latencies_s) if tally.latencies_s else None,
-            "killed_after_acks": killed_after, "client_errors": tally.errors}
+            "killed_after_acks": killed_after, "client_errors": tally.errors,
+            "disk_full_after_acks": full_after, "server_errors": dict(collections.Counter(tally.server_errors))}
+
+
+def _fill_disk(flag: Path, tally: Tally, threads: list, at_acks: float, refusals: int) -> int:
+    """Once at_acks submissions are acknowledged, the disk is full until the clients have seen
+    `refusals` answers 507 (at most 10 s); returns the acks at the moment it filled."""
+    while len(tally.acked) < at_acks and any(t.is_alive() for t in threads):
+        time.sleep(0.01)
+    full_after = len(tally.acked)
+    flag.touch()
+    until = time.monotonic() + 10
+    while tally.server_errors.count(507) < refusals and time.monotonic() < until:
+        time.sleep(0.01)
+    flag.unlink()
+    return full_after
 
 
 def _guarded(fn, tally: Tally, *args) -> None:
@@ -208,17 +275,21 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=20)
     parser.add_argument("--per-annotator", type=int, default=50)
     parser.add_argument("--no-kill", action="store_true", help="measure without killing the server")
+    parser.add_argument("--disk-full", action="store_true", help="fill the disk for a while midway")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="labeler-load-"))
-    result = run_load(workdir, args.annotators, args.per_annotator, kill=not args.no_kill)
+    result = run_load(workdir, args.annotators, args.per_annotator, kill=not args.no_kill, disk_full=args.disk_full)
     print(json.dumps(result, indent=2))
     ok = (result["stored"] == result["expected"] == result["distinct_client_ids"] == result["acked"]
-          and result["acked_missing"] == 0 and result["repeat_item_for_annotator"] == 0 and not result["client_errors"])
+          and result["acked_missing"] == 0 and result["repeat_item_for_annotator"] == 0 and not result["client_errors"]
+          and set(result["server_errors"]) <= ({507} if args.disk_full else set()))
     print(f"{result['stored']}/{result['expected']} stored exactly once; "
           f"{result['submissions_per_s']:.1f} submissions/s; p95 {result['p95_ms']:.1f} ms; "
           + (f"kill -9 after {result['killed_after_acks']} acks: {'none lost' if ok else 'LOST DATA'}"
-             if result["killed_after_acks"] is not None else "no kill"))
+             if result["killed_after_acks"] is not None else "no kill")
+          + (f"; disk full after {result['disk_full_after_acks']} acks, {result['server_errors']} answers refused"
+             if args.disk_full else ""))
     sys.exit(0 if ok else 1)
 
 

@@ -21,6 +21,10 @@ from rlhf_stack.errors import ConfigError, KeyPathError
 
 C = TypeVar("C", bound=BaseModel)
 
+OnNonFinite = Literal["stop", "skip_step"]
+"""What a NaN or inf in a step's loss, gradients (or, in PPO, scores, rewards, advantages) does;
+see `rlhf_stack.nonfinite`."""
+
 
 class DataFile:
     """Marks a config field whose value names a data file (or a `datasets` name): see `DataPath`."""
@@ -184,6 +188,12 @@ class TrainingConfig(Config):
     """Trackers: none, tensorboard, wandb, trackio."""
     seed: int = 42
     """Seed for data order and initialisation."""
+    on_nonfinite: OnNonFinite = "stop"
+    """A NaN or inf in a step's loss or gradients, found before the optimizer step: `stop` ends the
+    run with an error naming the step, the quantity (loss, or the gradient of which parameter) and
+    the last good checkpoint, and saves nothing after it; `skip_step` drops that update (gradients
+    cleared, no optimizer or LR-scheduler change; the batch still counts as a step) and counts it
+    (`skipped_updates` in logs/train_log.jsonl, stage.json and the run report)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""One exception family for what the user can fix: input, or the machine it runs on (a full disk).
+"""One exception family for what the user can fix (input, the machine it runs on: a full disk), and
+for training that stopped cleanly.
 
 The CLI prints `error: <message>` for any `RlhfStackError` and exits 2 without a traceback, and
 so it does for an OSError that says the disk is full (`disk_full`); everything else is a bug and
@@ -46,3 +47,19 @@ def disk_full(exc: OSError) -> RlhfStackError | None:
         return None
     return RlhfStackError(f"could not write {exc.filename or 'a file'}: {exc.strerror}. Free space (or move "
                           "output_dir to a larger disk) and re-run: the stage resumes from its newest whole checkpoint.")
+
+
+class NonFiniteError(RlhfStackError):
+    """A NaN or inf in a step's loss, gradients, rewards or advantages, found before its optimizer step
+    under `on_nonfinite: stop`. Nothing was saved after the bad step: a re-run resumes from the last
+    good checkpoint, which the message names."""
+
+
+class RewardFunctionError(RlhfStackError):
+    """A reward source raised, or returned something other than one number per response. The
+    message names the source, the response (and, from PPO, the step, the prompt and the last good
+    checkpoint); `source` and `index` (the response's row in the batch, or None) say it in code."""
+
+    def __init__(self, message: str, source: str = "", index: int | None = None) -> None:
+        super().__init__(message)
+        self.source, self.index = source, index

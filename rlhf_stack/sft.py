@@ -63,6 +63,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     trainer, metrics = build_sft_trainer(cfg)
     for callback in callbacks or []:
         trainer.add_callback(callback)
+    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "sft", output_dir)
 
     # 4. train (resuming from the newest whole checkpoint in output_dir when there is one)
     resume = training.resume_checkpoint(trainer, output_dir, "sft")
@@ -74,7 +75,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     metrics.update(train_loss=result.training_loss, train_runtime_s=runtime, resumed_from=resume,
                    train_samples_per_s=result.metrics["train_samples_per_second"],
                    train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step,
-                   **training.launch_metrics(trainer.model))
+                   **training.launch_metrics(trainer.model), **guard.metrics())
 
     # 5. final eval (on the best model) and the checkpoint with stage.json
     if trainer.eval_dataset is not None:

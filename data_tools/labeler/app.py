@@ -10,13 +10,16 @@
     POST /api/submit          one submission, idempotent by client_id
 
 Every POST needs the session cookie and its CSRF token in `X-CSRF-Token`; `security.Guard`
-checks Host, Origin and body size first. Handlers are plain `def` (SQLite is blocking), so
+checks Host, Origin and body size first. A write the disk refuses (full: 507; busy or failing:
+503) is answered with a JSON `detail` and never acknowledged (`storage_response`). Handlers are plain `def` (SQLite is blocking), so
 Starlette runs them in its thread pool; each thread keeps its own connection.
 """
 
 from __future__ import annotations
 
 import html
+import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Literal
@@ -101,6 +104,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def refused(request: Request, exc: assign.SubmissionError):
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
+    @app.exception_handler(sqlite3.Error)
+    @app.exception_handler(OSError)
+    def storage_failed(request: Request, exc: Exception):
+        return storage_response(request, exc, settings.db)
+
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
@@ -112,6 +120,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _add_session_routes(app, state)
     _add_work_routes(app, state)
     return app
+
+
+def storage_response(request: Request, exc: Exception, db: Path) -> JSONResponse:
+    """A write the disk refused (full, busy, failing): 507 / 503 with a message for the page, never an
+    acknowledgement; the transaction was rolled back whole (`store.transaction`). The operator
+    reads the cause on the server's console. Anything else is a bug: re-raised (500)."""
+    failure = store.storage_failure(exc)
+    if failure is None:
+        raise exc
+    status, reason = failure
+    print(f"labeler: {request.method} {request.url.path} failed: {reason} ({db}): {exc}", file=sys.stderr, flush=True)
+    if request.url.path == "/api/submit":
+        detail = (f"Your answer was NOT saved: {reason} on the labeling server. It is kept on this page; "
+                  "submit it again in a moment (tell the operator if this persists).")
+    else:
+        detail = f"The labeling server cannot save anything right now: {reason}. Try again in a moment."
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status)
 
 
 def _set_cookie(response: Response, value: str) -> None:

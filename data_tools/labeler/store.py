@@ -5,6 +5,8 @@ Durability choices (issue 6, "Storage"):
   the server acknowledged survives `kill -9` (and a power cut); WAL lets readers run during writes.
 - One `BEGIN IMMEDIATE` transaction per submission: the write lock is taken up front, so two
   requests never both read "version 1 is next" and the busy timeout queues writers instead of failing.
+- A full disk (SQLITE_FULL, ENOSPC) rolls the whole transaction back: nothing partial is stored,
+  and the app answers 507 (`storage_failure`) without acknowledging; reads go on working.
 - Submissions are append-only (triggers refuse UPDATE/DELETE); an edit is a new version. Each
   carries a client-generated id (UNIQUE), so a retried POST is stored once.
 - `PRAGMA user_version` holds the schema version; a newer database is refused, not guessed at.
@@ -14,6 +16,7 @@ Only parameterised SQL is used: no value is ever formatted into a statement.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -126,14 +129,38 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one write lock, taken before the first read."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error, a failed COMMIT included): one write lock,
+    taken before the first read; all of it is stored or none of it."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # After some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has already rolled back, and a
+        # second ROLLBACK would raise "no transaction is active", hiding the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+
+
+def storage_failure(exc: BaseException) -> tuple[int, str] | None:
+    """(HTTP status, reason) when `exc` says the storage refused the work, not that the code is wrong:
+    507 for a full disk or database (SQLITE_FULL, ENOSPC, EDQUOT), 503 for a busy, read-only or
+    failing disk (SQLITE_BUSY / LOCKED / READONLY / IOERR / CANTOPEN, EIO, EROFS); None otherwise."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return 507, "the disk is full"
+        return (503, f"the disk failed ({exc.strerror})") if exc.errno in (errno.EIO, errno.EROFS) else None
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    if name.startswith("SQLITE_FULL") or "database or disk is full" in str(exc):
+        return 507, "the disk is full"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return 503, "the database is busy"
+    if name.startswith(("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return 503, f"the database cannot be written ({exc})"
+    return None
 
 
 def dumps(value) -> str:

@@ -117,6 +117,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
         data_collator=PreferenceCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer,
         callbacks=callbacks, compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=partial(LOSSES[cfg.loss], beta=cfg.beta), reference=reference, beta=cfg.beta)
+    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "dpo", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
@@ -125,7 +126,8 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
                      "share_prompt": cfg.shares_prompt,
                      "models": {"layout": info.layout, "reference": info.reference, "base_model": info.base_model}}
     resume = training.resume_checkpoint(trainer, output_dir, "dpo")
-    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume))
+    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume),
+                   **guard.metrics())
 
     # 5. final eval (the best model), checkpoint (the policy alone) + stage.json
     if has_eval:

@@ -1,7 +1,7 @@
 """The run report: RUN_DIR/report.md + PNG plots, readable on GitHub (relative image links).
 
 Sections, each present only when its stage left something to show:
-stages (status, time, headline metric) · SFT train/eval loss · reward model eval accuracy beside the
+summary (with a line per stage whose `on_nonfinite: skip_step` dropped updates) · stages (status, time, headline metric) · SFT train/eval loss · reward model eval accuracy beside the
 labelers' own agreement on the same rankings (the noise ceiling) and the reward-margin histogram ·
 PPO score, KL and kl_coef, entropy and response length over steps ·
 evaluation table (baseline vs each policy vs best-of-n: win rate with its interval, scores, KL,
@@ -218,6 +218,12 @@ def _summary_section(manifest: dict, results: dict | None) -> str:
     frontier = (results or {}).get("frontier") or {}
     last = (frontier.get("best_of_n") or [None])[-1]
     lines += [f"- {frontier_sentence(placed, last)}" for placed in frontier.get("policies", [])]
+    for name, entry in stages.items():  # on_nonfinite: skip_step dropped some updates
+        skipped = (entry.get("metrics") or {}).get("skipped_updates")
+        if isinstance(skipped, int) and skipped > 0:
+            lines.append(f"- {name}: **{skipped}** optimizer update{'s' * (skipped > 1)} skipped for a NaN or inf in "
+                         "the loss, gradients, rewards or advantages (`on_nonfinite: skip_step`; which step and "
+                         "what: the stage's log)")
     durations = [e["duration_s"] for e in stages.values() if isinstance(e.get("duration_s"), int | float)]
     if durations:
         lines.append(f"- Stage time: {sum(durations) / 60:.1f} min in all (the last attempt of each stage)")

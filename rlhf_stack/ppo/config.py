@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhf_stack.config import Config, DataConfig, ModelConfig
+from rlhf_stack.config import Config, DataConfig, ModelConfig, OnNonFinite
 from rlhf_stack.ppo.estimators import uses_value_model
 from rlhf_stack.ppo.rewards import RewardSourceConfig
 
@@ -151,6 +151,15 @@ class PPOConfig(Config):
     """Write a resumable checkpoint every N steps (None: only the final checkpoint)."""
     resume: bool = True
     """Continue from the newest checkpoint in output_dir/checkpoints when there is one."""
+    on_nonfinite: OnNonFinite = "stop"
+    """A NaN or inf in a step's scores (any reward source), KL-penalised rewards, advantages or
+    returns, or in an update's loss or gradients, found before the optimizer step. `stop`: the run
+    ends with an error naming the step, the quantity (for a score: the reward source, the prompt and
+    the response) and the last good checkpoint; nothing is saved after the bad step. `skip_step`:
+    a bad score / reward / advantage drops the whole step (no update, and neither the KL controller
+    nor the score statistics see it); a bad loss or gradient drops that mini-batch's update (no
+    optimizer or LR-scheduler step). Skipped updates are counted: `skipped_updates` per step in
+    ppo_log.jsonl, in total in stage.json and the run report."""
     keep_checkpoints: bool = False
     """Keep output_dir/checkpoints after a successful run."""
     sample_every_steps: int = Field(10, ge=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 from pathlib import Path
 
@@ -60,10 +61,13 @@ def summarize(records: list[dict], runtime_s: float, steps_run: int) -> dict:
                      "peak_memory_mb": max(r["peak_memory_mb"] for r in records)}
     for key in SUMMARY_KEYS:
         # A key may be missing from some steps: no policy_loss during value_warmup_steps, no
-        # value_loss ever with a critic-free estimator. Each figure comes from the steps that have it.
-        having = [r[key] for r in records if key in r]
+        # value_loss ever with a critic-free estimator. Each figure comes from the steps that have
+        # it, and a finite value (a step dropped by on_nonfinite: skip_step may log NaN scores).
+        having = [r[key] for r in records if math.isfinite(r.get(key, math.nan))]
         if having and key in records[-1]:
-            tail_values = [r[key] for r in tail if key in r]
+            tail_values = [r[key] for r in tail if math.isfinite(r.get(key, math.nan))] or having[-1:]
             metrics[f"{key}_first"] = having[0]
             metrics[key] = sum(tail_values) / len(tail_values)
+    if any("skipped_updates" in r for r in records):  # on_nonfinite: skip_step
+        metrics["skipped_updates"] = sum(r.get("skipped_updates", 0) for r in records)
     return metrics

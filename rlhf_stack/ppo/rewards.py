@@ -7,13 +7,15 @@ processing from raw score to the terminal reward.
 - `ClassifierScorer`: any text-classification checkpoint (num_labels >= 2, id2label); the reward is
   the probability of one label (e.g. POSITIVE of a sentiment model, TRL's IMDB example);
 - Python functions `f(prompts, responses) -> list[float]` named `package.module:function`, or
-  passed to `train_ppo(cfg, reward_fns=[...])`;
+  passed to `train_ppo(cfg, reward_fns=[...])`; every source's output is checked (`checked_scores`):
+  an exception, or anything but one number per response, is a `RewardFunctionError` naming it;
 - `build_reward_function(sources) -> CombinedReward`: the weighted sum, with each part by name;
 - `process_scores`: normalise, clip, penalise a missing EOS (step 2 of the loop).
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,7 +23,8 @@ from typing import Literal
 import torch
 
 from rlhf_stack.config import Config, load_callable
-from rlhf_stack.errors import ConfigError
+from rlhf_stack.errors import ConfigError, RewardFunctionError
+from rlhf_stack.nonfinite import quote
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.control import RunningMoments
 from rlhf_stack.reward.batching import Prompt
@@ -127,12 +130,65 @@ class CombinedReward:
         total = torch.zeros(len(responses), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
         for name, weight, fn in self.terms:
-            values = torch.as_tensor(fn(list(prompts), list(responses)), dtype=torch.float32).reshape(-1).cpu()
-            if values.numel() != len(responses):
-                raise ValueError(f"reward {name!r} returned {values.numel()} values for {len(responses)} responses")
-            parts[name] = values
-            total += weight * values
+            parts[name] = checked_scores(name, fn, list(prompts), list(responses))
+            total += weight * parts[name]
         return total, parts
+
+
+def checked_scores(name: str, fn: Callable, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+    """fn(prompts, responses) as (b,) float32 on CPU.
+
+    RewardFunctionError naming the source and the response when fn raises or returns anything but
+    one real number per response. To name the response behind an exception, fn is called again on
+    each response alone until one raises (only then, so a flaky failure may name none). NaN and
+    inf pass: what they do is `on_nonfinite`'s business (ppo/guard.py).
+    """
+    try:
+        out = fn(prompts, responses)
+    except Exception as exc:
+        index = _failing_index(fn, prompts, responses)
+        where = (f" on response {index} of the batch: {quote(responses[index])}" if index is not None else
+                 f" on a batch of {len(responses)} responses (no response alone makes it raise)")
+        raise RewardFunctionError(f"reward {name!r} raised {type(exc).__name__}: {' '.join(str(exc).split())}"
+                                  f"{_origin(exc)}{where}", name, index) from exc
+    n = len(responses)
+    if hasattr(out, "shape") and hasattr(out, "dtype"):  # a tensor or an array
+        try:
+            values = torch.as_tensor(out).to(torch.float32).reshape(-1).cpu()
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.numel() != n:
+            raise RewardFunctionError(f"reward {name!r} returned an array of shape {tuple(out.shape)} and dtype "
+                                      f"{out.dtype} for {n} responses; expected {n} numbers", name)
+        return values
+    if not isinstance(out, list | tuple):
+        raise RewardFunctionError(f"reward {name!r} returned a {type(out).__name__}; expected a list of {n} "
+                                  "numbers, one per response", name)
+    if len(out) != n:
+        raise RewardFunctionError(f"reward {name!r} returned {len(out)} values for {n} responses", name)
+    for i, value in enumerate(out):
+        if not isinstance(value, numbers.Real) and not (isinstance(value, torch.Tensor) and value.numel() == 1):
+            raise RewardFunctionError(f"reward {name!r} returned {value!r} (a {type(value).__name__}, not a number) "
+                                      f"for response {i} of the batch: {quote(responses[i])}", name, i)
+    return torch.tensor([float(v) for v in out], dtype=torch.float32)
+
+
+def _failing_index(fn: Callable, prompts: list[Prompt], responses: list[str]) -> int | None:
+    """The first response that makes fn raise when scored alone, or None."""
+    for i in range(len(responses)):
+        try:
+            fn([prompts[i]], [responses[i]])
+        except Exception:
+            return i
+    return None
+
+
+def _origin(exc: BaseException) -> str:
+    """` at file:line` of the innermost frame the exception passed through."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def check_reward_sources(sources: list[RewardSourceConfig]) -> None:

@@ -2,6 +2,8 @@
 
 Each step: 1. generate (and evaluate the samples under policy, reference and value) 2. score
 3. KL-penalised rewards 4. advantages 5. PPO epochs (+ ptx) 6. KL control, logs, checkpoint.
+A NaN or inf is looked for before every update (`guard.py`, setting `on_nonfinite`): it stops the
+run, or drops the step / the update, so no update and no checkpoint ever carries one.
 The math is rlhf_stack.ppo.functional and .estimators; this file only orders it (STYLE.md items
 4 and 6). The advantage estimator, the loss aggregation and the update (policy + value, or the
 policy alone for a critic-free estimator) are chosen once, before the loop.
@@ -34,6 +36,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     from rlhf_stack import distributed
     from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, save_checkpoint_state
     from rlhf_stack.ppo.data import step_prompt_indices
+    from rlhf_stack.ppo.guard import StepGuard
     from rlhf_stack.ppo.logs import peak_memory_mb
     from rlhf_stack.ppo.rewards import process_scores
     from rlhf_stack.ppo.rollout import collect_rollout, left_pad
@@ -53,6 +56,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     world, rank = acc.num_processes, acc.process_index
     # Merging writes into the base weights, which FSDP2 holds only as shards outside a forward.
     merge_lora = cfg.merge_lora_for_generation and unwrapped.shared and not distributed.is_sharded(unwrapped)
+    guard = StepGuard(cfg.on_nonfinite, acc, unwrapped, run.optimizer, run.output_dir / CHECKPOINTS_DIR,
+                      updates_per_step=cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size))
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
                disable=not (acc.is_main_process and cfg.progress_bar))
     started = time.perf_counter()
@@ -76,10 +81,13 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
                                  merge_lora=merge_lora, draws=draws, timings=phases)
         t_generate = time.perf_counter()
 
-        # 2. score the decoded text, then normalise / clip / penalise missing EOS
+        # 2. score the decoded text (a failing reward source stops the run, naming the prompt),
+        #    then normalise / clip / penalise missing EOS
         responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        raw_scores, parts = unwrapped.call(run.reward, prompts, responses)  # a hosted RM runs on the base
+        where = partial(_prompt_where, cfg, data.prompts, index)
+        raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
         raw_scores = raw_scores.to(acc.device)
+        moments = run.moments.state_dict()  # put back if the step is dropped (on_nonfinite: skip_step)
         scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)
         t_score = time.perf_counter()
 
@@ -95,14 +103,21 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
 
         # 5. PPO epochs over mini-batches (+ ptx_coef * LM loss on a corpus batch); during
-        #    value_warmup_steps only the value function learns (the policy is frozen)
-        backward = _value_backward if step <= cfg.value_warmup_steps else update
-        train_stats = _ppo_epochs(run, cfg, rollout, step, backward)
+        #    value_warmup_steps only the value function learns (the policy is frozen). A NaN/inf
+        #    score, reward or advantage drops the whole step under skip_step (and stops under stop).
+        dropped = guard.check_batch(step, parts, responses, where, rollout)
+        train_stats = {}
+        if dropped:
+            run.moments.load_state_dict(moments)
+        else:
+            backward = _value_backward if step <= cfg.value_warmup_steps else update
+            train_stats = _ppo_epochs(run, cfg, rollout, step, backward, guard)
         t_train = time.perf_counter()
 
         # 6. KL controller (on the mean KL of every process), logs, checkpoint
         seq_kl = acc.reduce(kl.sum(1).mean(), "mean").item()
-        run.kl_ctl.update(seq_kl, cfg.batch_size * world)
+        if not dropped:
+            run.kl_ctl.update(seq_kl, cfg.batch_size * world)
         n_tokens = mask.sum()
         rollout_stats = {
             "score": raw_scores.mean(), "score_processed": scores.mean(), "reward": rewards.sum(1).mean(),
@@ -117,7 +132,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
                   "time_train_s": t_train - t_score, "time_step_s": t_train - t_start,
                   "elapsed_s": t_train - started,
                   "tokens_per_s": acc.reduce(n_tokens, "sum").item() / max(t_train - t_start, 1e-9),
-                  "peak_memory_mb": peak_memory_mb(acc.device)}
+                  "peak_memory_mb": peak_memory_mb(acc.device), **guard.record()}
         if acc.is_main_process:
             run.log.write(record)
             if step % cfg.sample_every_steps == 0 or step == cfg.steps:
@@ -137,10 +152,14 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
 # ---- step 5: the PPO update ---------------------------------------------------------------------
 
 
-def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward: Callable) -> dict[str, torch.Tensor]:
+def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward: Callable,
+                guard) -> dict[str, torch.Tensor]:
     """ppo_epochs passes over the batch in random mini-batches; one optimizer step per mini-batch.
 
     backward(run, model, micro_batch, ptx_batch, cfg, last) -> stats: one of the updates below.
+    guard (`guard.StepGuard`) looks at each update's losses and gradients before the optimizer
+    step: it stops the run, or the update is dropped (gradients cleared, no optimizer or scheduler
+    step, its statistics left out).
     """
     from rlhf_stack import distributed
 
@@ -153,6 +172,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
         order = torch.randperm(cfg.batch_size).to(acc.device)
         for mb_start in range(0, cfg.batch_size, cfg.mini_batch_size):
             mb_order = order[mb_start:mb_start + cfg.mini_batch_size]
+            mb_stats: dict[str, list[torch.Tensor]] = {}
             for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
                 micro = rollout.select(mb_order[micro_start:micro_start + cfg.micro_batch_size])
                 ptx_batch = (run.actor_critic.call(run.data.ptx.batch, step, micro_index, acc, run.actor_critic.trunk)
@@ -162,7 +182,12 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
                 with nullcontext() if last else acc.no_sync(model):  # all-reduce once per mini-batch
                     micro_stats = backward(run, model, micro, ptx_batch, cfg, last)
                 for name, value in micro_stats.items():
-                    stats.setdefault(name, []).append(value)
+                    mb_stats.setdefault(name, []).append(value)
+            if guard.check_update(step, mb_stats):  # before clipping, which would spread a NaN
+                run.optimizer.zero_grad(set_to_none=True)
+                continue
+            for name, values in mb_stats.items():
+                stats.setdefault(name, []).extend(values)
             if cfg.max_grad_norm is not None:
                 grad_norm = distributed.plain(acc.clip_grad_norm_(params, cfg.max_grad_norm))  # DTensor under FSDP2
                 stats.setdefault("grad_norm", []).append(grad_norm.detach())
@@ -277,6 +302,34 @@ def _mean_over_processes(acc, stats: dict[str, torch.Tensor]) -> dict[str, float
     names = sorted(stats)
     stacked = torch.stack([torch.as_tensor(stats[n], dtype=torch.float32, device=acc.device) for n in names])
     return dict(zip(names, acc.reduce(stacked, "mean").tolist(), strict=True))
+
+
+def _score(run: Run, unwrapped, step: int, prompts: list, responses: list[str], where: Callable[[int], str],
+           guard) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """run.reward(prompts, responses), called through the policy model (a hosted RM runs on its
+    base, which FSDP2 shards); a source that raises or returns the wrong thing stops the run here,
+    before any update from this step, with the step, the prompt and the last good checkpoint added
+    to its message."""
+    from rlhf_stack.errors import RewardFunctionError
+    from rlhf_stack.nonfinite import halt_note
+
+    try:
+        return unwrapped.call(run.reward, prompts, responses)
+    except RewardFunctionError as exc:
+        prompt = where(exc.index) if exc.index is not None else "the batch's prompts: " + ", ".join(
+            where(i) for i in range(min(3, len(prompts)))) + (", ..." if len(prompts) > 3 else "")
+        raise RewardFunctionError(f"ppo step {step}: {exc} ({prompt}). Stopped before any update from step {step}. "
+                                  f"{halt_note(guard.last_checkpoint())}", exc.source, exc.index) from exc.__cause__
+
+
+def _prompt_where(cfg: PPOConfig, rows: list[dict], index: list[int], i: int) -> str:
+    """Row i of a step's batch as `prompt 13 (prompts.jsonl:14)`: its index among the training
+    prompts, and its file line when known."""
+    from rlhf_stack.data import LINE_KEY
+
+    row = index[i]
+    line = rows[row].get(LINE_KEY)
+    return f"prompt {row} ({cfg.prompts.path}:{line})" if line is not None else f"prompt {row}"
 
 
 def _sample_rows(prompts, responses, raw_scores, scores, n: int) -> list[dict]:

@@ -148,6 +148,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
         data_collator=RankingCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer, callbacks=callbacks,
         compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=make_objective(cfg), micro_batch_completions=cfg.micro_batch_completions)
+    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "reward", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
@@ -156,7 +157,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     resume = training.resume_checkpoint(trainer, output_dir, "reward")
     if has_eval and cfg.eval_before_training and resume is None:
         metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})
-    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume))
+    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume),
+                   **guard.metrics())
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:

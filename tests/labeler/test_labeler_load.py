@@ -1,4 +1,5 @@
-"""Load on loopback: 20 annotators x 50 submissions with retries, and a kill -9 of the server midway.
+"""Load on loopback: 20 annotators x 50 submissions with retries, and a kill -9 of the server midway;
+20 x 20 through a full disk midway (issue 15).
 
 Runs benchmarks/labeler_load.py's harness (the same code the benchmark reports from); ~10 s here.
 """
@@ -28,3 +29,17 @@ def test_every_acknowledged_submission_survives_kill_9(tmp_path):
     assert result["stored"] == 1000 and result["distinct_client_ids"] == 1000  # each stored exactly once
     assert result["acked_missing"] == 0
     assert result["repeat_item_for_annotator"] == 0
+
+
+def test_nothing_is_lost_around_a_full_disk(tmp_path):
+    """The disk fills at 40% of the acks (SQLite refuses to grow the database: SQLITE_FULL) until the
+    clients have been refused 20 times, then frees up. Refusals are 507 (never a 500, never an ack
+    of something unstored); the clients' retries of the same POSTs then land, each exactly once."""
+    result = load_harness().run_load(tmp_path, n_annotators=20, per_annotator=20, kill=False, disk_full=True,
+                                     full_refusals=20, deadline_s=120)
+    print({k: result[k] for k in ("submissions_per_s", "p95_ms", "retries", "disk_full_after_acks", "server_errors")})
+    assert result["client_errors"] == []
+    assert 0 < result["disk_full_after_acks"] < 400
+    assert result["server_errors"].get(507, 0) >= 20 and set(result["server_errors"]) == {507}
+    assert result["acked"] == result["expected"] == result["stored"] == result["distinct_client_ids"] == 400
+    assert result["acked_missing"] == 0 and result["repeat_item_for_annotator"] == 0

@@ -152,8 +152,10 @@ def test_combined_reward_weights_and_components():
 
 
 def test_combined_reward_checks_lengths():
+    from rlhf_stack.errors import RewardFunctionError
+
     combined = CombinedReward([("bad", 1.0, lambda p, r: [0.0])])
-    with pytest.raises(ValueError, match="returned 1 values"):
+    with pytest.raises(RewardFunctionError, match="reward 'bad' returned 1 values for 2 responses"):
         combined(["a", "b"], ["x", "y"])
 
 
