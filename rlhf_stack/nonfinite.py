@@ -26,7 +26,8 @@ RESPONSE_CHARS = 80  # of a response quoted in a one-line error
 def first_nonfinite_index(tensors: Sequence[torch.Tensor | None]) -> int | None:
     """The position of the first tensor holding a NaN or inf (None entries are skipped), or None
     when all are finite. One host sync whatever the number of tensors."""
-    present = [(i, t) for i, t in enumerate(tensors) if t is not None]
+    # A sharded (FSDP2) tensor is checked on this process's shard; callers agree across processes.
+    present = [(i, t.to_local() if hasattr(t, "to_local") else t) for i, t in enumerate(tensors) if t is not None]
     if not present:
         return None
     device = present[0][1].device
