@@ -209,10 +209,18 @@ def clear_model_files(output_dir: Path) -> None:
 
 
 def write_log(output_dir: Path, log_history: list[dict], name: str = TRAIN_LOG) -> Path:
+    """Write the log (main process only: under FSDP every process holds the same history, and two
+    processes writing one file at once can leave a hole of NUL bytes), through a temporary file."""
+    from rlhf_stack import distributed
+
     logs = output_dir / LOGS_DIR
-    logs.mkdir(parents=True, exist_ok=True)
     path = logs / name
-    path.write_text("".join(json.dumps(entry) + "\n" for entry in log_history))
+    if not distributed.is_main_process():
+        return path
+    logs.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.tmp")
+    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in log_history))
+    tmp.replace(path)
     return path
 
 
