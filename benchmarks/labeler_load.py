@@ -189,7 +189,7 @@ def run_load(workdir: Path, n_annotators: int = 20, per_annotator: int = 50, kil
     """Run the load; return measurements and the checks' inputs (see module docstring).
 
     disk_full: instead of (or besides) the kill, fill the disk at kill_at until the clients have
-    been refused full_refusals times (or 10 s passed), then free it."""
+    been refused full_refusals times (or 60 s passed), then free it."""
     workdir.mkdir(parents=True, exist_ok=True)
     db, log, port = workdir / "labels.sqlite", workdir / "server.log", free_port()
     total = n_annotators * per_annotator
@@ -234,12 +234,13 @@ def run_load(workdir: Path, n_annotators: int = 20, per_annotator: int = 50, kil
 
 def _fill_disk(flag: Path, tally: Tally, threads: list, at_acks: float, refusals: int) -> int:
     """Once at_acks submissions are acknowledged, the disk is full until the clients have seen
-    `refusals` answers 507 (at most 10 s); returns the acks at the moment it filled."""
+    `refusals` answers 507 (at most 60 s: clients retry with backoff, slower on a loaded machine);
+    returns the acks at the moment it filled."""
     while len(tally.acked) < at_acks and any(t.is_alive() for t in threads):
         time.sleep(0.01)
     full_after = len(tally.acked)
     flag.touch()
-    until = time.monotonic() + 10
+    until = time.monotonic() + 60
     while tally.server_errors.count(507) < refusals and time.monotonic() < until:
         time.sleep(0.01)
     flag.unlink()
