@@ -212,15 +212,11 @@ def write_log(output_dir: Path, log_history: list[dict], name: str = TRAIN_LOG) 
     """Write the log (main process only: under FSDP every process holds the same history, and two
     processes writing one file at once can leave a hole of NUL bytes), through a temporary file."""
     from rlhf_stack import distributed
+    from rlhf_stack.pipeline.manifest import write_atomic
 
-    logs = output_dir / LOGS_DIR
-    path = logs / name
-    if not distributed.is_main_process():
-        return path
-    logs.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in log_history))
-    tmp.replace(path)
+    path = output_dir / LOGS_DIR / name
+    if distributed.is_main_process():
+        write_atomic(path, "".join(json.dumps(entry) + "\n" for entry in log_history))
     return path
 
 

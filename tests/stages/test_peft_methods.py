@@ -100,6 +100,9 @@ def assert_model_card(ckpt, stage: str, method: str) -> None:
     assert all(fp in card for fp in info["data"].values())
 
 
+QUICK_TRAIN = {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1}
+
+
 @pytest.mark.parametrize("method", SFT_METHODS)
 def test_sft_trains_saves_reloads_and_merges(method, tiny_model_dir, instructions_file, tmp_path):
     from rlhf_stack.sft import SFTConfig, train_sft
@@ -107,7 +110,7 @@ def test_sft_trains_saves_reloads_and_merges(method, tiny_model_dir, instruction
     cfg = load_config(SFTConfig, {
         "model": model_block(tiny_model_dir, method), "data": {"path": str(instructions_file), "eval_fraction": 0.0},
         "output_dir": str(tmp_path / "sft"), "max_length": 64,
-        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1}})
+        "train": QUICK_TRAIN})
 
     def logits(model):
         return model(input_ids=IDS, attention_mask=MASK).logits
@@ -136,7 +139,7 @@ def test_reward_model_trains_saves_reloads_and_merges(method, tiny_model_dir, ra
     cfg = load_config(RewardConfig, {
         "model": model_block(tiny_model_dir, method), "data": {"path": str(rankings), "eval_fraction": 0.0},
         "output_dir": str(tmp_path / "rm"), "max_length": 64,
-        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1}})
+        "train": QUICK_TRAIN})
 
     def scores(model):
         model.config.pad_token_id = 3  # the fixture tokenizer's pad id
@@ -225,7 +228,7 @@ def test_dpo_runs_a_non_lora_method_with_the_reference_as_adapters_disabled(tiny
     cfg = load_config(DPOConfig, {
         "policy": model_block(tiny_model_dir, "loha"), "data": {"path": str(rankings), "eval_fraction": 0.25},
         "output_dir": str(tmp_path / "dpo"), "max_length": 64,
-        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1}})
+        "train": QUICK_TRAIN})
     result = train_dpo(cfg)
     assert result.metrics["models"]["layout"] == "lora-shared-base"
     assert result.metrics["models"]["reference"] == "adapters-disabled"
