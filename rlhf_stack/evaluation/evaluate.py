@@ -189,17 +189,18 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     pool = None
     if baseline is not None:
         torch.manual_seed(cfg.seed)
-        sides["baseline"] = baseline.sample(rows_in, cfg, n=cfg.samples_per_prompt, **how)
+        sides["baseline"] = baseline.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {cfg.baseline_label}", **how)
         rows["baseline"] = _model_row(baseline, reference, sides["baseline"], corpus, cfg)
         if cfg.best_of_n:
             torch.manual_seed(cfg.seed + 1)
-            pool = baseline.sample(rows_in, cfg, n=cfg.best_of_n[-1], **how)
+            pool = baseline.sample(rows_in, cfg, n=cfg.best_of_n[-1], desc=f"eval: best-of-n pool ({cfg.baseline_label})",
+                                   **how)
 
     # 2. each policy with the same seed: its samples, KL to the reference on them, perplexity
-    for name, _, path in cfg.policy_specs():
+    for name, label, path in cfg.policy_specs():
         model = LM(path)
         torch.manual_seed(cfg.seed)
-        sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, **how)
+        sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}", **how)
         rows[name] = _model_row(model, reference, sides[name], corpus, cfg)
         del model
     del baseline, reference

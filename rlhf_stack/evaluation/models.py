@@ -38,8 +38,11 @@ class LM:
         self.device = next(self.model.parameters()).device
 
     def sample(self, rows: list[dict], sampling: SamplingSettings, *, max_prompt_length: int, batch_size: int,
-               source: str, n: int = 1) -> Samples:
-        """n responses per prompt row (grouped: prompt 0's n samples first)."""
+               source: str, n: int = 1, desc: str = "sampling") -> Samples:
+        """n responses per prompt row (grouped: prompt 0's n samples first), with a progress bar
+        (`desc`, one tick per response) on stderr."""
+        from tqdm.auto import tqdm
+
         from rlhf_stack.ppo.rollout import (
             encode_prompts,
             generate,
@@ -52,6 +55,7 @@ class LM:
         gen = generation_config(sampling, self.tokenizer)
         prompts = [ids for ids in encode_prompts(rows, self.tokenizer, max_prompt_length, source) for _ in range(n)]
         texts, responses = [], []
+        bar = tqdm(total=len(prompts), desc=desc, unit="resp", leave=False)
         for start in range(0, len(prompts), batch_size):
             ids, mask = left_pad(prompts[start:start + batch_size], pad, self.device)
             out, out_mask, _ = truncate_at_eos(generate(self.model, ids, mask, gen), eos, pad)
@@ -59,6 +63,8 @@ class LM:
                 tokens = out[row][out_mask[row].bool()].tolist()
                 responses.append(tokens)
                 texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            bar.update(out.shape[0])
+        bar.close()
         return Samples(texts, prompts, responses)
 
     def response_logprobs(self, samples: Samples, temperature: float, batch_size: int) -> list[torch.Tensor]:
