@@ -40,7 +40,10 @@ class LM:
     def sample(self, rows: list[dict], sampling: SamplingSettings, *, max_prompt_length: int, batch_size: int,
                source: str, n: int = 1, desc: str = "sampling") -> Samples:
         """n responses per prompt row (grouped: prompt 0's n samples first), with a progress bar
-        (`desc`, one tick per response) on stderr."""
+        (`desc`, one tick per response) on stderr.
+
+        Prompts go to `generate()` shortest first, batch_size // n prompts at a time (less left
+        padding), each prompt run once for its n samples (`rollout.prefill_groups`)."""
         from tqdm.auto import tqdm
 
         from rlhf_stack.ppo.rollout import (
@@ -53,19 +56,22 @@ class LM:
 
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         gen = generation_config(sampling, self.tokenizer)
-        prompts = [ids for ids in encode_prompts(rows, self.tokenizer, max_prompt_length, source) for _ in range(n)]
-        texts, responses = [], []
-        bar = tqdm(total=len(prompts), desc=desc, unit="resp", leave=False)
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = left_pad(prompts[start:start + batch_size], pad, self.device)
-            out, out_mask, _ = truncate_at_eos(generate(self.model, ids, mask, gen), eos, pad)
+        encoded = encode_prompts(rows, self.tokenizer, max_prompt_length, source)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        per_batch = max(1, batch_size // n)
+        responses: list[list[int]] = [[] for _ in range(len(encoded) * n)]
+        bar = tqdm(total=len(responses), desc=desc, unit="resp", leave=False)
+        for start in range(0, len(order), per_batch):
+            chosen = order[start:start + per_batch]
+            ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
+            out, out_mask, _ = truncate_at_eos(generate(self.model, ids, mask, gen, group=n), eos, pad)
             for row in range(out.shape[0]):
-                tokens = out[row][out_mask[row].bool()].tolist()
-                responses.append(tokens)
-                texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+                prompt, j = chosen[row // n], row % n
+                responses[prompt * n + j] = out[row][out_mask[row].bool()].tolist()
             bar.update(out.shape[0])
         bar.close()
-        return Samples(texts, prompts, responses)
+        texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in responses]
+        return Samples(texts, [ids for ids in encoded for _ in range(n)], responses)
 
     def response_logprobs(self, samples: Samples, temperature: float, batch_size: int) -> list[torch.Tensor]:
         """Per sample, the `(t,)` tensor of log pi(a_t | s_t) of its response tokens (logits / temperature)."""

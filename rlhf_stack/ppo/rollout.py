@@ -16,6 +16,7 @@ from rlhf_stack.data import prompt_messages
 from rlhf_stack.errors import DataError
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling, sampling_processors
+from rlhf_stack.ppo.trunk import position_ids_from_mask
 
 Tensor = torch.Tensor
 
@@ -128,9 +129,31 @@ def generation_config(cfg: SamplingSettings, tokenizer):
 
 
 @torch.no_grad()
+def prefill_groups(model, query_ids: Tensor, query_mask: Tensor, group: int):
+    """KV cache of `(b, p)` prompts that come in runs of `group` identical rows (the samples of one
+    prompt): each run's prompt but its last token goes through `model` once, and the cache is
+    copied to the run's rows. `generate()` given this cache runs only each row's last prompt token
+    before it samples, so a prompt sampled k times costs one prompt pass instead of k.
+    """
+    from transformers import DynamicCache
+
+    ids, mask = query_ids[::group, :-1], query_mask[::group, :-1]
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), past_key_values=cache,
+          use_cache=True, logits_to_keep=1)
+    if group > 1:
+        cache.batch_repeat_interleave(group)
+    return cache
+
+
+@torch.no_grad()
 def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False,
-             sampler: RolloutSampler | None = None) -> Tensor:
+             sampler: RolloutSampler | None = None, group: int = 1) -> Tensor:
     """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
+
+    group: the rows come in runs of `group` copies of one prompt (PPO's samples_per_prompt, the
+    evaluation's samples of a prompt); each prompt is then run once (`prefill_groups`). The samples
+    are those of the ungrouped call up to float rounding in the prompt's pass (tested to 1e-5).
 
     merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
     and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
@@ -146,8 +169,9 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
         policy.merge_adapter()
     processors, gen_config = sampling_processors(gen_config, sampler)
     try:
+        cache = prefill_groups(policy, query_ids, query_mask, group) if group > 1 and query_ids.shape[1] > 1 else None
         out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
-                              logits_processor=processors, synced_gpus=synced)
+                              logits_processor=processors, synced_gpus=synced, past_key_values=cache)
     finally:
         if merged:
             policy.unmerge_adapter()
@@ -229,20 +253,23 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
 
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
                     temperature: float, micro_batch_size: int, merge_lora: bool = False,
-                    draws: tuple[int, int, int] | None = None, timings: dict | None = None) -> Rollout:
+                    draws: tuple[int, int, int] | None = None, timings: dict | None = None,
+                    samples_per_prompt: int = 1) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
     policy runs once more over the finished sequences. draws: (seed, first row, rows in the global
     batch) of the sampler's own generator (`RolloutSampler`); None: torch's global RNG. timings:
     filled with `sample_s` (generation) and `forward_s` (the passes over the finished batch).
+    samples_per_prompt: rows come in runs of that many copies of one prompt (each prompt is run once).
     """
     import time
 
     start = time.perf_counter()
     record = records_sampling(gen_config) and not merge_lora
     sampler = RolloutSampler(record, *((draws[0], draws[1:]) if draws else ()))
-    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler)
+    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler,
+                   group=samples_per_prompt)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
     sampled = time.perf_counter()
     logprobs, entropy, ref_logprobs, values, hidden = score_with_models(

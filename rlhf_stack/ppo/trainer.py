@@ -78,7 +78,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                                  temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
-                                 merge_lora=merge_lora, draws=draws, timings=phases)
+                                 merge_lora=merge_lora, draws=draws, timings=phases,
+                                 samples_per_prompt=cfg.samples_per_prompt)
         t_generate = time.perf_counter()
 
         # 2. score the decoded text (a failing reward source stops the run, naming the prompt),

@@ -361,3 +361,35 @@ def test_policies_take_stage_references_in_a_recipe():
     assert ("evaluation.policies.0.path", "sft") in list(staleness.iter_references(stage, "evaluation"))
     resolved = staleness.resolve_references(stage, {"sft": "/r/sft", "ppo": "/r/ppo", "reward": "/r/reward"})
     assert resolved["policies"] == [{"name": "sft_again", "path": "/r/sft", "label": None}]
+
+
+def test_sampling_keeps_each_prompts_samples_in_place(tiny_model_dir, monkeypatch):
+    """LM.sample runs prompts shortest first, several to a generate() call, each prompt's pass once
+    for its n samples (runs of n identical rows, `group=n`); the responses still come back grouped
+    by prompt, in the rows' order. A stand-in generate() answers each row with its prompt's last
+    two tokens and the row's place in its run, so a response shows which prompt and sample it is."""
+    from rlhf_stack.evaluation.models import LM
+    from rlhf_stack.ppo import rollout
+
+    calls = []
+
+    def fake_generate(model, query_ids, query_mask, gen_config, group=1, **_):
+        calls.append((query_ids.shape[0], group))
+        runs = query_ids.view(-1, group, query_ids.shape[1])
+        assert (runs == runs[:, :1]).all()  # each run of `group` rows is one prompt
+        place = torch.arange(query_ids.shape[0]).remainder(group).unsqueeze(1) + 1000
+        return torch.cat([query_ids[:, -2:], place], 1)
+
+    monkeypatch.setattr(rollout, "generate", fake_generate)
+    rows = [{"prompt": p} for p in ("Tell me a long story about a cat and a dog and a bird", "Hi",
+                                    "What is two plus two?", "Name a colour")]
+    cfg = ev.EvalConfig(prompts="unused.jsonl", policy="unused", max_new_tokens=6)
+    lm = LM(str(tiny_model_dir))
+    out = lm.sample(rows, cfg, max_prompt_length=64, batch_size=6, source="test", n=3)
+    assert calls == [(6, 3), (6, 3)]  # 6 // 3 = 2 prompts a call
+    assert len(out.response_ids) == 12
+    for i in range(4):
+        for j in range(3):
+            assert out.prompt_ids[3 * i + j] == out.prompt_ids[3 * i]
+            assert out.response_ids[3 * i + j] == out.prompt_ids[3 * i][-2:] + [1000 + j]
+    assert len({tuple(out.prompt_ids[3 * i]) for i in range(4)}) == 4

@@ -113,6 +113,42 @@ def test_rollout_sampler_records_what_a_forward_pass_computes(tiny_model_dir, te
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_grouped_prefill_samples_what_the_ungrouped_call_samples(tiny_model_dir, lora):
+    """generate(group=k): each prompt's pass runs once for its k samples (`prefill_groups`); the
+    sampled tokens and the recorded log pi equal those of the plain call with the same draws, left
+    padding included, on a plain model and on a LoRA-wrapped one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from rlhf_stack.ppo.rollout import generate, prefill_groups
+    from rlhf_stack.ppo.sampling import RolloutSampler
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    k = 3
+    prompts = [tok.encode("hello there you fine people"), tok.encode("hi"), tok.encode("what now then")]
+    query_ids, query_mask = left_pad([p for p in prompts for _ in range(k)], tok.pad_token_id, torch.device("cpu"))
+    gen = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=10,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out = {}
+    for group in (1, k):
+        sampler = RolloutSampler(record=True, seed=11, rows=(0, len(prompts) * k))
+        raw = generate(model, query_ids, query_mask, gen, sampler=sampler, group=group)
+        ids, mask, _ = truncate_at_eos(raw, tok.eos_token_id, tok.pad_token_id)
+        out[group] = ids, mask, sampler.result(ids)[0] * mask
+    assert torch.equal(out[1][0], out[k][0]) and torch.equal(out[1][1], out[k][1])
+    torch.testing.assert_close(out[1][2], out[k][2], atol=1e-5, rtol=1e-5)
+    # the cache holds each prompt but its last token, once per row
+    cache = prefill_groups(model, query_ids, query_mask, k)
+    assert cache.get_seq_length() == query_ids.shape[1] - 1
+    assert cache.layers[0].keys.shape[0] == query_ids.shape[0]
+
+
 def test_rollout_sampler_draws_from_the_distribution():
     """The first token whose CDF passes u ~ U(0, 1) is a draw from p: empirical frequencies match
     p, tokens cut to -inf (top-k / top-p) are never drawn, and the output's argmax is the draw."""
