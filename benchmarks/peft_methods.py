@@ -1,6 +1,6 @@
 """PEFT methods side by side: SFT and the reward model on the demo's data, one method at a time.
 
-    python benchmarks/peft_methods.py            # the demo model and data (recipes/quickstart.yaml): ~25 min, 2 CPU cores
+    python benchmarks/peft_methods.py            # the demo model and data (recipes/quickstart.yaml): 21.6 min measured, 2 quiet CPU cores
     python benchmarks/peft_methods.py --smoke    # the tiny test model, a few steps, in-process: seconds
 
 The fine-tuning material's exercise ("experiment with both LoRA and adapter methods on the same
