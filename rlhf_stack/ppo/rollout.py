@@ -139,7 +139,7 @@ def prefill_groups(model, query_ids: Tensor, query_mask: Tensor, group: int):
 
     ids, mask = query_ids[::group, :-1], query_mask[::group, :-1]
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), past_key_values=cache,
+    model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache,
           use_cache=True, logits_to_keep=1)
     if group > 1:
         cache.batch_repeat_interleave(group)
@@ -171,7 +171,7 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
     try:
         cache = prefill_groups(policy, query_ids, query_mask, group) if group > 1 and query_ids.shape[1] > 1 else None
         out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
-                              logits_processor=processors, synced_gpus=synced, past_key_values=cache)
+                              logits_processor=processors, synced_gpus=synced, cache=cache)
     finally:
         if merged:
             policy.unmerge_adapter()

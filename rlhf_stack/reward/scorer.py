@@ -72,11 +72,11 @@ def forward_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, p
     width = int(p_mask.sum(dim=1).max())
     p_mask = p_mask[:, :width]
     cache = (prefix_model or model)(input_ids=prefix_ids[needed, :width], attention_mask=p_mask,
-                                    use_cache=True).past_key_values
+                                    use_cache=True).cache
     cache.batch_select_indices(index)
     positions = prefix_lengths[owner][:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
     return model(input_ids=input_ids, attention_mask=torch.cat([p_mask[index], attention_mask], 1),
-                 position_ids=positions, past_key_values=cache, use_cache=True, **kwargs)
+                 position_ids=positions, cache=cache, use_cache=True, **kwargs)
 
 
 @torch.no_grad()
