@@ -30,7 +30,7 @@ def size_table(out: Path) -> list[str]:
     for name, kind in FILES:
         path = out / f"{name}.jsonl"
         if path.is_file():
-            rows = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            rows = sum(1 for line in path.read_text(encoding="utf-8").split("\n") if line.strip())
             lines.append(f"| {path.name} | {kind} | {rows} | {path.stat().st_size:,} |")
     return lines
 

@@ -73,9 +73,11 @@ def _read_json(path: Path) -> dict | None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file. Split on "\\n" only: str.splitlines() also splits on U+2028,
+    U+0085 and others, which json.dumps(ensure_ascii=False) leaves raw inside a sampled text."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def series(log: list[dict], keys: tuple[str, ...] | str, step_key: str = "step") -> tuple[list, list]:

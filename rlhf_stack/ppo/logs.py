@@ -37,7 +37,8 @@ class RunLog:
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
-    return [line + "\n" for line in path.read_text().splitlines() if line.strip()]
+    # "\n" only: splitlines() would also cut at a U+2028 inside a logged sample's text
+    return [line + "\n" for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def peak_memory_mb(device: torch.device) -> float:

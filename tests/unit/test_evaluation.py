@@ -393,3 +393,15 @@ def test_sampling_keeps_each_prompts_samples_in_place(tiny_model_dir, monkeypatc
             assert out.prompt_ids[3 * i + j] == out.prompt_ids[3 * i]
             assert out.response_ids[3 * i + j] == out.prompt_ids[3 * i][-2:] + [1000 + j]
     assert len({tuple(out.prompt_ids[3 * i]) for i in range(4)}) == 4
+
+
+def test_report_reads_samples_whose_text_holds_a_unicode_line_separator(tmp_path):
+    """A sampled response may contain U+2028 or U+0085, which json.dumps(ensure_ascii=False) leaves
+    raw and str.splitlines() splits on: the report read such a samples.jsonl as broken JSON (seen
+    in `make demo`, 2026-12-01). Rows are split on newlines only."""
+    from rlhf_stack.evaluation.report import read_jsonl
+
+    rows = [{"prompt": "p", "policy": "one\u2028two\x85three"}, {"prompt": "q", "policy": "plain"}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_jsonl(path) == rows
