@@ -141,8 +141,7 @@ def prefill_groups(model, query_ids: Tensor, query_mask: Tensor, group: int):
     cache = DynamicCache(config=model.config)
     model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache,
           use_cache=True, logits_to_keep=1)
-    if group > 1:
-        cache.batch_repeat_interleave(group)
+    cache.batch_repeat_interleave(group)
     return cache
 
 
