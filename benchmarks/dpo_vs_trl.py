@@ -26,7 +26,9 @@ the rankings expanded to their pairs (ties dropped, the same pair rule) as conve
 - max_length the same; TRL keeps the start (`truncation_mode="keep_start"`) and drops pairs whose
   prompt alone fills max_length, ours cuts the prompt's start: both counts are printed.
 - work per optimizer step: ours B rankings, TRL the pairs of B rankings (B * pairs / rankings,
-  rounded), so both take the same number of steps; same epochs, learning rate, schedule, warmup, seed.
+  rounded, with TRL's max_steps set to ours' step count), so both take the same number of steps and
+  TRL sees its pairs x epochs to within the rounding (`pairs_seen` in the JSON); same learning
+  rate, schedule, warmup, seed.
   TRL computes the reference log-probs every step (`precompute_ref_log_probs=False`, its default), as ours.
 
 Speed: rankings per second of each Trainer's train loop (one timer callback on both; model loading
@@ -144,7 +146,7 @@ def trl_lora_config(args, model):
                       layers_to_transform=list(range(max(0, n_layers - args.last_n_layers), n_layers)))
 
 
-def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path) -> dict:
+def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path, steps: int) -> dict:
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOConfig as TRLDPOConfig
@@ -157,9 +159,12 @@ def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path) -> dict:
     model = modeling.load_causal_lm(ours_cfg.policy)  # float32, no adapter: TRL applies peft_config itself
     pairs = to_pairs(rows)
     base = training.trainer_arguments(ours_cfg.train, out, has_eval=False, metric="", greater_is_better=True)
-    pairs_per_step = max(1, round(args.batch_rankings * len(pairs) / len(rows)))
+    # Ours took `steps` optimizer steps over the rankings; TRL takes as many over the pairs, with the
+    # pairs of a step's rankings in each (rounded: pairs per ranking vary with ties) and max_steps
+    # pinned, so that rounding can neither add nor drop a step.
+    pairs_per_step = max(1, round(len(pairs) * args.epochs / steps))
     base.update(per_device_train_batch_size=pairs_per_step, save_strategy="no", load_best_model_at_end=False,
-                metric_for_best_model=None, greater_is_better=None)
+                metric_for_best_model=None, greater_is_better=None, max_steps=steps)
     trl_args = TRLDPOConfig(**base, max_length=args.max_length, truncation_mode="keep_start", beta=args.beta,
                             loss_type=["sigmoid"], disable_dropout=True, precompute_ref_log_probs=False)
     timer = timer_callback()
@@ -171,7 +176,8 @@ def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path) -> dict:
     trainer.train()
     return {"model": trainer.model.eval(), "tokenizer": tokenizer, "wall": timer.wall, "cpu": timer.cpu,
             "steps": trainer.state.global_step, "n_pairs": len(pairs), "n_pairs_kept": len(kept),
-            "n_pairs_truncated": n_cut, "pairs_per_step": pairs_per_step, "trainable": trainable,
+            "n_pairs_truncated": n_cut, "pairs_per_step": pairs_per_step,
+            "pairs_seen": pairs_per_step * trainer.state.global_step, "trainable": trainable,
             "bf16": trl_args.bf16, "checkpointing": found[0], "loss_type": list(trainer.loss_types),
             "beta": trainer.beta, "reference": reference_kind(trainer),
             "tokens": sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)}
@@ -238,14 +244,14 @@ def one_seed(args, seed: int, model_path: str, train_rows, eval_rows, work: Path
     ours["trainable"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     ours["tokens"] = ours_tokens(train_rows, tokenizer, args.max_length)
     del model
-    trl = run_trl(args, seed, ours["cfg"], train_rows, work / f"trl_{seed}")
+    trl = run_trl(args, seed, ours["cfg"], train_rows, work / f"trl_{seed}", ours["steps"])
     trl["accuracy"] = implicit_accuracy(trl["model"], trl["tokenizer"], eval_rows, args.beta, args.max_length)
     n = len(train_rows) * args.epochs
     record = {"seed": seed, "speedup": trl["wall"] / ours["wall"],
               "ours": {k: ours[k] for k in ("wall", "cpu", "steps", "accuracy", "n_pairs", "n_truncated", "trainable",
                                             "reference", "checkpointing", "tokens")},
               "trl": {k: trl[k] for k in ("wall", "cpu", "steps", "accuracy", "n_pairs", "n_pairs_kept",
-                                          "n_pairs_truncated", "pairs_per_step", "trainable", "bf16", "checkpointing",
+                                          "n_pairs_truncated", "pairs_per_step", "pairs_seen", "trainable", "bf16", "checkpointing",
                                           "loss_type", "beta", "reference", "tokens")}}
     print(f"seed {seed}: ours {ours['wall']:.1f} s wall ({ours['cpu']:.1f} s CPU), {ours['steps']} steps, "
           f"{n / ours['wall']:.3f} rankings/s, accuracy {100 * ours['accuracy']:.1f}% | TRL {trl['wall']:.1f} s wall "
