@@ -7,10 +7,9 @@ The rewards below are defined here, in this script, and nowhere in the package: 
 seen them. Each is passed from Python (`train_ppo(cfg, reward_fns=[f])`), the only reward, to a
 policy started from the quickstart's SFT checkpoint (LoRA on the same top 4 blocks as the quickstart),
 8 rollouts a step (rloo/grpo/reinforce_baseline: 4 prompts x 2 samples), 40 new tokens, the
-quickstart's training prompts. Every other setting is the estimator's default, except the learning
-rate (`--learning-rate`, default 5e-4, the quickstart's: PPOConfig's default 1e-5 is for full
-fine-tuning and barely moves a LoRA adapter) and `missing_eos_penalty` (0: the reward is the
-function alone).
+quickstart's training prompts. Every other setting is the estimator's default (the learning rate:
+PPOConfig's default for an adapter, 5e-4; `--learning-rate` overrides it), except
+`missing_eos_penalty` (0: the reward is the function alone).
 
 Prints per estimator and reward the curve (mean reward per step, KL) and the rise: the mean of the
 last 5 steps minus the mean of the first 5, with its standard error from the per-step means.
@@ -47,10 +46,20 @@ def exclaims(prompts, responses) -> list[float]:
     return [min(response.count("!"), 3) / 3 for response in responses]
 
 
-REWARDS = {"long_words": long_words, "exclaims": exclaims}
+def brevity(prompts, responses) -> list[float]:
+    """1 - words / 30 (0 from 30 words on): shorter answers score higher."""
+    return [1 - min(len(WORD.findall(response)), 30) / 30 for response in responses]
 
 
-def run(sft: Path, estimator: str, reward: str, steps: int, learning_rate: float, out_dir: Path) -> list[dict]:
+def commas(prompts, responses) -> list[float]:
+    """Commas in the response, at most 3, divided by 3."""
+    return [min(response.count(","), 3) / 3 for response in responses]
+
+
+REWARDS = {"long_words": long_words, "exclaims": exclaims, "brevity": brevity, "commas": commas}
+
+
+def run(sft: Path, estimator: str, reward: str, steps: int, learning_rate: float | None, out_dir: Path) -> list[dict]:
     from rlhf_stack.config import validate
     from rlhf_stack.ppo.config import PPOConfig
     from rlhf_stack.ppo.trainer import train_ppo
@@ -60,7 +69,7 @@ def run(sft: Path, estimator: str, reward: str, steps: int, learning_rate: float
         "policy": {"name_or_path": str(sft), "tuning": "lora"},
         "prompts": {"path": "recipes/data/quickstart/prompts_train.jsonl", "eval_fraction": 0.0},
         "advantage_estimator": estimator, "samples_per_prompt": 2 if critic_free else 1,
-        "steps": steps, "batch_size": 8, "max_new_tokens": 40, "learning_rate": learning_rate,
+        "steps": steps, "batch_size": 8, "max_new_tokens": 40, "learning_rate": learning_rate,  # None: the default
         "output_dir": str(out_dir), "save_every_steps": None, "eval_max_prompts": 0, "progress_bar": False,
         "resume": False, "sample_every_steps": steps,
     })
@@ -81,7 +90,7 @@ def main() -> None:
     parser.add_argument("--estimators", nargs="+", default=["gae", "rloo"])
     parser.add_argument("--rewards", nargs="+", default=["long_words"], choices=sorted(REWARDS))
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: PPOConfig's (5e-4 for LoRA)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/unseen_reward.json"))
     args = parser.parse_args()
     if not (args.sft / "config.json").is_file() and not (args.sft / "adapter_config.json").is_file():
@@ -95,7 +104,7 @@ def main() -> None:
                 log = run(args.sft, estimator, reward, args.steps, args.learning_rate, Path(tmp) / "ppo")
             curve = [r["score"] for r in log]
             gain, se = rise(curve)
-            results.append({"reward": reward, "estimator": estimator, "learning_rate": args.learning_rate,
+            results.append({"reward": reward, "estimator": estimator, "learning_rate": log[0]["lr"],
                             "score": curve, "kl": [r.get("kl") for r in log], "rise": gain, "rise_se": se,
                             "seconds": round(time.monotonic() - start, 1)})
             print(f"{reward} / {estimator}: score " + " ".join(f"{v:.3f}" for v in curve), flush=True)

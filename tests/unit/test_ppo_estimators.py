@@ -152,6 +152,13 @@ def test_config_defaults_and_derived_values():
     assert not cfg.uses_value_model and cfg.prompts_per_step == 4
 
 
+def test_default_learning_rate_follows_the_tuning_method():
+    assert ppo_config(policy={"name_or_path": "m", "tuning": "full"}).learning_rate == 1e-5
+    assert ppo_config().learning_rate == 5e-4  # ModelConfig's default tuning is lora
+    assert ppo_config(policy={"name_or_path": "m", "tuning": "lora"}, learning_rate=2e-4).learning_rate == 2e-4
+    assert ppo_config(policy={"name_or_path": "m", "tuning": "lora"}).model_dump()["learning_rate"] == 5e-4
+
+
 def test_config_errors_name_the_estimator_settings():
     with pytest.raises(ConfigError, match=r"multiple of samples_per_prompt \(3\)"):
         ppo_config(batch_size=16, samples_per_prompt=3)
