@@ -61,9 +61,8 @@ def main() -> None:
     import torch
 
     from rlhf_stack.config import validate
-    from rlhf_stack.ppo import estimators
+    from rlhf_stack.ppo import estimators, trainer
     from rlhf_stack.ppo import functional as PF
-    from rlhf_stack.ppo import trainer
     from rlhf_stack.ppo.config import PPOConfig
     from rlhf_stack.ppo.data import step_prompt_indices
     from rlhf_stack.ppo.rewards import process_scores
