@@ -9,8 +9,9 @@ config (8 prompts, 40 new tokens, 2 epochs, LoRA on the top 4 blocks, the RM hos
 base, PPO-ptx) for `--steps` steps per variant, variants interleaved `--repeats` times, and prints
 the median over the measured steps (step 1 is warm-up and dropped) of each phase:
 sample (generation), rollout forward (reference / value / trunk), score (RM), train (PPO epochs),
-and the whole step. Then plain `generate()` of the SFT model with its adapter merged, same prompts,
-batch and length: rollout sampling tokens/s against it. The last lines are `step_speedup` of the
+and the whole step. In each repeat, after the variants, plain `generate()` of the SFT model with its
+adapter merged, same batch size and length (the first prompts of the file): rollout sampling
+tokens/s against the median over every repeat's batches. The last lines are `step_speedup` of the
 last variant over the first, and `rollout_vs_plain_generate`.
 """
 
@@ -100,12 +101,13 @@ def main(argv=None) -> None:
         name, _, rest = spec.partition("=")
         variants[name] = [o for o in rest.split(",") if o]
     raw: dict[str, list[dict]] = {name: [] for name in variants}
-    for repeat in range(args.repeats):
+    gen: list[float] = []
+    for repeat in range(args.repeats):  # plain generate inside each repeat: it sees the same load
         for name, overrides in variants.items():
             log = run_variant(args.run_dir, args.steps, overrides)
             raw[name] += [{**r, "repeat": repeat} for r in log[1:]]  # step 1 warms up
             print(f"[profile] {name} repeat {repeat}: step {statistics.median(r['time_step_s'] for r in log[1:]):.2f} s")
-    gen = plain_generate(args.run_dir, args.steps)
+        gen += plain_generate(args.run_dir, args.steps)
     print(f"\n{'variant':<12}" + "".join(f"{k[5:-2]:>17}" for k in PHASES) + f"{'sample tok/s':>14}")
     medians = {}
     for name, records in raw.items():
