@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     for spec in args.variant or ["base=cache_frozen_trunk=false", "trunk=cache_frozen_trunk=true"]:
         name, _, rest = spec.partition("=")
         variants[name] = [o for o in rest.split(",") if o]
-    raw: dict[str, list[dict]] = {name: [] for name in variants}
+    raw: dict[str, list[dict]] = {name: [] for name in variants} if not args.generation_only else {}
     gen: dict[str, list[float]] = {}
     for repeat in range(args.repeats):  # plain generate inside each repeat: it sees the same load
         for name, overrides in variants.items() if not args.generation_only else ():
