@@ -310,7 +310,7 @@ def _ppo_section(run_dir: Path, stage: str = "ppo") -> str:
     moved = [[key, metrics[f"{key}_first"], metrics[key]] for key in PPO_SERIES
              if isinstance(metrics.get(key), int | float) and isinstance(metrics.get(f"{key}_first"), int | float)]
     if moved:
-        out.append(f"{fmt(metrics.get('steps'))} steps. " + table(["", "first step", "last step"], moved))
+        out.append(f"{fmt(metrics.get('steps'))} steps.\n\n" + table(["", "first step", "last step"], moved))
     drawn = line_plot(RunLayout(run_dir).plots / f"{stage}_reward_kl.png", [
         ("score and reward", [("RM score", *s["score"]), ("reward (score - KL penalty)", *s["reward"])]),
         ("KL(policy || reference)", [("kl", *s["kl"])]),

@@ -231,6 +231,7 @@ def test_a_named_branch_runs_after_the_fixed_stages_and_follows_the_same_rules(d
     assert {"policy", "rloo"} <= {m["name"] for m in results["models"]}
     report = (tmp_path / "report.md").read_text()
     assert "| ppo_rloo (ppo) | done |" in report and "## Stage 3: PPO (`ppo_rloo`), rloo advantages" in report
+    assert " steps.\n\n|  | first step | last step |\n" in report  # the table starts its own paragraph
     assert (tmp_path / "plots" / "ppo_rloo_reward_kl.png").is_file()
 
     # skip, staleness and --only hold per branch: a branch's change redoes the branch and the evaluation
