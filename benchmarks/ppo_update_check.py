@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--reward", default="long_words", choices=sorted(REWARDS))
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--prompts", type=int, default=8, help="prompts in the rollout")
-    p.add_argument("--samples", type=int, default=4, help="samples of each prompt in the rollout (gae: 1 is used)")
+    p.add_argument("--samples", type=int, default=4, help="samples of each prompt in the rollout (gae: prompts x samples prompts, one sample each)")
     p.add_argument("--fresh", type=int, default=8, help="held-back samples of each prompt")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ppo_update_check.json")
