@@ -197,9 +197,13 @@ class PPOConfig(Config):
         return policy
 
     @model_validator(mode="after")
-    def _check_batches(self) -> PPOConfig:
-        if self.learning_rate is None:  # set once; assignment re-validates, and then it is set
+    def _default_learning_rate(self) -> PPOConfig:
+        if self.learning_rate is None:  # set once: the assignment re-validates, and then it is set
             self.learning_rate = 1e-5 if self.policy.adapter_method is None else 5e-4
+        return self
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> PPOConfig:
         if self.batch_size % self.mini_batch_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
                              f"({self.mini_batch_size})")
