@@ -60,8 +60,8 @@ class EvalConfig(Config):
 
     What it costs, with P = n_prompts, s = samples_per_prompt and N = max(best_of_n): generation of
     s * P responses per policy and for the baseline, plus N * P baseline responses for the whole
-    best-of-n curve (one pool serves every n); a forward pass of the policy and of the reference over
-    each policy's s * P samples for the KL; the proxy RM (without one, the judge) over the N * P
+    best-of-n curve (one pool serves every n); a forward pass of the reference over each policy's
+    s * P samples for the KL (the policy's own log-probs are recorded while it samples); the proxy RM (without one, the judge) over the N * P
     pool; the judge over every side's samples and the picks; the bootstrap: no model, milliseconds.
     Generation dominates. The quickstart's 64 prompts with s = 2 and N = 16 generate 128 + 128 +
     1024 responses (a policy, the baseline, the pool), 3.3x the 384 of one sample a side and
@@ -205,7 +205,8 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     for name, label, path in cfg.policy_specs():
         model = LM(path)
         torch.manual_seed(cfg.seed)
-        sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}", **how)
+        sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}",
+                                   record=reference is not None, **how)
         rows[name] = _model_row(model, reference, sides[name], corpus, cfg)
         del model
     del baseline, reference
@@ -249,8 +250,8 @@ def _kl_row(model: LM, reference: LM, samples: Samples, cfg: EvalConfig) -> dict
         return {"kl": 0.0, "kl_k3": 0.0, "kl_source": "identical"}
     if model.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
         return {"kl": None, "kl_source": "different tokenizers"}
-    kl = sequence_kl(model.response_logprobs(samples, cfg.temperature, cfg.batch_size),
-                     reference.response_logprobs(samples, cfg.temperature, cfg.batch_size))
+    own = samples.logprobs or model.response_logprobs(samples, cfg.temperature, cfg.batch_size)  # recorded: no pass
+    kl = sequence_kl(own, reference.response_logprobs(samples, cfg.temperature, cfg.batch_size))
     return {**kl, "kl_source": "sampled"}
 
 

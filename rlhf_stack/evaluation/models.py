@@ -23,6 +23,7 @@ class Samples:
     texts: list[str]  # decoded responses, special tokens dropped
     prompt_ids: list[list[int]]  # per sample, the prompt tokens
     response_ids: list[list[int]]  # per sample, response tokens up to and including EOS
+    logprobs: list[torch.Tensor] | None = None  # per sample, `(t,)` log pi(a_t | s_t) recorded while sampling
 
 
 class LM:
@@ -38,12 +39,16 @@ class LM:
         self.device = next(self.model.parameters()).device
 
     def sample(self, rows: list[dict], sampling: SamplingSettings, *, max_prompt_length: int, batch_size: int,
-               source: str, n: int = 1, desc: str = "sampling") -> Samples:
+               source: str, n: int = 1, desc: str = "sampling", record: bool = False) -> Samples:
         """n responses per prompt row (grouped: prompt 0's n samples first), with a progress bar
         (`desc`, one tick per response) on stderr.
 
         Prompts go to `generate()` shortest first, batch_size // n prompts at a time (less left
-        padding), each prompt run once for its n samples (`rollout.prefill_groups`)."""
+        padding), each prompt run once for its n samples (`rollout.prefill_groups`).
+        record: keep each sampled token's log pi (`Samples.logprobs`, what `response_logprobs` would
+        compute in a second pass) as the PPO rollout does (`ppo.sampling.RolloutSampler`); the same
+        draws either way. Ignored under a top-k / top-p cut, where the recorded distribution would
+        not be the model's."""
         from tqdm.auto import tqdm
 
         from rlhf_stack.ppo.rollout import (
@@ -53,25 +58,33 @@ class LM:
             left_pad,
             truncate_at_eos,
         )
+        from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling
 
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         gen = generation_config(sampling, self.tokenizer)
+        record = record and records_sampling(gen)
         encoded = encode_prompts(rows, self.tokenizer, max_prompt_length, source)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         per_batch = max(1, batch_size // n)
         responses: list[list[int]] = [[] for _ in range(len(encoded) * n)]
+        logprobs: list[torch.Tensor] = [torch.zeros(0)] * len(responses)
         bar = tqdm(total=len(responses), desc=desc, unit="resp", leave=False)
         for start in range(0, len(order), per_batch):
             chosen = order[start:start + per_batch]
             ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
-            out, out_mask, _ = truncate_at_eos(generate(self.model, ids, mask, gen, group=n), eos, pad)
+            sampler = RolloutSampler(record=True) if record else None  # global RNG, as without it
+            raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler)
+            out, out_mask, _ = truncate_at_eos(raw, eos, pad)
+            recorded = sampler.result(raw)[0].float().cpu() if sampler else None
             for row in range(out.shape[0]):
-                prompt, j = chosen[row // n], row % n
-                responses[prompt * n + j] = out[row][out_mask[row].bool()].tolist()
+                i = chosen[row // n] * n + row % n
+                responses[i] = out[row][out_mask[row].bool()].tolist()
+                if recorded is not None:
+                    logprobs[i] = recorded[row, :len(responses[i])]
             bar.update(out.shape[0])
         bar.close()
         texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in responses]
-        return Samples(texts, [ids for ids in encoded for _ in range(n)], responses)
+        return Samples(texts, [ids for ids in encoded for _ in range(n)], responses, logprobs if record else None)
 
     def response_logprobs(self, samples: Samples, temperature: float, batch_size: int) -> list[torch.Tensor]:
         """Per sample, the `(t,)` tensor of log pi(a_t | s_t) of its response tokens (logits / temperature)."""

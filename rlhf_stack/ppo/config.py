@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlhf_stack.config import Config, DataConfig, ModelConfig, OnNonFinite
-from rlhf_stack.ppo.estimators import uses_value_model
+from rlhf_stack.ppo.estimators import trains_on_winners, uses_value_model
 from rlhf_stack.ppo.rewards import RewardSourceConfig
 
 
@@ -69,7 +69,8 @@ class PPOConfig(Config):
     the critic-free estimators, which need k >= 2 (Ahmadian et al. 2024 ran RLOO with k = 2 and
     4; DeepSeekMath sampled 64 per question for GRPO)."""
     mini_batch_size: int = Field(8, ge=1)
-    """Rollouts per optimizer update; batch_size must be a multiple of it."""
+    """Rollouts per optimizer update; batch_size must be a multiple of it (with `best_of_k`: winners
+    per update, and batch_size / samples_per_prompt must be a multiple of it)."""
     grad_accum_steps: int = Field(1, ge=1)
     """Micro-batches per mini-batch (micro-batch = mini_batch_size / grad_accum_steps rollouts);
     the micro-batch is also the batch size of the rollout's forward passes."""
@@ -105,13 +106,16 @@ class PPOConfig(Config):
     over tokens / (responses * max_new_tokens), unbiased in length (Dr. GRPO, Liu et al. 2025)."""
 
     # ---- PPO ------------------------------------------------------------------------------------
-    advantage_estimator: Literal["gae", "rloo", "grpo", "reinforce_baseline"] = "gae"
+    advantage_estimator: Literal["gae", "rloo", "grpo", "reinforce_baseline", "best_of_k"] = "gae"
     """How step 4 turns rewards into advantages. `gae`: GAE with a value function (InstructGPT);
     the critic-free ones build no value model and compare the samples_per_prompt (>= 2) responses
     to one prompt, each response's reward being its score - kl_coef * its summed KL: `rloo` =
     reward - mean of its k - 1 siblings' rewards (Ahmadian et al. 2024); `grpo` = (reward - group
     mean) / (group std + 1e-4) (Shao et al. 2024); `reinforce_baseline` = reward - group mean,
-    then whitened over the batch (Hu 2025, REINFORCE++). Math in ppo/estimators.py."""
+    then whitened over the batch (Hu 2025, REINFORCE++); `best_of_k` = 1 for the best response of
+    each prompt's group, 0 for the others, and the PPO epochs train on those winners only (online
+    rejection sampling, RAFT: Dong et al. 2023), so mini_batch_size counts winners and must divide
+    batch_size / samples_per_prompt. Math in ppo/estimators.py."""
     clip_range: float = Field(0.2, gt=0.0)
     """Policy ratio clip epsilon (Schulman 2017)."""
     clip_range_value: float = Field(0.2, gt=0.0)
@@ -204,15 +208,17 @@ class PPOConfig(Config):
 
     @model_validator(mode="after")
     def _check_batches(self) -> PPOConfig:
-        if self.batch_size % self.mini_batch_size:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
+        self._check_estimator()  # first: update_batch_size needs whole groups of samples_per_prompt
+        if self.update_batch_size % self.mini_batch_size:
+            trained = ("batch_size" if self.update_batch_size == self.batch_size else
+                       "batch_size / samples_per_prompt, the winners best_of_k trains on,")
+            raise ValueError(f"{trained} ({self.update_batch_size}) must be a multiple of mini_batch_size "
                              f"({self.mini_batch_size})")
         if self.mini_batch_size % self.grad_accum_steps:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of "
                              f"grad_accum_steps ({self.grad_accum_steps})")
         if self.ptx_coef > 0 and self.ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (a corpus file)")
-        self._check_estimator()
         return self
 
     def _check_estimator(self) -> None:
@@ -241,6 +247,17 @@ class PPOConfig(Config):
     def prompts_per_step(self) -> int:
         """Distinct prompts per step per process (each sampled samples_per_prompt times)."""
         return self.batch_size // self.samples_per_prompt
+
+    @property
+    def update_batch_size(self) -> int:
+        """Rollouts the PPO epochs train on per step per process: batch_size, or with best_of_k
+        each prompt's winner (prompts_per_step)."""
+        return self.prompts_per_step if trains_on_winners(self.advantage_estimator) else self.batch_size
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per step: ppo_epochs passes of update_batch_size / mini_batch_size."""
+        return self.ppo_epochs * (self.update_batch_size // self.mini_batch_size)
 
     @property
     def uses_value_model(self) -> bool:

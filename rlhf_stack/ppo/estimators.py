@@ -1,5 +1,6 @@
-"""Advantage estimators for stage 3, as pure tensor functions: GAE with a value model, and the
-critic-free group baselines RLOO, GRPO and REINFORCE-baseline.
+"""Advantage estimators for stage 3, as pure tensor functions: GAE with a value model, the
+critic-free group baselines RLOO, GRPO and REINFORCE-baseline, and best-of-k (online rejection
+sampling: the update trains on each prompt's best sample only).
 
 No model, no config object in here (as `functional.py`); the trainer picks one estimator once at
 setup with `advantage_estimator(name, ...)` and calls it in step 4 of its loop, and
@@ -27,6 +28,8 @@ Sources:
       from Human Feedback in LLMs" (RLOO).
   Shao et al. 2024, "DeepSeekMath" (GRPO, outcome supervision: section 4.1.2).
   Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs" (REINFORCE++-baseline).
+  Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation Model Alignment";
+      Touvron et al. 2023, "Llama 2", section 3.2.3 (rejection sampling fine-tuning): best-of-k.
 """
 
 from __future__ import annotations
@@ -99,10 +102,30 @@ def reinforce_baseline_advantages(sequence_rewards: Tensor, k: int, eps: float =
     return (centered - centered.mean()) / (centered.std() + eps)
 
 
+def best_of_k_advantages(sequence_rewards: Tensor, k: int) -> Tensor:
+    """Best-of-k (online rejection sampling) advantages; `(b,) -> (b,)`.
+
+    A_i = 1 when R_i is the highest reward of its group of k (the first one on a tie), else 0.
+    The clipped policy loss on these advantages is a maximum-likelihood step on each prompt's best
+    sample, held to the clip range: the policy moves toward the best-of-k distribution of its own
+    samples, as RAFT (Dong et al. 2023) and Llama 2's rejection-sampling fine-tuning do, but online,
+    one batch at a time. Nothing is pushed down, so the probability mass is not spread over tokens
+    no sample chose (the entropy rise the baselines above show on the demo, benchmarks/RESULTS.md).
+    R_i includes the KL penalty, so the winner is the best sample at its KL cost. The trainer
+    updates on the winners only (`trains_on_winners`): the other rows would only add zeros.
+    """
+    groups = _groups(sequence_rewards, k)
+    best = torch.zeros_like(groups)
+    best.scatter_(1, groups.argmax(1, keepdim=True), 1.0)
+    return best.reshape(-1)
+
+
 GROUP_BASELINES: dict[str, Callable[[Tensor, int], Tensor]] = {
     "rloo": rloo_advantages, "grpo": group_normalized_advantages, "reinforce_baseline": reinforce_baseline_advantages,
+    "best_of_k": best_of_k_advantages,
 }
-"""Critic-free estimator name -> its group baseline `(sequence_rewards (b,), k) -> advantages (b,)`."""
+"""Critic-free estimator name -> its group function `(sequence_rewards (b,), k) -> advantages (b,)`
+(a baseline subtracted, or for best_of_k the winner picked)."""
 
 
 def sequence_advantages(rewards: Tensor, mask: Tensor, k: int,
@@ -150,6 +173,18 @@ ESTIMATORS = ("gae", *GROUP_BASELINES)
 def uses_value_model(name: str) -> bool:
     """Whether estimator `name` needs a value function (only GAE does)."""
     return name == "gae"
+
+
+def trains_on_winners(name: str) -> bool:
+    """Whether the update uses only each prompt's best sample (best_of_k), not the whole batch."""
+    return name == "best_of_k"
+
+
+def winner_rows(advantages: Tensor) -> Tensor:
+    """Row indices of the winners in best_of_k advantages `(b, t)` (1 on a winner's real tokens,
+    0 elsewhere), in batch order. Every response has at least one real token (its EOS or its
+    first sampled token), so each winner's first column is 1."""
+    return torch.nonzero(advantages[:, 0] > 0).squeeze(1)
 
 
 def advantage_estimator(name: str, *, gamma: float, gae_lambda: float, whiten: bool,

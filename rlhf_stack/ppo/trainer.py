@@ -46,18 +46,20 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     acc, tokenizer, data = run.accelerator, run.tokenizer, run.data
     unwrapped = run.actor_critic
     # Variants chosen once (STYLE.md item 7): KL estimator, advantage estimator, loss aggregation,
-    # and the update: policy + value (gae), or the policy alone (rloo, grpo, reinforce_baseline).
+    # the update: policy + value (gae), or the policy alone (the critic-free ones), and the rows
+    # it trains on: the whole batch, or each prompt's winner (best_of_k).
     kl_fn = PF.KL_ESTIMATORS[cfg.kl_estimator]
     advantage_fn = estimators.advantage_estimator(cfg.advantage_estimator, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
                                                   whiten=cfg.whiten_advantages,
                                                   samples_per_prompt=cfg.samples_per_prompt)
     aggregate = PF.loss_aggregation(cfg.loss_aggregation, cfg.max_new_tokens)
     update = partial(_policy_and_value_backward if unwrapped.has_value else _policy_backward, aggregate=aggregate)
+    trained_rows = _winners if estimators.trains_on_winners(cfg.advantage_estimator) else _every_row
     world, rank = acc.num_processes, acc.process_index
     # Merging writes into the base weights, which FSDP2 holds only as shards outside a forward.
     merge_lora = cfg.merge_lora_for_generation and unwrapped.shared and not distributed.is_sharded(unwrapped)
     guard = StepGuard(cfg.on_nonfinite, acc, unwrapped, run.optimizer, run.output_dir / CHECKPOINTS_DIR,
-                      updates_per_step=cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size))
+                      updates_per_step=cfg.updates_per_step)
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
                disable=not (acc.is_main_process and cfg.progress_bar))
     started = time.perf_counter()
@@ -103,16 +105,17 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         advantages, returns = _global_advantages(acc, advantage_fn, rewards, rollout.values, mask)
         rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
 
-        # 5. PPO epochs over mini-batches (+ ptx_coef * LM loss on a corpus batch); during
-        #    value_warmup_steps only the value function learns (the policy is frozen). A NaN/inf
-        #    score, reward or advantage drops the whole step under skip_step (and stops under stop).
+        # 5. PPO epochs over mini-batches of the trained rows (+ ptx_coef * LM loss on a corpus
+        #    batch); during value_warmup_steps only the value function learns (the policy is
+        #    frozen). A NaN/inf score, reward or advantage drops the whole step under skip_step
+        #    (and stops under stop).
         dropped = guard.check_batch(step, parts, responses, where, rollout)
         train_stats = {}
         if dropped:
             run.moments.load_state_dict(moments)
         else:
             backward = _value_backward if step <= cfg.value_warmup_steps else update
-            train_stats = _ppo_epochs(run, cfg, rollout, step, backward, guard)
+            train_stats = _ppo_epochs(run, cfg, trained_rows(rollout), step, backward, guard)
         t_train = time.perf_counter()
 
         # 6. KL controller (on the mean KL of every process), logs, checkpoint
@@ -155,7 +158,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
 
 def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward: Callable,
                 guard) -> dict[str, torch.Tensor]:
-    """ppo_epochs passes over the batch in random mini-batches; one optimizer step per mini-batch.
+    """ppo_epochs passes over the trained rows (the batch, or best_of_k's winners) in random
+    mini-batches; one optimizer step per mini-batch.
 
     backward(run, model, micro_batch, ptx_batch, cfg, last) -> stats: one of the updates below.
     guard (`guard.StepGuard`) looks at each update's losses and gradients before the optimizer
@@ -170,8 +174,8 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
     micro_index = 0
     model.train()  # dropout is 0 everywhere; train mode only turns gradient checkpointing on
     for _epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(cfg.batch_size).to(acc.device)
-        for mb_start in range(0, cfg.batch_size, cfg.mini_batch_size):
+        order = torch.randperm(cfg.update_batch_size).to(acc.device)
+        for mb_start in range(0, cfg.update_batch_size, cfg.mini_batch_size):
             mb_order = order[mb_start:mb_start + cfg.mini_batch_size]
             mb_stats: dict[str, list[torch.Tensor]] = {}
             for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
@@ -197,6 +201,16 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
             run.optimizer.zero_grad(set_to_none=True)
     model.eval()  # generation needs eval mode: with checkpointing active, transformers drops the KV cache
     return {name: torch.stack([v.float() for v in values]).mean() for name, values in stats.items()}
+
+
+def _every_row(rollout: Rollout) -> Rollout:
+    return rollout
+
+
+def _winners(rollout: Rollout) -> Rollout:
+    """best_of_k: each prompt's winner, the only rows with a nonzero advantage (the rest would add
+    zeros to the loss at the full cost of a forward and backward)."""
+    return rollout.select(estimators.winner_rows(rollout.advantages))
 
 
 def _policy_and_value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, last: bool,

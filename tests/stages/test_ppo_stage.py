@@ -247,14 +247,15 @@ def test_config_errors_are_readable(tiny_model_dir, prompts_file, tmp_path):
 
 @pytest.mark.parametrize("estimator, samples_per_prompt, aggregation", [
     ("gae", 1, "token_mean"), ("rloo", 4, "token_mean"), ("grpo", 4, "sequence_mean"),
-    ("reinforce_baseline", 4, "dr_grpo")])
+    ("reinforce_baseline", 4, "dr_grpo"), ("best_of_k", 4, "token_mean")])
 def test_each_estimator_raises_the_reward(tiny_model_dir, prompts_file, tmp_path, estimator, samples_per_prompt,
                                           aggregation):
-    # 10 short steps (16 rollouts of 6 tokens, 4 epochs of one full-batch update): the share of
-    # "t" words starts near 0.03 and must clearly rise under every estimator; each loss
-    # aggregation trains one of them. Full tuning for the reason given in the 30-step test.
+    # 10 short steps (16 rollouts of 6 tokens, 4 epochs of one full-batch update; best_of_k: of
+    # its 4 winners): the share of "t" words starts near 0.03 and must clearly rise under every
+    # estimator; each loss aggregation trains one of them. Full tuning for the reason given in
+    # the 30-step test.
     cfg = config(tiny_model_dir, prompts_file, tmp_path, policy={"tuning": "full"}, steps=10, batch_size=16,
-                 mini_batch_size=16, ppo_epochs=4, max_new_tokens=6, learning_rate=1e-2, kl_coef=0.01,
+                 mini_batch_size=4 if estimator == "best_of_k" else 16, ppo_epochs=4, max_new_tokens=6, learning_rate=1e-2, kl_coef=0.01,
                  advantage_estimator=estimator, samples_per_prompt=samples_per_prompt, loss_aggregation=aggregation,
                  eval_max_prompts=0)
     result = train_ppo(cfg, reward_fns=[t_share])

@@ -395,6 +395,27 @@ def test_sampling_keeps_each_prompts_samples_in_place(tiny_model_dir, monkeypatc
     assert len({tuple(out.prompt_ids[3 * i]) for i in range(4)}) == 4
 
 
+def test_recorded_logprobs_equal_a_second_pass_and_leave_the_samples_unchanged(tiny_model_dir):
+    """The evaluation takes a policy's own log-probs (for its KL) from its sampler instead of a
+    second forward pass: they must equal that pass (`response_logprobs`), and recording must not
+    change what is drawn."""
+    from rlhf_stack.evaluation.models import LM
+
+    rows = [{"prompt": p} for p in ("Tell me a long story about a cat", "Hi", "What is two plus two?")]
+    cfg = ev.EvalConfig(prompts="unused.jsonl", policy="unused", max_new_tokens=8)
+    lm = LM(str(tiny_model_dir))
+    runs = []
+    for record in (False, True):
+        torch.manual_seed(3)
+        runs.append(lm.sample(rows, cfg, max_prompt_length=64, batch_size=4, source="test", n=2, record=record))
+    plain, recorded = runs
+    assert plain.logprobs is None and recorded.response_ids == plain.response_ids
+    forward = lm.response_logprobs(recorded, cfg.temperature, batch_size=4)
+    assert [len(x) for x in recorded.logprobs] == [len(r) for r in recorded.response_ids]
+    for got, want in zip(recorded.logprobs, forward, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_report_reads_samples_whose_text_holds_a_unicode_line_separator(tmp_path):
     """A sampled response may contain U+2028 or U+0085, which json.dumps(ensure_ascii=False) leaves
     raw and str.splitlines() splits on: the report read such a samples.jsonl as broken JSON (seen

@@ -65,6 +65,23 @@ def test_reinforce_baseline_centres_per_group_and_scales_by_the_batch():
           [-3 / s, 0.0, 3 / s, -1 / s, -1 / s, 2 / s])
 
 
+def test_best_of_k_marks_each_groups_best_sample_only():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 8.0])
+    # k = 3: groups (1, 2, 3) and (5, 5, 8): the best are 3 and 8
+    close(E.best_of_k_advantages(rewards, 3), [0.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    # k = 2: (1, 2), (3, 5), (5, 8): the second of each
+    close(E.best_of_k_advantages(rewards, 2), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    # a tie goes to the first of the tied samples; negative rewards still have a best
+    close(E.best_of_k_advantages(torch.tensor([2.0, 2.0, -3.0, -1.0]), 2), [1.0, 0.0, 0.0, 1.0])
+
+
+def test_winner_rows_are_the_rows_with_advantage_one():
+    # per-token advantages as step 4 gives them: 1 on a winner's real tokens, 0 at its padding
+    advantages = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert E.winner_rows(advantages).tolist() == [1, 2]
+    assert E.trains_on_winners("best_of_k") and not any(E.trains_on_winners(n) for n in ("gae", "rloo", "grpo"))
+
+
 @pytest.mark.parametrize("baseline", list(E.GROUP_BASELINES.values()))
 def test_group_baselines_need_whole_groups_of_two_or_more(baseline):
     with pytest.raises(ValueError, match="k >= 2"):
@@ -97,7 +114,7 @@ def test_advantage_estimator_picks_each_estimator_once():
     rewards = PF.kl_penalized_rewards(scores, torch.zeros(4, 2), mask, kl_coef=0.1)
     values = torch.tensor([[0.5, 0.2], [0.1, 0.0], [0.3, 0.3], [0.0, 1.0]])
     settings = {"gamma": 1.0, "gae_lambda": 0.95, "whiten": True, "samples_per_prompt": 2}
-    assert set(E.ESTIMATORS) == {"gae", "rloo", "grpo", "reinforce_baseline"}
+    assert set(E.ESTIMATORS) == {"gae", "rloo", "grpo", "reinforce_baseline", "best_of_k"}
     # gae = functional.gae, then whitening (today's step 4, unchanged); whiten=False keeps it raw
     want_adv, want_ret = PF.gae(rewards, values, mask, 1.0, 0.95)
     got_adv, got_ret = E.advantage_estimator("gae", **settings)(rewards, values, mask)
@@ -110,7 +127,8 @@ def test_advantage_estimator_picks_each_estimator_once():
     #   grpo: (1, 0): mean 0.5, std sqrt(0.25 + 0.25) = sqrt 0.5 -> +-0.5 / (sqrt 0.5 + 1e-4) = +-0.707007
     #         (3, 1): mean 2, std sqrt(1 + 1) = sqrt 2          -> +-1 / (sqrt 2 + 1e-4)     = +-0.707057
     #   reinforce_baseline: c = (0.5, -0.5, 1, -1), batch std sqrt(2.5 / 3) -> c / 0.912871
-    for name, per_sequence in [("rloo", [1.0, -1.0, 2.0, -2.0]),
+    #   best_of_k: the first of each group is its best -> (1, 0, 1, 0)
+    for name, per_sequence in [("rloo", [1.0, -1.0, 2.0, -2.0]), ("best_of_k", [1.0, 0.0, 1.0, 0.0]),
                                ("grpo", [0.5 / (0.5**0.5 + 1e-4), -0.5 / (0.5**0.5 + 1e-4),
                                          1 / (2**0.5 + 1e-4), -1 / (2**0.5 + 1e-4)]),
                                ("reinforce_baseline", [x / math.sqrt(2.5 / 3) for x in (0.5, -0.5, 1.0, -1.0)])]:
@@ -148,8 +166,12 @@ def test_config_defaults_and_derived_values():
     assert (cfg.advantage_estimator, cfg.samples_per_prompt, cfg.loss_aggregation, cfg.value_warmup_steps) == \
         ("gae", 1, "token_mean", 0)
     assert cfg.uses_value_model and cfg.prompts_per_step == cfg.batch_size
+    assert cfg.update_batch_size == cfg.batch_size and cfg.updates_per_step == 2 * (16 // 8)
     cfg = ppo_config(advantage_estimator="grpo", samples_per_prompt=4, batch_size=16)
-    assert not cfg.uses_value_model and cfg.prompts_per_step == 4
+    assert not cfg.uses_value_model and cfg.prompts_per_step == 4 and cfg.update_batch_size == 16
+    # best_of_k trains on the 32 / 4 = 8 winners: 2 epochs x 8 / 4 = 4 updates a step
+    cfg = ppo_config(advantage_estimator="best_of_k", samples_per_prompt=4, batch_size=32, mini_batch_size=4)
+    assert not cfg.uses_value_model and cfg.update_batch_size == 8 and cfg.updates_per_step == 4
 
 
 def test_default_learning_rate_follows_the_tuning_method():
@@ -162,11 +184,14 @@ def test_default_learning_rate_follows_the_tuning_method():
 def test_config_errors_name_the_estimator_settings():
     with pytest.raises(ConfigError, match=r"multiple of samples_per_prompt \(3\)"):
         ppo_config(batch_size=16, samples_per_prompt=3)
-    for name in ("rloo", "grpo", "reinforce_baseline"):
+    for name in ("rloo", "grpo", "reinforce_baseline", "best_of_k"):
         with pytest.raises(ConfigError, match=f"{name} compares the responses to one prompt.*samples_per_prompt >= 2"):
             ppo_config(advantage_estimator=name)
     with pytest.raises(ConfigError, match="value_init, value_warmup_steps: advantage_estimator rloo builds no value"):
         ppo_config(advantage_estimator="rloo", samples_per_prompt=2, value_init="rm", value_warmup_steps=2)
+    with pytest.raises(ConfigError, match=r"the winners best_of_k trains on, \(4\) must be a multiple of "
+                                          r"mini_batch_size \(8\)"):
+        ppo_config(advantage_estimator="best_of_k", samples_per_prompt=4, batch_size=16, mini_batch_size=8)
     with pytest.raises(ConfigError, match=r"value_warmup_steps \(5\) must be less than steps \(5\)"):
         ppo_config(steps=5, value_warmup_steps=5)
     with pytest.raises(ConfigError, match="advantage_estimator"):
