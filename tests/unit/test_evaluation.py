@@ -332,9 +332,11 @@ def test_two_policies_on_one_frontier_with_an_oracle_best_of_n(tmp_path, tiny_mo
     assert best["win_rate"] == points[-1]["win_rate"]  # the `best_of_n` row is the largest n
     placed = {p["name"]: p for p in frontier["policies"]}
     assert set(placed) == {"policy", "twin"}
-    for p in placed.values():  # KL 0 (identical weights): on the best-of-1 point
-        assert p["between_n"] == [1, 1] and p["curve_win_rate"] == pytest.approx(points[0]["win_rate"])
-        assert p["margin"] == pytest.approx(0.5 - points[0]["win_rate"])
+    for p in placed.values():  # identical weights: KL 0 up to the rounding of log-probs recorded while
+        # sampling against a forward pass (a hair either side), so on the best-of-1 point
+        assert abs(p["kl"]) < 1e-4 and p["between_n"] in ([1, 1], [1, 2])
+        assert p["curve_win_rate"] == pytest.approx(points[0]["win_rate"], abs=1e-3)
+        assert p["margin"] == pytest.approx(0.5 - points[0]["win_rate"], abs=1e-3)
     summary = results["summary"]
     assert summary["twin_win_rate"] == 0.5 and summary["best_of_n_win_rate"] == points[-1]["win_rate"]
     assert summary["policy_frontier_margin"] == placed["policy"]["margin"]
