@@ -2,7 +2,8 @@
 
 Where to look:
 - `evaluate.py` `EvalConfig`, `evaluate_from_config` (win rate, KL, the best-of-n frontier,
-  perplexity) and `evaluate_reward_model` (stage-2 metrics on any rankings file);
+  perplexity);
+- `reward_accuracy.py` `evaluate_reward_model` (stage-2 metrics on any rankings file);
 - `stats.py`    the statistics, pure functions: win rates, the prompt bootstrap, best-of-n picks,
   the frontier and a policy's position against it;
 - `judges.py`   the judge registry (a reward model, a Python scorer, or a judge registered by name);
@@ -15,7 +16,7 @@ Names are imported on first use.
 from importlib import import_module
 
 _EXPORTS = {"EvalConfig": "rlhf_stack.evaluation.evaluate", "evaluate_from_config": "rlhf_stack.evaluation.evaluate",
-            "evaluate_reward_model": "rlhf_stack.evaluation.evaluate", "JudgeConfig": "rlhf_stack.evaluation.judges",
+            "evaluate_reward_model": "rlhf_stack.evaluation.reward_accuracy", "JudgeConfig": "rlhf_stack.evaluation.judges",
             "write_report": "rlhf_stack.evaluation.report"}
 
 __all__ = sorted(_EXPORTS)

@@ -19,8 +19,8 @@ and the KL-win-rate frontier: best-of-n from the baseline for every n in `best_o
 with no RM the judge picks, an oracle) as a curve, each policy as a point, and where each policy
 lies against the curve at its own KL (`stats.frontier_position`).
 
-`evaluate_reward_model(checkpoint, rankings)` is the stage-2 metric set on any rankings file.
-The statistics are in `stats.py`, the judges in `judges.py`, the models that sample and score in
+`evaluate_reward_model(checkpoint, rankings)` (`reward_accuracy.py`) is the stage-2 metric set on
+any rankings file; the evaluation calls it when given `rankings`. The statistics are in `stats.py`, the judges in `judges.py`, the models that sample and score in
 `models.py`, the report in `report.py`.
 Results go to `output_dir/results.json` and the side-by-side samples to `output_dir/samples.jsonl`.
 """
@@ -37,7 +37,8 @@ from rlhf_stack.config import Config, DataPath, config_to_dict
 from rlhf_stack.evaluation import stats
 from rlhf_stack.evaluation.judges import JudgeConfig, ScoreFn, build_judge, reward_model_scorer
 from rlhf_stack.evaluation.models import LM, Samples
-from rlhf_stack.evaluation.stats import best_of_n_kl, mean, perplexity, ranking_pair_margins, sequence_kl
+from rlhf_stack.evaluation.reward_accuracy import evaluate_reward_model
+from rlhf_stack.evaluation.stats import best_of_n_kl, mean, perplexity, sequence_kl
 from rlhf_stack.pipeline.layout import RESULTS_FILE, SAMPLES_FILE
 
 RESERVED_NAMES = ("baseline", "policy", "best_of_n")
@@ -366,44 +367,3 @@ def write_results(out_dir: Path, results: dict, samples: list[dict]) -> Path:
     tmp.write_text(json.dumps(results, indent=2, default=str))
     tmp.replace(path)
     return path
-
-
-# ---- reward-model evaluation --------------------------------------------------------------------
-
-
-def evaluate_reward_model(checkpoint: str, rankings: str, max_rows: int | None = None,
-                          max_margins: int = 2000) -> dict:
-    """Stage-2 metrics of a reward model on any rankings file (`rlhf_stack.metrics.ranking`:
-    pairwise accuracy, top-1, Kendall tau, pairwise F1, calibration) plus the reward margins
-    score(better) - score(worse) of every strictly ordered pair, for the report's histogram.
-
-    `labeler_agreement` is the annotators' own agreement on the same rows (the noise ceiling, over
-    the `n_agreement_pairs` pairs two annotators of one prompt both rank strictly; None when no
-    prompt has two). The RM's accuracy counts every row's strictly ordered pairs: both are reported."""
-    from rlhf_stack.data import load_rankings, prompt_key
-    from rlhf_stack.metrics.agreement import agreement_counts
-    from rlhf_stack.metrics.ranking import ranking_metrics
-
-    score = reward_model_scorer(checkpoint)
-    data = load_rankings(rankings, max_rows=max_rows)
-    # Several annotators rank the same completions: score each (prompt, completion) once.
-    unique: dict[tuple[str, str], int] = {}
-    pairs = []
-    for r in data:
-        for c in r.completions:
-            key = (prompt_key(r.prompt), c)
-            if key not in unique:
-                unique[key] = len(pairs)
-                pairs.append((r.prompt, c))
-    flat = score([p for p, _ in pairs], [c for _, c in pairs])
-    per_ranking = [[flat[unique[(prompt_key(r.prompt), c)]] for c in r.completions] for r in data]
-    margins = [m for s, r in zip(per_ranking, data, strict=True) for m in ranking_pair_margins(s, r.ranks)]
-    n_agree, n_agreement_pairs = agreement_counts(data)
-    return {
-        "rankings": str(rankings), "n_rankings": len(data), "n_scored": len(pairs),
-        **ranking_metrics(per_ranking, [r.ranks for r in data]),
-        "labeler_agreement": n_agree / n_agreement_pairs if n_agreement_pairs else None,
-        "n_agreement_pairs": n_agreement_pairs,
-        "mean_margin": mean(margins),
-        "margins": [round(m, 4) for m in margins[:max_margins]],
-    }

@@ -67,7 +67,7 @@ class LM:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         per_batch = max(1, batch_size // n)
         responses: list[list[int]] = [[] for _ in range(len(encoded) * n)]
-        logprobs: list[torch.Tensor] = [torch.zeros(0)] * len(responses)
+        logprobs: list[torch.Tensor] | None = [torch.zeros(0)] * len(responses) if record else None
         bar = tqdm(total=len(responses), desc=desc, unit="resp", leave=False)
         for start in range(0, len(order), per_batch):
             chosen = order[start:start + per_batch]
@@ -79,12 +79,12 @@ class LM:
             for row in range(out.shape[0]):
                 i = chosen[row // n] * n + row % n
                 responses[i] = out[row][out_mask[row].bool()].tolist()
-                if recorded is not None:
+                if logprobs is not None:
                     logprobs[i] = recorded[row, :len(responses[i])]
             bar.update(out.shape[0])
         bar.close()
         texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in responses]
-        return Samples(texts, [ids for ids in encoded for _ in range(n)], responses, logprobs if record else None)
+        return Samples(texts, [ids for ids in encoded for _ in range(n)], responses, logprobs)
 
     def response_logprobs(self, samples: Samples, temperature: float, batch_size: int) -> list[torch.Tensor]:
         """Per sample, the `(t,)` tensor of log pi(a_t | s_t) of its response tokens (logits / temperature)."""

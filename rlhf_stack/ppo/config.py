@@ -210,8 +210,8 @@ class PPOConfig(Config):
     def _check_batches(self) -> PPOConfig:
         self._check_estimator()  # first: update_batch_size needs whole groups of samples_per_prompt
         if self.update_batch_size % self.mini_batch_size:
-            trained = ("batch_size" if self.update_batch_size == self.batch_size else
-                       "batch_size / samples_per_prompt, the winners best_of_k trains on,")
+            trained = ("batch_size / samples_per_prompt, the winners best_of_k trains on,"
+                       if trains_on_winners(self.advantage_estimator) else "batch_size")
             raise ValueError(f"{trained} ({self.update_batch_size}) must be a multiple of mini_batch_size "
                              f"({self.mini_batch_size})")
         if self.mini_batch_size % self.grad_accum_steps:

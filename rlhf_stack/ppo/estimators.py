@@ -120,7 +120,7 @@ def best_of_k_advantages(sequence_rewards: Tensor, k: int) -> Tensor:
     return best.reshape(-1)
 
 
-GROUP_BASELINES: dict[str, Callable[[Tensor, int], Tensor]] = {
+GROUP_ESTIMATORS: dict[str, Callable[[Tensor, int], Tensor]] = {
     "rloo": rloo_advantages, "grpo": group_normalized_advantages, "reinforce_baseline": reinforce_baseline_advantages,
     "best_of_k": best_of_k_advantages,
 }
@@ -134,7 +134,7 @@ def sequence_advantages(rewards: Tensor, mask: Tensor, k: int,
 
     rewards, mask: `(b, t)` (rewards from `functional.kl_penalized_rewards`, 0 at padding).
     R_i = sum_t rewards_{i,t} = score_i - kl_coef * sum_t KL_{i,t} (see the module docstring);
-    baseline: one of GROUP_BASELINES. Returns (advantages `(b, t)`, 0 at padding; None): there
+    baseline: one of GROUP_ESTIMATORS. Returns (advantages `(b, t)`, 0 at padding; None): there
     are no returns, since no value function is trained.
     """
     sequence_rewards = PF.masked_sum(rewards, mask, dim=1)  # (b,)
@@ -166,7 +166,7 @@ def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, 
 # ---------------------------------------------------------------------------------------------
 
 
-ESTIMATORS = ("gae", *GROUP_BASELINES)
+ESTIMATORS = ("gae", *GROUP_ESTIMATORS)
 """Every advantage estimator name (PPOConfig.advantage_estimator takes one of these)."""
 
 
@@ -194,5 +194,5 @@ def advantage_estimator(name: str, *, gamma: float, gae_lambda: float, whiten: b
     whiten; the group baselines read samples_per_prompt (k)."""
     if uses_value_model(name):
         return partial(gae_advantages, gamma=gamma, gae_lambda=gae_lambda, whiten=whiten)
-    baseline = GROUP_BASELINES[name]
+    baseline = GROUP_ESTIMATORS[name]
     return lambda rewards, values, mask: sequence_advantages(rewards, mask, samples_per_prompt, baseline)

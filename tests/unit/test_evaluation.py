@@ -102,7 +102,9 @@ def test_reward_model_eval_reports_the_labelers_agreement_on_the_same_rows(tmp_p
     path = tmp_path / "rankings.jsonl"
     write_jsonl(rows, path)
     # an RM that prefers longer completions (ccc > bb > a)
-    monkeypatch.setattr(ev, "reward_model_scorer", lambda checkpoint: lambda p, r: [float(len(x)) for x in r])
+    from rlhf_stack.evaluation import reward_accuracy
+
+    monkeypatch.setattr(reward_accuracy, "reward_model_scorer", lambda checkpoint: lambda p, r: [float(len(x)) for x in r])
     out = ev.evaluate_reward_model("rm", str(path))
     # RM: p/x c>b>a 3 of 3; p/y c>a>b 2 of 3 (a>b wrong); q/x a>b>c 0 of 3; q/y c>b>a 3 of 3 -> 8 / 12
     assert out["pairwise_accuracy"] == pytest.approx(8 / 12) and out["n_pairs"] == 12

@@ -82,7 +82,7 @@ def test_winner_rows_are_the_rows_with_advantage_one():
     assert E.trains_on_winners("best_of_k") and not any(E.trains_on_winners(n) for n in ("gae", "rloo", "grpo"))
 
 
-@pytest.mark.parametrize("baseline", list(E.GROUP_BASELINES.values()))
+@pytest.mark.parametrize("baseline", list(E.GROUP_ESTIMATORS.values()))
 def test_group_baselines_need_whole_groups_of_two_or_more(baseline):
     with pytest.raises(ValueError, match="k >= 2"):
         baseline(torch.tensor([1.0, 2.0, 3.0]), 2)  # 3 rollouts are not whole groups of 2
@@ -135,7 +135,7 @@ def test_advantage_estimator_picks_each_estimator_once():
         advantages, returns = E.advantage_estimator(name, **settings)(rewards, None, mask)
         close(advantages, torch.tensor(per_sequence).unsqueeze(1) * mask, atol=1e-5)
         assert returns is None
-    assert E.uses_value_model("gae") and not any(E.uses_value_model(n) for n in E.GROUP_BASELINES)
+    assert E.uses_value_model("gae") and not any(E.uses_value_model(n) for n in E.GROUP_ESTIMATORS)
 
 
 # --- the prompt layout the groups rely on ------------------------------------------------------
