@@ -45,34 +45,28 @@ REPO = Path(__file__).resolve().parents[1]
 RETRYABLE = (httpx.TransportError,)
 
 # `python -c FULL_DISK_SERVER FLAG serve ...`: the labeler server, whose SQLite connections refuse
-# to grow the database (max_page_count pinned) while the file FLAG exists.
+# to grow the database (max_page_count pinned) while the file FLAG exists. Each connection applies
+# the pin itself, on its own thread, before its next statement: a pin run from the watching thread
+# on a connection that a request thread is using raced with that request (a stray 503 in CI).
 FULL_DISK_SERVER = """
-import os, sqlite3, sys, threading, time
-from data_tools.labeler import store
-flag, state, connections, real_connect = sys.argv.pop(1), {"full": False}, [], store.connect
+import functools, os, sqlite3, sys, threading, time
+flag, state = sys.argv.pop(1), {"full": False}
 
-def pin(conn, full):
-    try:
-        conn.execute("PRAGMA max_page_count=" + ("1" if full else "1073741823"))
-    except sqlite3.ProgrammingError:  # closed
-        pass
+class PinnedConnection(sqlite3.Connection):
+    pinned = False
 
-def connect(*args, **kwargs):
-    conn = real_connect(*args, **kwargs)
-    connections.append(conn)
-    pin(conn, state["full"])
-    return conn
+    def execute(self, sql, *args):
+        if self.pinned != state["full"]:
+            self.pinned = state["full"]
+            super().execute("PRAGMA max_page_count=" + ("1" if self.pinned else "1073741823")).fetchall()
+        return super().execute(sql, *args)
 
 def watch():
     while True:
-        full = os.path.exists(flag)
-        if full != state["full"]:
-            state["full"] = full
-            for conn in list(connections):
-                pin(conn, full)
+        state["full"] = os.path.exists(flag)
         time.sleep(0.005)
 
-store.connect = connect
+sqlite3.connect = functools.partial(sqlite3.connect, factory=PinnedConnection)
 threading.Thread(target=watch, daemon=True).start()
 from data_tools.labeler.__main__ import main
 main()
@@ -234,14 +228,15 @@ def run_load(workdir: Path, n_annotators: int = 20, per_annotator: int = 50, kil
 
 def _fill_disk(flag: Path, tally: Tally, threads: list, at_acks: float, refusals: int) -> int:
     """Once at_acks submissions are acknowledged, the disk is full until the clients have seen
-    `refusals` answers 507 (at most 60 s: clients retry with backoff, slower on a loaded machine);
-    returns the acks at the moment it filled."""
+    `refusals` answers 507, every client has finished, or 60 s have passed (clients retry with
+    backoff, slower on a loaded machine); returns the acks at the moment it filled."""
     while len(tally.acked) < at_acks and any(t.is_alive() for t in threads):
         time.sleep(0.01)
     full_after = len(tally.acked)
     flag.touch()
     until = time.monotonic() + 60
-    while tally.server_errors.count(507) < refusals and time.monotonic() < until:
+    while (tally.server_errors.count(507) < refusals and time.monotonic() < until
+           and any(t.is_alive() for t in threads)):
         time.sleep(0.01)
     flag.unlink()
     return full_after
