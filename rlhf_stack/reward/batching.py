@@ -4,7 +4,9 @@ A ranking of K completions becomes K token sequences (`encode_conversation`: the
 with the prompt as user turn and the completion as assistant turn); a batch of rankings becomes
 every completion once, optionally after the prompt tokens its ranking shares (`RankingCollator`),
 with the `(B, K_max)` ranks beside them. `to_ranking_matrix` lays the flat scores back out as
-`(B, K)` for the losses in `functional.py`; `completion_chunks` slices a batch for gradient caching.
+`(B, K)` for the losses in `functional.py` (`scores_by_ranking`: one row per ranking when several
+labelers ranked one completion set, which is then scored once); `completion_chunks` slices a batch
+for gradient caching.
 
 The reward stage trains through these helpers and `scorer.RewardScorer` scores through
 `encode_conversation` / `pad_right`, so training and use see identical tokens.
@@ -60,28 +62,51 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_token_id: int) -> in
     return min(length, last_scored)
 
 
-def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "reward") -> tuple[list[dict], int]:
+def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "reward",
+                    group_labelers: bool = False) -> tuple[list[dict], int]:
     """Rankings -> [{input_ids: K token lists, ranks: K ints, n_pairs, prefix_length}], and how
     many completions were truncated (their prompt's start cut to fit `max_length`; said on stdout
-    under `[stage]`)."""
-    items, truncated = [], 0
+    under `[stage]`).
+
+    group_labelers: rows with the same prompt and the same completions in the same order (one set
+    ranked by several labelers) become one item; the first row's ranks are `ranks`, the others'
+    `more_ranks` (a list of K-int lists), and n_pairs counts every ranking's pairs.
+    """
+    from rlhf_stack.data import prompt_key
+
+    items, truncated, by_set = [], 0, {}
     for row in rows:
+        key = (prompt_key(row["prompt"]), tuple(row["completions"]))
+        if group_labelers and key in by_set:
+            item = by_set[key]
+            item.setdefault("more_ranks", []).append(list(row["ranks"]))
+            item["n_pairs"] += len(preferred_pairs(row["ranks"]))
+            continue
         encoded = [encode_conversation(tokenizer, row["prompt"], c, max_length) for c in row["completions"]]
         truncated += sum(cut for _, cut in encoded)
         seqs = [ids for ids, _ in encoded]
         items.append({"input_ids": seqs, "ranks": list(row["ranks"]), "n_pairs": len(preferred_pairs(row["ranks"])),
                       "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
+        by_set[key] = items[-1]
     if truncated:
         print(f"[{stage}] {truncated} completions are longer than max_length={max_length} with their prompt; "
               "the start of the prompt is cut")
     return items, truncated
 
 
+def rankings_of(item: dict) -> list[list[int]]:
+    """Every ranking of an `encode_rankings` item: `ranks`, then `more_ranks` (other labelers)."""
+    return [item["ranks"], *item.get("more_ranks", [])]
+
+
 @dataclass
 class RankingCollator:
     """A batch of rankings -> every completion as one padded row + the (B, K_max) ranks beside them.
 
-    ranks: (B, K_max), 0 where a ranking has fewer than K_max completions. Without prompt sharing,
+    ranks: (R, K_max), 0 where a ranking has fewer than K_max completions; R = B, or more when items
+    hold several labelers' rankings of one completion set (`encode_rankings(group_labelers=True)`),
+    each item's rankings in a row. ranking_set: (R,) the item (completion set) of each ranking;
+    `scores_by_ranking` lays the completions' scores out beside `ranks`. Without prompt sharing,
     input_ids / attention_mask: (sum of K, max_len) full sequences, rankings laid end to end. With it
     (every ranking shares >= 1 leading token): prefix_ids / prefix_mask (B, P) the shared prompt
     tokens, prefix_lengths (B,), owner (sum of K,) each completion's ranking, and input_ids /
@@ -92,10 +117,11 @@ class RankingCollator:
     share_prompt: bool = True
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        ranks = torch.zeros((len(items), max(len(item["ranks"]) for item in items)), dtype=torch.long)
-        for n, item in enumerate(items):
-            ranks[n, :len(item["ranks"])] = torch.as_tensor(item["ranks"])
-        batch = {"ranks": ranks}
+        rankings = [(b, r) for b, item in enumerate(items) for r in rankings_of(item)]
+        ranks = torch.zeros((len(rankings), max(len(item["ranks"]) for item in items)), dtype=torch.long)
+        for n, (_, r) in enumerate(rankings):
+            ranks[n, :len(r)] = torch.as_tensor(r)
+        batch = {"ranks": ranks, "ranking_set": torch.as_tensor([b for b, _ in rankings])}
         shared = [item["prefix_length"] if self.share_prompt else 0 for item in items]
         if min(shared) == 0:  # one ranking shares nothing (e.g. cut by max_length): every sequence goes whole
             shared = [0] * len(items)
@@ -116,6 +142,15 @@ def completion_chunks(batch: dict[str, torch.Tensor], size: int | None) -> list[
     keys = [k for k in ("input_ids", "attention_mask", "owner") if k in batch]
     parts = [batch[k].split(step) for k in keys]
     return [dict(zip(keys, values, strict=True)) for values in zip(*parts, strict=True)]
+
+
+def scores_by_ranking(flat_scores: torch.Tensor, ranks: torch.Tensor, ranking_set: torch.Tensor) -> torch.Tensor:
+    """`(N,)` scores of the completions of B completion sets -> `(R, K)` beside the R rankings in
+    `ranks`, `ranking_set` (R,) the set of each (a collated batch's). A set ranked by several
+    labelers is scored once and its scores repeat on each of its rankings."""
+    first = torch.ones_like(ranking_set, dtype=torch.bool)
+    first[1:] = ranking_set[1:] != ranking_set[:-1]
+    return to_ranking_matrix(flat_scores, ranks[first])[ranking_set]
 
 
 def to_ranking_matrix(flat_scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:

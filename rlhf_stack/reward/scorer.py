@@ -18,13 +18,14 @@ which the DPO stage runs on a causal LM.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import torch
 
+from rlhf_stack.data import prompt_key
 from rlhf_stack.errors import ModelNotFoundError
-from rlhf_stack.reward.batching import Prompt, encode_conversation, pad_right
+from rlhf_stack.reward.batching import Prompt, encode_conversation, pad_right, shared_prefix_length
 
 BIAS_KEY = "reward_bias"  # stage.json key of the normalisation bias
 
@@ -81,15 +82,62 @@ def forward_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, p
 
 @torch.no_grad()
 def score_sequences(model, seqs: Sequence[Sequence[int]], pad_token_id: int, batch_size: int,
-                    device: torch.device) -> torch.Tensor:
-    """(n,) float32 CPU rewards of token sequences, batched by similar length, in input order."""
-    order = sorted(range(len(seqs)), key=lambda n: len(seqs[n]))
+                    device: torch.device, groups: Sequence[Hashable] | None = None) -> torch.Tensor:
+    """(n,) float32 CPU rewards of token sequences, batched by similar length, in input order.
+
+    groups: a key per sequence (e.g. its prompt). The sequences of a key that start with common
+    tokens (the chat-formatted prompt) run that prefix once (`forward_scores_shared`), in batches
+    of about `batch_size` sequences; the scores equal the unshared ones up to float rounding. A
+    key's sequences need not be adjacent; keys with one sequence, or nothing shared, run whole.
+    """
     out = torch.empty(len(seqs), dtype=torch.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    shared, alone = _prompt_groups(seqs, pad_token_id, groups)
+    alone.sort(key=lambda n: len(seqs[n]))
+    for start in range(0, len(alone), batch_size):
+        idx = alone[start:start + batch_size]
         input_ids, attention_mask = pad_right([seqs[n] for n in idx], pad_token_id, device)
         out[idx] = forward_scores(model, input_ids, attention_mask).cpu()
+    # whole groups to a batch (a prefix runs once), groups of similar length together
+    shared.sort(key=lambda group: max(len(seqs[n]) for n in group[1]))
+    batch: list[tuple[int, list[int]]] = []
+    for k, group in enumerate(shared):
+        batch.append(group)
+        if sum(len(members) for _, members in batch) >= batch_size or k == len(shared) - 1:
+            _score_shared_batch(model, seqs, batch, pad_token_id, device, out)
+            batch = []
     return out
+
+
+def _prompt_groups(seqs: Sequence[Sequence[int]], pad_token_id: int, groups: Sequence[Hashable] | None
+                   ) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """([(shared prefix length, member indices)], indices that run whole) for `score_sequences`."""
+    if groups is None:
+        return [], list(range(len(seqs)))
+    if len(groups) != len(seqs):
+        raise ValueError(f"{len(groups)} group keys for {len(seqs)} sequences")
+    members: dict[Hashable, list[int]] = {}
+    for n, key in enumerate(groups):
+        members.setdefault(key, []).append(n)
+    shared, alone = [], []
+    for indices in members.values():
+        prefix = shared_prefix_length([seqs[n] for n in indices], pad_token_id) if len(indices) > 1 else 0
+        if prefix:
+            shared.append((prefix, indices))
+        else:
+            alone.extend(indices)
+    return shared, alone
+
+
+def _score_shared_batch(model, seqs, batch: list[tuple[int, list[int]]], pad_token_id: int, device,
+                        out: torch.Tensor) -> None:
+    """Score the groups in `batch` (each: prefix length, members), each prefix run once, into `out`."""
+    prefix_ids, prefix_mask = pad_right([seqs[members[0]][:prefix] for prefix, members in batch], pad_token_id, device)
+    idx = [n for _, members in batch for n in members]
+    owner = torch.as_tensor([g for g, (_, members) in enumerate(batch) for _ in members], device=device)
+    lengths = torch.as_tensor([prefix for prefix, _ in batch], device=device)
+    input_ids, attention_mask = pad_right([seqs[n][prefix:] for prefix, members in batch for n in members],
+                                          pad_token_id, device)
+    out[idx] = forward_scores_shared(model, prefix_ids, prefix_mask, lengths, owner, input_ids, attention_mask).cpu()
 
 
 # ---- a trained reward model ---------------------------------------------------------------------
@@ -101,7 +149,10 @@ class RewardScorer:
     def __init__(self, checkpoint: str | Path, device=None, batch_size: int = 16, max_length: int = 1024,
                  apply_bias: bool = True, dtype: str = "auto", model: torch.nn.Module | None = None):
         """model: the checkpoint already in memory as a one-label sequence classifier (PPO hosts a
-        LoRA RM on its shared base, `ppo.shared_reward`); None loads it from `checkpoint`."""
+        LoRA RM on its shared base, `ppo.shared_reward`); None loads it from `checkpoint`.
+        The responses to one prompt (PPO's samples_per_prompt, an evaluation's samples) run the
+        prompt once (`score_sequences` groups) when the model is loaded here, a transformers
+        classifier with a key/value cache; a given `model` scores every sequence whole."""
         from rlhf_stack import modeling
         from rlhf_stack.config import ModelConfig
 
@@ -111,6 +162,7 @@ class RewardScorer:
         self.max_length = max_length
         self.apply_bias = apply_bias
         self.tokenizer = modeling.load_tokenizer(self.checkpoint)
+        self.shares_prompts = model is None
         if model is None:
             cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
             model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device)
@@ -128,7 +180,8 @@ class RewardScorer:
         if not prompts:
             return torch.zeros(0)
         seqs = [encode_conversation(self.tokenizer, p, r, self.max_length)[0] for p, r in zip(prompts, responses, strict=True)]
-        scores = score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size, self.device)
+        groups = [prompt_key(p) for p in prompts] if self.shares_prompts else None
+        scores = score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size, self.device, groups)
         return scores + self.bias if self.apply_bias else scores
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:

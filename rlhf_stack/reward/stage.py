@@ -46,7 +46,8 @@ class RewardConfig(Config):
     data: DataConfig
     """Rankings (`{prompt, completions, ranks}` rows; TRL `{prompt, chosen, rejected}` rows are K=2)."""
     train: TrainingConfig = TrainingConfig()
-    """Optimisation settings. `batch_size` counts RANKINGS (each brings its K completions)."""
+    """Optimisation settings. `batch_size` counts RANKINGS (each brings its K completions), or
+    completion sets under `group_labelers`."""
     output_dir: str = "outputs/reward"
     """Where the checkpoint goes (model/adapter + score head + tokenizer + stage.json)."""
     init_from: str | None = None
@@ -71,6 +72,14 @@ class RewardConfig(Config):
     a ranking, ~1.2x faster on CPU).
     Turn off for a model whose cache cannot be indexed by batch row. Off under
     `model.gradient_checkpointing` and under FSDP (see `shares_prompt`)."""
+    group_labelers: bool = False
+    """Rankings of the same prompt and completions (one set ranked by several labelers, as the
+    labeling tool collects them) form one example: its completions are scored once per step, and
+    each ranking keeps its own loss term, weighted as before. Each completion is then fitted once
+    per epoch, not once per labeler (InstructGPT trains on a prompt's comparisons as one batch
+    element for that reason). `train.batch_size` then counts completion sets: on the demo data
+    (2 labelers a set) batch_size 2 keeps 4 rankings a step, at half the tokens. Off: every
+    ranking is its own example."""
     normalize_with: DataPath | None = None
     """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
     reward 0. None: no bias."""
@@ -132,8 +141,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     _check_init_from(cfg.init_from)
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.init_from or cfg.model.name_or_path,
                                         cfg.model.chat_template)
-    train_ds, n_truncated = encode_rankings(train_rows, tokenizer, cfg.max_length)
-    eval_ds, _ = encode_rankings(eval_rows, tokenizer, cfg.max_length)
+    train_ds, n_truncated = encode_rankings(train_rows, tokenizer, cfg.max_length, group_labelers=cfg.group_labelers)
+    eval_ds, _ = encode_rankings(eval_rows, tokenizer, cfg.max_length, group_labelers=cfg.group_labelers)
 
     # 2. model: sequence classifier with one output (random head), tuning method applied
     training.begin_stage(output_dir)
@@ -151,7 +160,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "reward", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
-    metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
+    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), "n_train_sets": len(train_ds),
+                     "n_eval_sets": len(eval_ds), "n_all_tied_skipped": n_all_tied,
                      "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds), "share_prompt": cfg.shares_prompt}
     resume = training.resume_checkpoint(trainer, output_dir, "reward")

@@ -12,10 +12,12 @@ checkpoint writes atomic and verified.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from transformers import Trainer
 
-from rlhf_stack.reward.batching import completion_chunks, to_ranking_matrix
+from rlhf_stack.reward.batching import completion_chunks, scores_by_ranking
 from rlhf_stack.reward.functional import pairwise_accuracy
 from rlhf_stack.reward.scorer import forward_scores, forward_scores_shared
 from rlhf_stack.training import AtomicCheckpoints
@@ -45,13 +47,14 @@ class RankingTrainer(AtomicCheckpoints, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ranks = inputs["ranks"]
+        by_ranking = partial(scores_by_ranking, ranks=ranks, ranking_set=inputs["ranking_set"])
         chunks = completion_chunks(inputs, self.micro_batch_completions)
         if model.training and torch.is_grad_enabled() and len(chunks) > 1:
-            loss, flat = self._loss_with_cached_gradients(model, inputs, chunks, ranks)
+            loss, flat = self._loss_with_cached_gradients(model, inputs, chunks, ranks, by_ranking)
         else:
             flat = torch.cat([self._score(model, inputs, chunk) for chunk in chunks])
-            loss = self.objective(to_ranking_matrix(flat, ranks), ranks)
-        scores = to_ranking_matrix(flat.detach(), ranks)
+            loss = self.objective(by_ranking(flat), ranks)
+        scores = by_ranking(flat.detach())
         if model.training:
             self._train_accuracy.append(float(pairwise_accuracy(scores, ranks)))
         return (loss, {"scores": scores}) if return_outputs else loss
@@ -63,7 +66,7 @@ class RankingTrainer(AtomicCheckpoints, Trainer):
             model, inputs["prefix_ids"], inputs["prefix_mask"], inputs["prefix_lengths"], chunk["owner"],
             chunk["input_ids"], chunk["attention_mask"], prefix_model=self.accelerator.unwrap_model(model))
 
-    def _loss_with_cached_gradients(self, model, inputs, chunks, ranks):
+    def _loss_with_cached_gradients(self, model, inputs, chunks, ranks, by_ranking):
         # Gradient caching (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
         # Memory Limited Setup"): score every chunk without a graph, take d loss / d score, then
         # re-run each chunk with a graph and back-propagate score * grad. Memory holds one chunk's
@@ -74,7 +77,7 @@ class RankingTrainer(AtomicCheckpoints, Trainer):
                 states.append(_rng_state())
                 flat.append(self._score(model, inputs, chunk))
         flat = torch.cat(flat).requires_grad_()
-        loss = self.objective(to_ranking_matrix(flat, ranks), ranks)
+        loss = self.objective(by_ranking(flat), ranks)
         grads = torch.autograd.grad(loss, flat)[0].split([len(c["input_ids"]) for c in chunks])
         scale = 1.0 / self.current_gradient_accumulation_steps  # what training_step applies to the loss
         for chunk, state, grad in zip(chunks[:-1], states[:-1], grads[:-1], strict=True):

@@ -166,6 +166,26 @@ def test_checkpoint_reloads_with_plain_hf_and_matches_scorer(runs, tiny_model_di
     assert abs(float(demo_scores.mean())) < 1e-5
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_responses_to_one_prompt_run_the_prompt_once_and_score_the_same(runs, tiny_model_dir, method, monkeypatch):
+    """Repeated prompts (not adjacent, some alone) go through the prompt-sharing pass; the scores
+    equal the plain per-sequence ones."""
+    from rlhf_stack.reward import scorer as scorer_module
+
+    _, result, _ = runs[method]
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[1]]
+    responses = ["Apple.", "Yes.", "A much longer answer about apples, pears and plums.", "Fine.", "", "No, not at all."]
+    model, tokenizer = plain_reload(result.checkpoint, tiny_model_dir)
+    expected = plain_scores(model, tokenizer, prompts, responses)
+    shared_rows = []
+    real = scorer_module.forward_scores_shared
+    monkeypatch.setattr(scorer_module, "forward_scores_shared",
+                        lambda *a, **k: shared_rows.append(len(a[4])) or real(*a, **k))
+    scorer = RewardScorer(result.checkpoint, device="cpu", batch_size=2, apply_bias=False)
+    assert scorer.score(prompts, responses) == pytest.approx(expected, abs=1e-5)
+    assert sum(shared_rows) == 5  # PROMPTS[0] x 3 and PROMPTS[1] x 2 shared; PROMPTS[2] alone
+
+
 def test_resume_from_a_checkpoint(data, tiny_model_dir, tmp_path):
     cfg = make_cfg(data, tiny_model_dir, tmp_path / "rm", "lora", keep_checkpoints=True,
                    train={"max_steps": 2, "eval_every_steps": 1, "early_stopping_patience": None})
@@ -247,6 +267,62 @@ def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny
             assert value == pytest.approx(base_value, abs=1e-6), key
             for name, grad in grads.items():
                 assert torch.allclose(grad, base_grads[name], atol=1e-6, rtol=1e-4), (loss, key, name)
+
+
+def test_labelers_of_one_completion_set_share_its_pass_with_the_same_loss_and_gradients(data, tiny_model_dir, tmp_path):
+    """group_labelers: two rankings of the same prompt and completions score those completions once;
+    loss and gradients equal those of the rankings as separate examples (with and without prompt
+    sharing and gradient caching). The same completions in another order are another set."""
+    from transformers import TrainingArguments
+
+    from rlhf_stack import modeling
+    from rlhf_stack.reward.batching import encode_rankings, rankings_of
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    rows = [{"prompt": "Q1: name a fruit.", "completions": COMPLETIONS, "ranks": [1, 2, 4, 3]},
+            {"prompt": "Q2?", "completions": ["a b", "c"], "ranks": [2, 1]},
+            {"prompt": "Q1: name a fruit.", "completions": COMPLETIONS, "ranks": [2, 1, 3, 3]},
+            {"prompt": "Q1: name a fruit.", "completions": COMPLETIONS[::-1], "ranks": [1, 2, 3, 4]}]
+    grouped, _ = encode_rankings(rows, tokenizer, 64, group_labelers=True)
+    separate, _ = encode_rankings(rows, tokenizer, 64)
+    assert [rankings_of(item) for item in grouped] == [[[1, 2, 4, 3], [2, 1, 3, 3]], [[2, 1]], [[1, 2, 3, 4]]]
+    assert grouped[0]["n_pairs"] == 6 + 5 and len(separate) == 4
+    for loss in ("pairwise", "listwise"):
+        cfg = make_cfg(data, tiny_model_dir, tmp_path / loss, "full", loss=loss, center_coef=0.1)
+        torch.manual_seed(0)
+        model = load_reward_model(cfg, tokenizer)
+        with torch.no_grad():  # scores far apart: a ranking paired with the wrong scores would show
+            model.score.weight.normal_(0.0, 3.0)
+        trainer = RankingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True,
+                                                                     report_to="none"),
+                                 objective=make_objective(cfg), micro_batch_completions=None)
+        trainer.current_gradient_accumulation_steps = 1
+        results = {}
+        for items in (separate, grouped):
+            for share in (False, True):
+                batch = RankingCollator(tokenizer.pad_token_id, share_prompt=share)(items)
+                assert batch["input_ids"].shape[0] == (14 if items is separate else 10)
+                assert batch["ranks"].shape == (4, 4)
+                for micro in (None, 3):
+                    model.zero_grad()
+                    trainer.micro_batch_completions = micro
+                    value = trainer.training_step(model, dict(batch)).item()
+                    results[items is grouped, share, micro] = (value, {n: p.grad.clone() for n, p in model.named_parameters()})
+        base_value, base_grads = results[False, False, None]
+        for key, (value, grads) in results.items():
+            assert value == pytest.approx(base_value, rel=1e-5), (loss, key)
+            for name, grad in grads.items():
+                assert torch.allclose(grad, base_grads[name], atol=1e-5, rtol=1e-4), (loss, key, name)
+
+
+def test_group_labelers_trains_on_completion_sets(data, tiny_model_dir, tmp_path):
+    twice = ranking_rows(4) + [{**row, "ranks": [2, 1, 3, 4], "annotator": "b"} for row in ranking_rows(4)]
+    grouped_data = {**data, "train": write_jsonl(tmp_path / "train.jsonl", twice)}
+    cfg = make_cfg(grouped_data, tiny_model_dir, tmp_path / "rm", "lora", group_labelers=True,
+                   train={"max_steps": 2, "batch_size": 2})
+    metrics = train_reward(cfg).metrics
+    assert (metrics["n_train"], metrics["n_train_sets"], metrics["n_eval"], metrics["n_eval_sets"]) == (8, 4, 4, 4)
+    assert metrics["n_train_pairs"] == 8 * 6 and math.isfinite(metrics["train_loss"])
 
 
 def test_a_batch_shares_the_prompt_only_when_every_ranking_shares_one():
