@@ -77,9 +77,10 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
                    train_tokens_per_s=float(tokens_seen) / runtime, steps=trainer.state.global_step,
                    **training.launch_metrics(trainer.model), **guard.metrics())
 
-    # 5. final eval (on the best model) and the checkpoint with stage.json
+    # 5. final eval (on the best model: read from the evaluation that picked it when logged) and
+    #    the checkpoint with stage.json
     if trainer.eval_dataset is not None:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = training.best_eval_metrics(trainer, "eval_loss")["eval_loss"]
         if "eval_loss_before" in metrics:
             metrics["eval_loss_drop"] = metrics["eval_loss_before"] - metrics["eval_loss"]
     training.write_log(output_dir, trainer.state.log_history)

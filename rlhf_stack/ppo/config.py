@@ -191,6 +191,11 @@ class PPOConfig(Config):
     run the blocks below every adapter once per rollout and reuse their output in every later pass over it (reference, value,
     each PPO epoch): same results up to float rounding, checked at setup (`ppo/trunk.py`).
     No effect with full tuning or adapters on every block."""
+    trunk_from_sampling: bool = True
+    """With the frozen trunk (`cache_frozen_trunk`), keep its output from sampling, which runs the
+    same blocks over the same tokens (the prompt pass and each decoding step), instead of running
+    it again over the finished batch: one trunk pass less per step, the same values up to float
+    rounding (a cached decoding step against one pass). Off: the trunk runs after sampling."""
 
     @field_validator("policy")
     @classmethod

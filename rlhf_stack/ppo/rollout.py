@@ -7,6 +7,7 @@ response starting at the same column, so response tensors are plain `(b, t)` sli
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
@@ -16,7 +17,7 @@ from rlhf_stack.data import prompt_messages
 from rlhf_stack.errors import DataError
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling, sampling_processors
-from rlhf_stack.ppo.trunk import position_ids_from_mask
+from rlhf_stack.ppo.trunk import position_ids_from_mask, sampled_hidden
 
 Tensor = torch.Tensor
 
@@ -215,11 +216,11 @@ def sequence_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids
 
 @torch.no_grad()
 def score_with_models(actor_critic, query_ids, query_mask, response_ids, response_mask, *,
-                      temperature: float, micro_batch_size: int,
-                      with_policy: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None, Tensor | None]:
+                      temperature: float, micro_batch_size: int, with_policy: bool = True,
+                      hidden: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None, Tensor | None]:
     """(logprobs, entropy, ref_logprobs, values, hidden) in micro-batches: the first four `(b, t)`
     with 0 at padding, `hidden` the frozen trunk's output `(b, p + t - 1, H)` (None without a trunk),
-    computed once here and reused by every pass over the batch.
+    computed once here (or given: recorded while sampling) and reused by every pass over the batch.
 
     with_policy=False skips the policy's own pass (logprobs and entropy come back None): the
     caller recorded them while sampling. values is None when the actor-critic has no value.
@@ -227,11 +228,12 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
     n_response = response_ids.shape[1]
-    logprobs, entropy, ref_logprobs, values, hidden = [], [], [], [], []
+    given, hidden = hidden, []
+    logprobs, entropy, ref_logprobs, values = [], [], [], []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         mb = slice(start, start + micro_batch_size)
         mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
-        mb_hidden = actor_critic.trunk_hidden(mb_ids, mb_mask)
+        mb_hidden = given[mb] if given is not None else actor_critic.trunk_hidden(mb_ids, mb_mask)
         if with_policy:
             logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response, mb_hidden)
             logprobs.append(PF.logprobs_from_logits(logits, mb_response, temperature))
@@ -253,7 +255,7 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
                     temperature: float, micro_batch_size: int, merge_lora: bool = False,
                     draws: tuple[int, int, int] | None = None, timings: dict | None = None,
-                    samples_per_prompt: int = 1) -> Rollout:
+                    samples_per_prompt: int = 1, trunk_from_sampling: bool = True) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
@@ -261,19 +263,25 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     batch) of the sampler's own generator (`RolloutSampler`); None: torch's global RNG. timings:
     filled with `sample_s` (generation) and `forward_s` (the passes over the finished batch).
     samples_per_prompt: rows come in runs of that many copies of one prompt (each prompt is run once).
+    trunk_from_sampling: with a frozen trunk, keep its output from the sampling passes
+    (`trunk.sampled_hidden`) instead of running it again over the finished batch.
     """
     import time
 
     start = time.perf_counter()
     record = records_sampling(gen_config) and not merge_lora
     sampler = RolloutSampler(record, *((draws[0], draws[1:]) if draws else ()))
-    raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler,
-                   group=samples_per_prompt)
+    trunk = actor_critic.trunk if trunk_from_sampling else None
+    with trunk.record() if trunk is not None else nullcontext() as chunks:
+        raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler,
+                       group=samples_per_prompt)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
+    hidden = (sampled_hidden(chunks, len(query_ids), query_ids.shape[1] + response_ids.shape[1] - 1)
+              if trunk is not None else None)
     sampled = time.perf_counter()
     logprobs, entropy, ref_logprobs, values, hidden = score_with_models(
         actor_critic, query_ids, query_mask, response_ids, response_mask,
-        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=not record)
+        temperature=temperature, micro_batch_size=micro_batch_size, with_policy=not record, hidden=hidden)
     if record:
         logprobs, entropy = (x * response_mask for x in sampler.result(response_ids))
     if timings is not None:

@@ -7,6 +7,9 @@ sampling (`Trunk.hidden`); every later pass over that batch (reference and value
 policy and value in each PPO epoch) runs only the blocks above it (`Trunk.top`). On the
 quickstart (adapters on 4 of 30 blocks) every pass but the first skips 26/30 of the block work.
 
+The trunk's output for a rollout need not even be computed after sampling: sampling runs the same
+blocks over the same tokens (`Trunk.record` keeps their output, `sampled_hidden` lays it out).
+
 The split runs the backbone's own forward over a slice of its blocks (the bottom slice without
 the final norm; the top slice from the hidden states as `inputs_embeds`), so positions, masks
 and rotary embeddings are computed exactly as in one full pass. A model whose forward does more
@@ -76,6 +79,22 @@ class Trunk:
             return self.backbone(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False,
                                  position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
 
+    @contextmanager
+    def record(self):
+        """While sampling: collect the trunk's output of every forward pass of the base (the prompt
+        pass, each decoding step) from a hook on its last block; `sampled_hidden` lays the chunks
+        out as `hidden` would compute them for the finished sequences."""
+        chunks: list[Tensor] = []
+
+        def keep(_module, _args, output):
+            chunks.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handle = self.backbone.layers[self.depth - 1].register_forward_hook(keep)
+        try:
+            yield chunks
+        finally:
+            handle.remove()
+
     @classmethod
     def build(cls, backbone: nn.Module, probe_ids: Tensor, probe_mask: Tensor, atol: float = 1e-4) -> Trunk | None:
         """The trunk of `backbone` when at least one block lies below every adapter and the split
@@ -94,3 +113,16 @@ class Trunk:
         if not torch.allclose(full[keep].float(), split[keep].float(), atol=atol, rtol=1e-4):
             return None
         return trunk
+
+
+def sampled_hidden(chunks: list[Tensor], rows: int, width: int) -> Tensor:
+    """`(rows, width, H)`: the trunk's output recorded while sampling (`Trunk.record`), as `Trunk.hidden`
+    gives it for `[prompt | response][:, :width]`. The first chunk is the prompt pass (run once per
+    prompt for runs of identical prompts, `rollout.prefill_groups`: repeated to every row); each
+    later chunk is one decoding step, the column of the token it fed. Up to float rounding (a
+    cached decoding step vs one pass) it equals `hidden` on every position the mask keeps; after a
+    row's EOS the sampler fed padding it attended to, positions every later pass masks out."""
+    first = chunks[0]
+    if first.shape[0] != rows:
+        first = first.repeat_interleave(rows // first.shape[0], 0)
+    return torch.cat([first, *chunks[1:]], 1)[:, :width]

@@ -41,6 +41,10 @@ def test_sft_tuning_methods(tiny_model_dir, instructions_file, tmp_path, tuning)
     result = train_sft(make_cfg(tiny_model_dir, instructions_file, tmp_path / "out", tuning))
     assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
     assert result.metrics["eval_loss"] < result.metrics["eval_loss_before"]
+    # the best model's eval loss, read from the evaluation that picked it (no second pass)
+    logged = [json.loads(line) for line in (result.checkpoint / "logs" / "train_log.jsonl").read_text().splitlines()]
+    evals = [e["eval_loss"] for e in logged if "eval_loss" in e]
+    assert result.metrics["eval_loss"] == min(evals) and len(evals) == result.metrics["steps"] // 2
 
     info = json.loads((result.checkpoint / "stage.json").read_text())
     assert info["stage"] == "sft" and info["tuning"] == tuning and "eval_loss" in info["metrics"]
