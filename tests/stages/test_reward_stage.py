@@ -231,9 +231,32 @@ def test_init_from_lora_sft_adapter_continues_it_on_the_original_base(data, tiny
     assert result.metrics["steps"] == 3 and RewardScorer(result.checkpoint, device="cpu").score(["q"], ["a"])
 
 
-def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny_model_dir, tmp_path, data):
+def step_trainer(cfg: RewardConfig, tokenizer, tmp_path, head_std: float | None = None):
+    """(model, RankingTrainer) on a freshly seeded model, for training_step on hand-made batches.
+    head_std: redraw the score head that wide (scores far apart)."""
     from transformers import TrainingArguments
 
+    torch.manual_seed(0)
+    model = load_reward_model(cfg, tokenizer)
+    if head_std is not None:
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, head_std)
+    trainer = RankingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True,
+                                                                 report_to="none"),
+                             objective=make_objective(cfg), micro_batch_completions=None)
+    trainer.current_gradient_accumulation_steps = 1
+    return model, trainer
+
+
+def loss_and_gradients(model, trainer, batch: dict, micro: int | None) -> tuple[float, dict]:
+    """One training_step on `batch` (completions `micro` at a time): its loss and every gradient."""
+    model.zero_grad()
+    trainer.micro_batch_completions = micro
+    value = trainer.training_step(model, dict(batch)).item()
+    return value, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny_model_dir, tmp_path, data):
     from rlhf_stack import modeling
     from rlhf_stack.reward.batching import shared_prefix_length
 
@@ -246,22 +269,14 @@ def test_prompt_sharing_and_micro_batching_give_the_same_loss_and_gradients(tiny
                       "prefix_length": shared_prefix_length(seqs, tokenizer.pad_token_id)})
     assert all(item["prefix_length"] > 5 for item in items)  # system-less ChatML: the user turn is shared
     for loss in ("pairwise", "listwise"):
-        cfg = make_cfg(data, tiny_model_dir, tmp_path / loss, "full", loss=loss)
-        torch.manual_seed(0)
-        model = load_reward_model(cfg, tokenizer)
-        trainer = RankingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True,
-                                                                     report_to="none"),
-                                 objective=make_objective(cfg), micro_batch_completions=None)
-        trainer.current_gradient_accumulation_steps = 1
+        model, trainer = step_trainer(make_cfg(data, tiny_model_dir, tmp_path / loss, "full", loss=loss), tokenizer,
+                                      tmp_path)
         results = {}
         for share in (False, True):
             batch = RankingCollator(tokenizer.pad_token_id, share_prompt=share)(items)  # 4 + 4 + 2 completions
             assert ("owner" in batch) == share
             for micro in (None, 3):
-                model.zero_grad()
-                trainer.micro_batch_completions = micro
-                value = trainer.training_step(model, dict(batch)).item()
-                results[share, micro] = (value, {n: p.grad.clone() for n, p in model.named_parameters()})
+                results[share, micro] = loss_and_gradients(model, trainer, batch, micro)
         base_value, base_grads = results[False, None]
         for key, (value, grads) in results.items():
             assert value == pytest.approx(base_value, abs=1e-6), key
@@ -273,8 +288,6 @@ def test_labelers_of_one_completion_set_share_its_pass_with_the_same_loss_and_gr
     """group_labelers: two rankings of the same prompt and completions score those completions once;
     loss and gradients equal those of the rankings as separate examples (with and without prompt
     sharing and gradient caching). The same completions in another order are another set."""
-    from transformers import TrainingArguments
-
     from rlhf_stack import modeling
     from rlhf_stack.reward.batching import encode_rankings, rankings_of
 
@@ -289,14 +302,8 @@ def test_labelers_of_one_completion_set_share_its_pass_with_the_same_loss_and_gr
     assert grouped[0]["n_pairs"] == 6 + 5 and len(separate) == 4
     for loss in ("pairwise", "listwise"):
         cfg = make_cfg(data, tiny_model_dir, tmp_path / loss, "full", loss=loss, center_coef=0.1)
-        torch.manual_seed(0)
-        model = load_reward_model(cfg, tokenizer)
-        with torch.no_grad():  # scores far apart: a ranking paired with the wrong scores would show
-            model.score.weight.normal_(0.0, 3.0)
-        trainer = RankingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True,
-                                                                     report_to="none"),
-                                 objective=make_objective(cfg), micro_batch_completions=None)
-        trainer.current_gradient_accumulation_steps = 1
+        # scores far apart: a ranking paired with the wrong scores would show
+        model, trainer = step_trainer(cfg, tokenizer, tmp_path, head_std=3.0)
         results = {}
         for items in (separate, grouped):
             for share in (False, True):
@@ -304,10 +311,7 @@ def test_labelers_of_one_completion_set_share_its_pass_with_the_same_loss_and_gr
                 assert batch["input_ids"].shape[0] == (14 if items is separate else 10)
                 assert batch["ranks"].shape == (4, 4)
                 for micro in (None, 3):
-                    model.zero_grad()
-                    trainer.micro_batch_completions = micro
-                    value = trainer.training_step(model, dict(batch)).item()
-                    results[items is grouped, share, micro] = (value, {n: p.grad.clone() for n, p in model.named_parameters()})
+                    results[items is grouped, share, micro] = loss_and_gradients(model, trainer, batch, micro)
         base_value, base_grads = results[False, False, None]
         for key, (value, grads) in results.items():
             assert value == pytest.approx(base_value, rel=1e-5), (loss, key)
