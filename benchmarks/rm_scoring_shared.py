@@ -7,7 +7,7 @@ evaluation's samples (every prompt with its baseline, policy and best-of-n sampl
 prompt) with `RewardScorer` as the evaluation does, once with `score_sequences` grouping the
 responses by prompt (each chat-formatted prompt runs once) and once with every sequence whole,
 alternating, `--repeats` times. Prints the median seconds of each, the largest score difference,
-and last `speedup: N.NNx` (whole / shared).
+and last `speedup: N.NNx` (whole / shared); the per-run seconds go to `--json`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/rm_scoring_shared.json"))
     args = parser.parse_args()
 
     import torch
@@ -60,6 +61,10 @@ def main() -> None:
     print(f"shared prompt pass: {shared:.2f} s (runs {', '.join(f'{t:.2f}' for t in times['shared'])})")
     print(f"every sequence whole: {whole:.2f} s (runs {', '.join(f'{t:.2f}' for t in times['whole'])})")
     print(f"largest score difference: {diff:.2e}")
+    args.json.write_text(json.dumps({"responses": len(responses), "prompts": len(set(prompts)),
+                                     "threads": torch.get_num_threads(), "seconds": times,
+                                     "medians": {"shared": shared, "whole": whole}, "max_score_diff": diff,
+                                     "speedup": whole / shared}, indent=1))
     print(f"speedup: {whole / shared:.2f}x")
 
 

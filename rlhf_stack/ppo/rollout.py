@@ -228,12 +228,11 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
     n_response = response_ids.shape[1]
-    given, hidden = hidden, []
-    logprobs, entropy, ref_logprobs, values = [], [], [], []
+    logprobs, entropy, ref_logprobs, values, trunk_out = [], [], [], [], []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         mb = slice(start, start + micro_batch_size)
         mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
-        mb_hidden = given[mb] if given is not None else actor_critic.trunk_hidden(mb_ids, mb_mask)
+        mb_hidden = hidden[mb] if hidden is not None else actor_critic.trunk_hidden(mb_ids, mb_mask)
         if with_policy:
             logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response, mb_hidden)
             logprobs.append(PF.logprobs_from_logits(logits, mb_response, temperature))
@@ -244,12 +243,12 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
         del ref_logits
         if actor_critic.has_value:
             values.append(actor_critic.values(mb_ids, mb_mask, n_response, mb_hidden).float())
-        if mb_hidden is not None:
-            hidden.append(mb_hidden)
+        if hidden is None and mb_hidden is not None:
+            trunk_out.append(mb_hidden)
     mask = response_mask
     policy_part = (torch.cat(logprobs) * mask, torch.cat(entropy) * mask) if with_policy else (None, None)
     return (*policy_part, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask if values else None,
-            torch.cat(hidden) if hidden else None)
+            hidden if hidden is not None else torch.cat(trunk_out) if trunk_out else None)
 
 
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_stack.data import preferred_pairs, prompt_messages
+from rlhf_stack.data import preferred_pairs, prompt_key, prompt_messages
 
 Prompt = str | list[dict]
 
@@ -72,8 +72,6 @@ def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "
     ranked by several labelers) become one item; the first row's ranks are `ranks`, the others'
     `more_ranks` (a list of K-int lists), and n_pairs counts every ranking's pairs.
     """
-    from rlhf_stack.data import prompt_key
-
     items, truncated, by_set = [], 0, {}
     for row in rows:
         key = (prompt_key(row["prompt"]), tuple(row["completions"]))

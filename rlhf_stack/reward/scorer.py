@@ -25,7 +25,13 @@ import torch
 
 from rlhf_stack.data import prompt_key
 from rlhf_stack.errors import ModelNotFoundError
-from rlhf_stack.reward.batching import Prompt, encode_conversation, pad_right, shared_prefix_length
+from rlhf_stack.reward.batching import (
+    Prompt,
+    RankingCollator,
+    encode_conversation,
+    pad_right,
+    shared_prefix_length,
+)
 
 BIAS_KEY = "reward_bias"  # stage.json key of the normalisation bias
 
@@ -130,14 +136,14 @@ def _prompt_groups(seqs: Sequence[Sequence[int]], pad_token_id: int, groups: Seq
 
 def _score_shared_batch(model, seqs, batch: list[tuple[int, list[int]]], pad_token_id: int, device,
                         out: torch.Tensor) -> None:
-    """Score the groups in `batch` (each: prefix length, members), each prefix run once, into `out`."""
-    prefix_ids, prefix_mask = pad_right([seqs[members[0]][:prefix] for prefix, members in batch], pad_token_id, device)
+    """Score the groups in `batch` (each: prefix length, members), each prefix run once, into `out`.
+    A group is laid out as the reward stage lays out a ranking (`RankingCollator`)."""
+    items = [{"input_ids": [seqs[n] for n in members], "ranks": [1] * len(members), "prefix_length": prefix}
+             for prefix, members in batch]
+    t = {k: v.to(device) for k, v in RankingCollator(pad_token_id, share_prompt=True)(items).items()}
     idx = [n for _, members in batch for n in members]
-    owner = torch.as_tensor([g for g, (_, members) in enumerate(batch) for _ in members], device=device)
-    lengths = torch.as_tensor([prefix for prefix, _ in batch], device=device)
-    input_ids, attention_mask = pad_right([seqs[n][prefix:] for prefix, members in batch for n in members],
-                                          pad_token_id, device)
-    out[idx] = forward_scores_shared(model, prefix_ids, prefix_mask, lengths, owner, input_ids, attention_mask).cpu()
+    out[idx] = forward_scores_shared(model, t["prefix_ids"], t["prefix_mask"], t["prefix_lengths"], t["owner"],
+                                     t["input_ids"], t["attention_mask"]).cpu()
 
 
 # ---- a trained reward model ---------------------------------------------------------------------
