@@ -120,9 +120,46 @@ def build_sft_trainer(cfg: SFTConfig):
     callbacks = []
     if eval_ds is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = training.with_atomic_checkpoints(SFTTrainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=callbacks)
+    trainer = _labelled_positions_only(training.with_atomic_checkpoints(SFTTrainer))(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        callbacks=callbacks)
     return trainer, {"n_train": len(train_rows), "n_eval": len(eval_rows), **lengths}
+
+
+def _labelled_positions_only(trainer_class: type) -> type:
+    """`trainer_class` (TRL's SFTTrainer) with its LM head run on the labelled positions only, on every device.
+
+    TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) scores only the positions that
+    carry a label where Triton runs (CUDA, XPU); elsewhere it scores every position, prompt and
+    padding included, so that tile shapes stay fixed for compilers that would otherwise recompile
+    per batch. On a CPU nothing recompiles, and with completion-only loss most positions carry no
+    label: the quickstart's SFT spent ~40% of its step in that head. The loss is the same up to float
+    rounding (tests/stages/test_sft_stage.py). When TRL no longer has the switch, nothing changes.
+    """
+    from contextlib import contextmanager
+
+    import trl.trainer.utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+
+    @contextmanager
+    def compact():
+        if decide is None:
+            yield
+            return
+        trl_utils._use_triton = lambda device: device.type == "cpu" or decide(device)
+        try:
+            yield
+        finally:
+            trl_utils._use_triton = decide
+
+    class LabelledOnly(trainer_class):
+        def compute_loss(self, *args, **kwargs):
+            with compact():
+                return super().compute_loss(*args, **kwargs)
+
+    LabelledOnly.__name__ = LabelledOnly.__qualname__ = trainer_class.__name__
+    return LabelledOnly
 
 
 def _load_splits(cfg: SFTConfig) -> tuple[list[dict], list[dict]]:

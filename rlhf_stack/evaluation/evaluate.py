@@ -205,9 +205,10 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     # 2. each policy with the same seed: its samples, KL to the reference on them, perplexity
     for name, label, path in cfg.policy_specs():
         model = LM(path)
+        depth = model.shared_trunk_depth(reference) if reference is not None else 0  # KL pass: top blocks only
         torch.manual_seed(cfg.seed)
         sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}",
-                                   record=reference is not None, **how)
+                                   record=reference is not None, trunk_depth=depth, **how)
         rows[name] = _model_row(model, reference, sides[name], corpus, cfg)
         del model
     del baseline, reference
@@ -252,7 +253,7 @@ def _kl_row(model: LM, reference: LM, samples: Samples, cfg: EvalConfig) -> dict
     if model.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
         return {"kl": None, "kl_source": "different tokenizers"}
     own = samples.logprobs or model.response_logprobs(samples, cfg.temperature, cfg.batch_size)  # recorded: no pass
-    kl = sequence_kl(own, reference.response_logprobs(samples, cfg.temperature, cfg.batch_size))
+    kl = sequence_kl(own, reference.response_logprobs(samples, cfg.temperature, cfg.batch_size, samples.trunk_depth))
     return {**kl, "kl_source": "sampled"}
 
 

@@ -113,3 +113,37 @@ def test_corpus_mode_trains_on_every_token(tiny_model_dir, corpus_file, tmp_path
     batch = next(iter(trainer.get_train_dataloader()))
     real = batch["attention_mask"].bool()
     assert (batch["labels"][real] != -100).all()
+
+
+def test_lm_head_runs_on_labelled_positions_only_with_the_same_loss(tiny_model_dir, instructions_file, tmp_path,
+                                                                     monkeypatch):
+    """On a CPU, TRL's fused LM head would score every position (prompt and padding too); the stage
+    makes it score only the positions with a label, as it does on CUDA. Same loss and gradients."""
+    import trl.trainer.utils as trl_utils
+
+    cfg = make_cfg(tiny_model_dir, instructions_file, tmp_path / "out")
+    trainer, _ = build_sft_trainer(cfg)
+    batch = {k: v for k, v in next(iter(trainer.get_train_dataloader())).items()}
+    rows_scored = []
+    head = trl_utils._ChunkedLogProbFunction
+
+    class Spy(head):
+        @staticmethod
+        def forward(ctx, hidden, *rest):
+            rows_scored.append(hidden.shape[0])
+            return head.forward(ctx, hidden, *rest)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    model = trainer.model.eval()  # no dropout: the two passes must see the same network
+    results = []
+    for compute_loss in (type(trainer).compute_loss, type(trainer).__mro__[1].compute_loss):  # ours, TRL's own
+        model.zero_grad()
+        loss = compute_loss(trainer, model, dict(batch))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    n_labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert rows_scored == [n_labelled, batch["labels"][:, 1:].numel()]
+    assert n_labelled < batch["labels"][:, 1:].numel()
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
+    for ours, theirs in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)

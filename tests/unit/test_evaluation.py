@@ -430,3 +430,33 @@ def test_report_reads_samples_whose_text_holds_a_unicode_line_separator(tmp_path
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     assert read_jsonl(path) == rows
+
+
+def test_reference_pass_over_a_shared_trunk_equals_the_full_pass(tiny_model_dir):
+    """A policy whose bottom blocks equal its reference's (adapters on the top blocks only) keeps
+    those blocks' output while it samples; the reference's KL pass then runs only its top blocks.
+    Its log-probs must equal the reference's full pass, for samples of one prompt and of several."""
+    from rlhf_stack.evaluation.models import LM
+
+    rows = [{"prompt": p} for p in ("Tell me a long story about a cat", "Hi", "What is two plus two?")]
+    cfg = ev.EvalConfig(prompts="unused.jsonl", policy="unused", max_new_tokens=8)
+    reference, policy = LM(str(tiny_model_dir)), LM(str(tiny_model_dir))
+    top = policy.backbone.layers[-1]
+    with torch.no_grad():  # the "trained" policy: its top block moved, every block below untouched
+        for weight in top.parameters():
+            weight.add_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    depth = policy.shared_trunk_depth(reference)
+    assert depth == len(policy.backbone.layers) - 1
+    assert reference.shared_trunk_depth(LM(str(tiny_model_dir))) == 0  # identical: nothing to split
+    for n in (1, 2):
+        torch.manual_seed(5)
+        samples = policy.sample(rows, cfg, max_prompt_length=64, batch_size=4, source="test", n=n, record=True,
+                                trunk_depth=depth)
+        assert [len(h) for h in samples.trunk] == [len(p) + len(r) - 1 for p, r in
+                                                    zip(samples.prompt_ids, samples.response_ids, strict=True)]
+        split = reference.response_logprobs(samples, cfg.temperature, batch_size=3, trunk_depth=depth)
+        full = reference.response_logprobs(samples, cfg.temperature, batch_size=3)
+        for got, want in zip(split, full, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        own = policy.response_logprobs(samples, cfg.temperature, batch_size=3)
+        assert max((a - b).abs().max() for a, b in zip(own, full, strict=True)) > 1e-3  # the two models differ
