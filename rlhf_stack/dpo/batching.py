@@ -15,16 +15,21 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_stack.data import prompt_messages
+from rlhf_stack.data import prompt_key, prompt_messages
 from rlhf_stack.reward.batching import Prompt, RankingCollator, encode_conversation, encode_rankings
 
 
-def encode_preferences(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+def encode_preferences(rows: list[dict], tokenizer, max_length: int,
+                       group_labelers: bool = False) -> tuple[list[dict], int]:
     """Rankings -> `reward.batching.encode_rankings` items with `prompt_lengths` (K ints: the prompt
     tokens left in each sequence after truncation) and `prefix_length` capped one token below the
-    shortest prompt; and how many completions were truncated."""
-    items, truncated = encode_rankings(rows, tokenizer, max_length, stage="dpo")
-    for row, item in zip(rows, items, strict=True):
+    shortest prompt; and how many completions were truncated. group_labelers: as in
+    `encode_rankings` (one item per completion set, its labelers' rankings together)."""
+    items, truncated = encode_rankings(rows, tokenizer, max_length, stage="dpo", group_labelers=group_labelers)
+    firsts = {}  # an item's first row: the set's prompt and completions
+    for row in rows:
+        firsts.setdefault((prompt_key(row["prompt"]), tuple(row["completions"])) if group_labelers else id(row), row)
+    for row, item in zip(firsts.values(), items, strict=True):
         head = tokenizer.apply_chat_template(prompt_messages(row["prompt"]), add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]
         item["prompt_lengths"] = [_prompt_tokens_left(tokenizer, head, row["prompt"], completion, ids, max_length)

@@ -46,8 +46,9 @@ class DPOConfig(Config):
     """Rankings (`{prompt, completions, ranks}` rows; TRL `{prompt, chosen, rejected}` rows are K=2).
     The held-out ones (eval_path / eval_fraction) give the eval metrics and pick the best checkpoint."""
     train: TrainingConfig = TrainingConfig()
-    """Optimisation settings. `batch_size` counts RANKINGS (each brings its K completions). DPO wants
-    a lower learning rate than SFT (TRL's default is 1e-6 for full tuning; ~5e-6..5e-5 with LoRA)."""
+    """Optimisation settings. `batch_size` counts RANKINGS (each brings its K completions), or
+    completion sets under `group_labelers`. DPO wants a lower learning rate than SFT (TRL's default
+    is 1e-6 for full tuning; ~5e-6..5e-5 with LoRA)."""
     output_dir: str = "outputs/dpo"
     """Where the checkpoint goes (the policy's adapter or weights + tokenizer + stage.json)."""
     loss: Literal["sigmoid", "ipo", "plackett_luce"] = "sigmoid"
@@ -63,6 +64,12 @@ class DPOConfig(Config):
     """Encode the prompt tokens a ranking's K completions share once and reuse their key/value cache
     for all K, under the policy and under the reference (same log-probabilities up to float rounding).
     Off under `policy.gradient_checkpointing` and under FSDP (see `shares_prompt`)."""
+    group_labelers: bool = False
+    """Rankings of the same prompt and completions (one set ranked by several labelers, as the
+    labeling tool collects them) form one example: the policy and the reference compute each
+    completion's log-probability once per step, and each ranking keeps its own loss term, weighted
+    as before (the same loss and gradients as those rankings side by side in one batch, tested).
+    `train.batch_size` then counts completion sets, as in the reward stage's `group_labelers`."""
     keep_checkpoints: bool = False
     """Keep the intermediate Trainer checkpoints (optimizer states) after a successful run."""
 
@@ -101,8 +108,8 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
     train_rows, eval_rows, n_all_tied = load_ranking_splits(cfg.data, cfg.train.seed, "dpo")
     _check_policy_path(cfg.policy.name_or_path)
     tokenizer = modeling.load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path, cfg.policy.chat_template)
-    train_ds, n_truncated = encode_preferences(train_rows, tokenizer, cfg.max_length)
-    eval_ds, _ = encode_preferences(eval_rows, tokenizer, cfg.max_length)
+    train_ds, n_truncated = encode_preferences(train_rows, tokenizer, cfg.max_length, cfg.group_labelers)
+    eval_ds, _ = encode_preferences(eval_rows, tokenizer, cfg.max_length, cfg.group_labelers)
 
     # 2. policy + frozen reference (one base copy under LoRA)
     training.begin_stage(output_dir)
@@ -120,7 +127,8 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
     guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "dpo", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
-    metrics: dict = {"n_train": len(train_ds), "n_eval": len(eval_ds), "n_all_tied_skipped": n_all_tied,
+    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), "n_train_sets": len(train_ds),
+                     "n_eval_sets": len(eval_ds), "n_all_tied_skipped": n_all_tied,
                      "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds),
                      "share_prompt": cfg.shares_prompt,

@@ -18,7 +18,7 @@ from transformers import Trainer
 
 from rlhf_stack.dpo.functional import mean_margin, sequence_logprobs
 from rlhf_stack.dpo.models import Reference, decoder
-from rlhf_stack.reward.batching import to_ranking_matrix
+from rlhf_stack.reward.batching import scores_by_ranking
 from rlhf_stack.reward.functional import pairwise_accuracy
 from rlhf_stack.reward.scorer import forward_shared
 from rlhf_stack.training import AtomicCheckpoints
@@ -68,7 +68,7 @@ class RankingDPOTrainer(AtomicCheckpoints, Trainer):
         # 2. policy log-probs with a graph (under DDP the wrapper runs the completion pass)
         logprobs = completion_logprobs(model, inputs, prefix_model=decoder(unwrapped))
         # 3. the loss on the (B, K) log-ratios
-        logratios = to_ranking_matrix(logprobs - ref_logprobs, ranks)
+        logratios = scores_by_ranking(logprobs - ref_logprobs, ranks, inputs["ranking_set"])
         loss = self.objective(logratios, ranks)
         rewards = self.beta * logratios.detach()
         if model.training:

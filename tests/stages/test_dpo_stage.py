@@ -303,3 +303,66 @@ def test_config_errors_name_the_key(data, tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="policy.name_or_path: .*run the SFT stage first"):
         train_dpo(missing)
     assert not (tmp_path / "o").exists()  # nothing written before the inputs are known to be good
+
+
+def test_labelers_of_one_completion_set_share_its_pass_with_the_same_loss_and_gradients(data, tiny_model_dir,
+                                                                                          tmp_path):
+    """group_labelers: two rankings of the same prompt and completions get one log-probability per
+    completion under the policy and the reference; the loss and gradients equal those of the
+    rankings as separate examples, with and without prompt sharing, for a pairwise and the
+    listwise loss. The same completions in another order are another set."""
+    from transformers import TrainingArguments
+
+    from rlhf_stack import modeling
+    from rlhf_stack.dpo.functional import LOSSES
+    from rlhf_stack.dpo.models import build_policy
+    from rlhf_stack.dpo.trainer import RankingDPOTrainer
+    from rlhf_stack.reward.batching import rankings_of
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    completions = ["The red apple.", "A grey stone, heavy.", "The box.", "Nothing at all here."]
+    rows = [{"prompt": "Q1: name a fruit.", "completions": completions, "ranks": [1, 2, 4, 3]},
+            {"prompt": "Q2?", "completions": ["a b", "c"], "ranks": [2, 1]},
+            {"prompt": "Q1: name a fruit.", "completions": completions, "ranks": [2, 1, 3, 3]},
+            {"prompt": "Q1: name a fruit.", "completions": completions[::-1], "ranks": [1, 2, 3, 4]}]
+    grouped, _ = encode_preferences(rows, tokenizer, 64, group_labelers=True)
+    separate, _ = encode_preferences(rows, tokenizer, 64)
+    assert [rankings_of(item) for item in grouped] == [[[1, 2, 4, 3], [2, 1, 3, 3]], [[2, 1]], [[1, 2, 3, 4]]]
+    assert [item["prompt_lengths"] for item in grouped] == [separate[n]["prompt_lengths"] for n in (0, 1, 3)]
+    model, reference, _ = build_policy(make_cfg(data, tiny_model_dir, tmp_path / "out", "lora").policy)
+    with torch.no_grad():  # move the policy off its reference: a ranking paired with wrong log-ratios would show
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none", label_names=["ranks"],
+                             remove_unused_columns=False)
+    for loss in ("sigmoid", "plackett_luce"):
+        trainer = RankingDPOTrainer(model=model, args=args, train_dataset=separate, data_collator=PreferenceCollator(3),
+                                    objective=partial_loss(LOSSES[loss], 0.5), reference=reference, beta=0.5)
+        results = {}
+        for items in (separate, grouped):
+            for share in (False, True):
+                batch = PreferenceCollator(tokenizer.pad_token_id, share_prompt=share)(items)
+                assert batch["input_ids"].shape[0] == (14 if items is separate else 10)
+                model.zero_grad()
+                value = trainer.compute_loss(model, batch)
+                value.backward()
+                results[items is grouped, share] = (float(value), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                                    if p.grad is not None})
+        base_value, base_grads = results[False, False]
+        assert base_grads
+        for key, (value, grads) in results.items():
+            assert value == pytest.approx(base_value, rel=1e-5), (loss, key)
+            for name, grad in grads.items():
+                assert torch.allclose(grad, base_grads[name], atol=1e-5, rtol=1e-4), (loss, key, name)
+
+
+def test_group_labelers_trains_on_completion_sets(data, tiny_model_dir, tmp_path):
+    twice = keyword_rankings(6, 0, seed=0)
+    twice += [{**row, "ranks": list(reversed(row["ranks"])), "annotator": "b"} for row in twice]
+    grouped_data = {**data, "train": write_jsonl(tmp_path / "train.jsonl", twice)}
+    cfg = make_cfg(grouped_data, tiny_model_dir, tmp_path / "dpo", "lora", group_labelers=True,
+                   train={"max_steps": 2, "batch_size": 2, "eval_every_steps": None})
+    metrics = train_dpo(cfg).metrics
+    assert (metrics["n_train"], metrics["n_train_sets"], metrics["n_eval"], metrics["n_eval_sets"]) == (12, 6, 8, 8)
+    assert math.isfinite(metrics["train_loss"])
