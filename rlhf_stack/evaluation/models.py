@@ -54,7 +54,12 @@ class LM:
     def shared_trunk_depth(self, other: LM) -> int:
         """How many bottom blocks this model shares with `other`: the same embeddings and the same
         weights, bit for bit, in blocks 0..d-1 (a policy trained with adapters on its top blocks
-        only, against its reference), or 0. Below those blocks both compute the same function."""
+        only, against its reference), or 0. Below those blocks both compute the same function.
+        0 as well when `other`'s top blocks run from the trunk's output differ from its full pass
+        on a probe batch (`ppo.trunk.Trunk.checked`: a model that rescales `inputs_embeds`)."""
+        from rlhf_stack.ppo.rollout import left_pad
+        from rlhf_stack.ppo.trunk import Trunk
+
         mine, theirs = self.backbone, other.backbone
         if mine is None or theirs is None or self.tokenizer.get_vocab() != other.tokenizer.get_vocab():
             return 0
@@ -65,7 +70,11 @@ class LM:
             if not _same_weights(a, b):
                 break
             depth += 1
-        return depth if depth < len(mine.layers) else 0  # identical models: the KL is 0 anyway
+        if not 0 < depth < len(mine.layers):  # nothing shared, or identical models (the KL is 0 anyway)
+            return 0
+        probe = [self.tokenizer(text)["input_ids"] for text in ("Hello there.", "A longer probe, of a few words.")]
+        ids, mask = left_pad(probe, self.tokenizer.pad_token_id, other.device)
+        return depth if Trunk.checked(theirs, depth, ids, mask) is not None else 0
 
     def sample(self, rows: list[dict], sampling: SamplingSettings, *, max_prompt_length: int, batch_size: int,
                source: str, n: int = 1, desc: str = "sampling", record: bool = False,

@@ -102,8 +102,13 @@ class Trunk:
         if not (hasattr(backbone, "layers") and hasattr(backbone, "norm")):
             return None
         depth = first_adapted_block(backbone)
-        if depth == 0:
-            return None
+        return cls.checked(backbone, depth, probe_ids, probe_mask, atol) if depth else None
+
+    @classmethod
+    def checked(cls, backbone: nn.Module, depth: int, probe_ids: Tensor, probe_mask: Tensor,
+                atol: float = 1e-4) -> Trunk | None:
+        """The trunk of the bottom `depth` blocks when the split pass equals a full pass on the probe
+        batch (to `atol`); else None."""
         trunk = cls(backbone, depth)
         with torch.no_grad():
             full = backbone(input_ids=probe_ids, attention_mask=probe_mask, use_cache=False,

@@ -432,11 +432,12 @@ def test_report_reads_samples_whose_text_holds_a_unicode_line_separator(tmp_path
     assert read_jsonl(path) == rows
 
 
-def test_reference_pass_over_a_shared_trunk_equals_the_full_pass(tiny_model_dir):
+def test_reference_pass_over_a_shared_trunk_equals_the_full_pass(tiny_model_dir, monkeypatch):
     """A policy whose bottom blocks equal its reference's (adapters on the top blocks only) keeps
     those blocks' output while it samples; the reference's KL pass then runs only its top blocks.
     Its log-probs must equal the reference's full pass, for samples of one prompt and of several."""
     from rlhf_stack.evaluation.models import LM
+    from rlhf_stack.ppo.trunk import Trunk
 
     rows = [{"prompt": p} for p in ("Tell me a long story about a cat", "Hi", "What is two plus two?")]
     cfg = ev.EvalConfig(prompts="unused.jsonl", policy="unused", max_new_tokens=8)
@@ -448,6 +449,10 @@ def test_reference_pass_over_a_shared_trunk_equals_the_full_pass(tiny_model_dir)
     depth = policy.shared_trunk_depth(reference)
     assert depth == len(policy.backbone.layers) - 1
     assert reference.shared_trunk_depth(LM(str(tiny_model_dir))) == 0  # identical: nothing to split
+    with monkeypatch.context() as patch:  # a model that rescales `inputs_embeds` (Gemma): the split is refused
+        top = Trunk.top
+        patch.setattr(Trunk, "top", lambda self, hidden, mask: top(self, hidden * 2.0, mask))
+        assert policy.shared_trunk_depth(reference) == 0
     for n in (1, 2):
         torch.manual_seed(5)
         samples = policy.sample(rows, cfg, max_prompt_length=64, batch_size=4, source="test", n=n, record=True,
