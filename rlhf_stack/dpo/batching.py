@@ -15,8 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_stack.data import prompt_key, prompt_messages
-from rlhf_stack.reward.batching import Prompt, RankingCollator, encode_conversation, encode_rankings
+from rlhf_stack.data import prompt_messages
+from rlhf_stack.reward.batching import (
+    Prompt,
+    RankingCollator,
+    completion_set_key,
+    encode_conversation,
+    encode_rankings,
+)
 
 
 def encode_preferences(rows: list[dict], tokenizer, max_length: int,
@@ -28,7 +34,7 @@ def encode_preferences(rows: list[dict], tokenizer, max_length: int,
     items, truncated = encode_rankings(rows, tokenizer, max_length, stage="dpo", group_labelers=group_labelers)
     firsts = {}  # an item's first row: the set's prompt and completions
     for row in rows:
-        firsts.setdefault((prompt_key(row["prompt"]), tuple(row["completions"])) if group_labelers else id(row), row)
+        firsts.setdefault(completion_set_key(row) if group_labelers else id(row), row)
     for row, item in zip(firsts.values(), items, strict=True):
         head = tokenizer.apply_chat_template(prompt_messages(row["prompt"]), add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]

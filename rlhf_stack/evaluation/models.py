@@ -146,36 +146,23 @@ class LM:
         samples (`shared_trunk_depth`), and that model kept their output (`Samples.trunk`): only the
         blocks above run here. The log-probs equal the full pass up to float rounding."""
         from rlhf_stack.ppo.rollout import left_pad, sequence_logprobs
+        from rlhf_stack.ppo.trunk import Trunk
         from rlhf_stack.reward.batching import pad_right
 
         use_trunk = bool(trunk_depth) and samples.trunk is not None and samples.trunk_depth == trunk_depth
+        trunk = Trunk(self.backbone, trunk_depth) if use_trunk else None
         pad = self.tokenizer.pad_token_id
         out = []
         for start in range(0, len(samples.response_ids), batch_size):
             responses = samples.response_ids[start:start + batch_size]
             query_ids, query_mask = left_pad(samples.prompt_ids[start:start + batch_size], pad, self.device)
             response_ids, response_mask = pad_right([r or [pad] for r in responses], pad, self.device)
-            if use_trunk:
-                hidden = _lay_out(samples.trunk[start:start + batch_size], query_mask, response_ids.shape[1])
-                logprobs = self._top_logprobs(trunk_depth, hidden, query_mask, response_ids, response_mask,
-                                              temperature)
-            else:
-                logprobs = sequence_logprobs(self.model, query_ids, query_mask, response_ids, response_mask,
-                                             temperature)
+            hidden = (_lay_out(samples.trunk[start:start + batch_size], query_mask, response_ids.shape[1])
+                      .to(self.device, self.model.dtype) if trunk else None)
+            logprobs = sequence_logprobs(self.model, query_ids, query_mask, response_ids, response_mask, temperature,
+                                         trunk, hidden)
             out.extend(logprobs[row, :len(r)].float().cpu() for row, r in enumerate(responses))
         return out
-
-    @torch.no_grad()
-    def _top_logprobs(self, depth: int, hidden: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
-                      response_mask: torch.Tensor, temperature: float) -> torch.Tensor:
-        """`sequence_logprobs` from the bottom `depth` blocks' output `hidden` `(b, p + t - 1, H)`."""
-        from rlhf_stack.ppo import functional as PF
-        from rlhf_stack.ppo.trunk import Trunk
-
-        mask = torch.cat([query_mask, response_mask.long()], 1)[:, :-1]
-        top = Trunk(self.backbone, depth).top(hidden.to(self.device, self.model.dtype), mask)
-        logits = self.model.get_output_embeddings()(top[:, -response_ids.shape[1]:])
-        return PF.logprobs_from_logits(logits, response_ids, temperature) * response_mask
 
     @torch.no_grad()
     def corpus_nll(self, texts: list[str], max_length: int, batch_size: int) -> tuple[float, int]:

@@ -200,17 +200,23 @@ def truncate_at_eos(response_ids: Tensor, eos_id: int, pad_id: int) -> tuple[Ten
 
 @torch.no_grad()
 def sequence_logprobs(model, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
-                      temperature: float) -> Tensor:
+                      temperature: float, trunk=None, hidden: Tensor | None = None) -> Tensor:
     """`(b, t)` log pi(a_t | s_t) of given responses under a causal LM, 0 at padding.
 
     The rollout's layout (`[left-padded prompt | right-padded response]`) and logits
-    (`models.causal_lm_logits`), so evaluation measures KL exactly as PPO does.
+    (`models.causal_lm_logits`), so evaluation measures KL exactly as PPO does. With `trunk`
+    (`ppo.trunk.Trunk` of this model) and `hidden`, its bottom blocks' output over that layout but its
+    last column, only the blocks above and the LM head run (the same log-probs up to float rounding).
     """
     from rlhf_stack.ppo.models import causal_lm_logits
 
     input_ids = torch.cat([query_ids, response_ids], 1)
     attention_mask = torch.cat([query_mask, response_mask.long()], 1)
-    logits = causal_lm_logits(model, input_ids, attention_mask, response_ids.shape[1])
+    if hidden is None:
+        logits = causal_lm_logits(model, input_ids, attention_mask, response_ids.shape[1])
+    else:
+        top = trunk.top(hidden, attention_mask[:, :-1])
+        logits = model.get_output_embeddings()(top[:, -response_ids.shape[1]:])
     return PF.logprobs_from_logits(logits, response_ids, temperature) * response_mask
 
 

@@ -62,6 +62,12 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]], pad_token_id: int) -> in
     return min(length, last_scored)
 
 
+def completion_set_key(row: dict) -> tuple:
+    """The completion set a ranking row ranks: its prompt and its completions, in their order. Rows
+    with one key are one set ranked by several labelers (`group_labelers`)."""
+    return prompt_key(row["prompt"]), tuple(row["completions"])
+
+
 def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "reward",
                     group_labelers: bool = False) -> tuple[list[dict], int]:
     """Rankings -> [{input_ids: K token lists, ranks: K ints, n_pairs, prefix_length}], and how
@@ -74,7 +80,7 @@ def encode_rankings(rows: list[dict], tokenizer, max_length: int, stage: str = "
     """
     items, truncated, by_set = [], 0, {}
     for row in rows:
-        key = (prompt_key(row["prompt"]), tuple(row["completions"]))
+        key = completion_set_key(row)
         if group_labelers and key in by_set:
             item = by_set[key]
             item.setdefault("more_ranks", []).append(list(row["ranks"]))
