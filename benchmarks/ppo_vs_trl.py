@@ -23,10 +23,11 @@ Rows (each side in its own process, TRL first, then ours; CPU, float32 on both):
      linear layer, every value weight trainable and in the optimizer and moved by training.
    - ours: `train_ppo` with `tuning: lora` (one shared base: policy = adapter, reference =
      adapters disabled), `value_init` = the RM, which becomes a value model of its own (the RM's
-     copy with LoRA of the policy's shape; adapters and head train), and the RM as reward. Checked:
-     the stage's `models` metrics say layout `lora-shared-base+lora-value-model`, value_init
-     `reward-model`, reference `adapters-disabled`, reward model `separate-model`, trunk_blocks 0
-     (adapters on every block).
+     copy with LoRA of the policy's shape; adapters and head train), and the RM as reward, scored
+     on that copy with the value's adapters disabled. Checked: the stage's `models` metrics say
+     layout `lora-shared-base+lora-value-model`, value_init `reward-model`, reference
+     `adapters-disabled`, reward model `value-model-adapters-disabled`, trunk_blocks 0 (adapters on
+     every block).
    Where the sides differ, each by its own docs: the value model trains in full on TRL (its
    example), with LoRA on ours; TRL runs the rollout forwards on all 16 rollouts at once
    (`local_rollout_forward_batch_size` 64) and keeps the generation logits, `(b, t, V)`, ours runs
@@ -56,7 +57,9 @@ is warm-up and dropped, so steps 2-6; min, max and every per-step number in the 
 - peak RSS: the process's peak resident memory within the step (Linux VmHWM, reset at every
   step end): everything the process holds at that moment (weights, gradients, optimizer state,
   activations, allocator caches). The whole process's peak, model loading included, is printed
-  beside it in parentheses.
+  beside it in parentheses. glibc keeps freed heap blocks resident, so this is above the live
+  tensors' peak; `--malloc-mmap-threshold 1048576` sets the same allocator setting on both sides
+  to show the live peak (a diagnostic: slower steps, not the headline figure).
 The last two lines are `speed: N.NNx` (our median response tokens/s over TRL's) and `peak_rss: N.NNx`
 (our median per-step peak RSS over TRL's), both from the real-model row. Every per-step number goes
 to benchmarks/ppo_vs_trl.json (`--smoke`: benchmarks/out/ppo_vs_trl_smoke.json).
@@ -93,7 +96,7 @@ SMOKE_SIZES = {"batch": 8, "mini": 4, "micro": 4, "epochs": 2, "new_tokens": 12,
 WARMUP_STEPS = 1
 # What ours' stage metrics must say it assembled (`models` in stage.json), per row.
 OURS_LORA = {"layout": "lora-shared-base+lora-value-model", "reference": "adapters-disabled",
-             "value_init": "reward-model", "reward_model": "separate-model", "trunk_blocks": 0}
+             "value_init": "reward-model", "reward_model": "value-model-adapters-disabled", "trunk_blocks": 0}
 OURS_FULL = {"layout": "separate-models", "reference": "frozen-copy", "value_init": "reward-model",
              "reward_model": "separate-model", "trunk_blocks": 0}
 
@@ -235,14 +238,18 @@ def worker_main(spec_path: str) -> None:
 # ---- the comparison ----------------------------------------------------------------------------------
 
 
-def run_row(row: dict, sizes: dict, trl_python: str, out: Path, threads: int | None) -> dict:
-    """TRL, then ours, on one row; the medians of each and the per-step numbers."""
+def run_row(row: dict, sizes: dict, trl_python: str, out: Path, threads: int | None,
+            mmap_threshold: int | None = None) -> dict:
+    """TRL, then ours, on one row; the medians of each and the per-step numbers.
+    mmap_threshold: glibc's MALLOC_MMAP_THRESHOLD_ for both workers (None: glibc's default)."""
     spec = {**sizes, **row, "prompts": PROMPTS[:sizes["batch"]], "seed": 0, "device": "cpu", "dtype": "float32",
             "threads": threads, "float32_matmul_precision": "highest"}
     spec["prompt_ids"] = prompt_ids(row["tokenizer"])[:sizes["batch"]]
     spec_path = out / f"spec-{row['row']}.json"
     spec_path.write_text(json.dumps(spec))
     env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     sides = {}
     for side, cmd in (("trl", [trl_python, str(Path(trl_ppo.__file__)), str(spec_path)]),
                       ("ours", [sys.executable, __file__, "--worker", str(spec_path)])):
@@ -286,6 +293,11 @@ def main(argv=None) -> None:
     p.add_argument("--skip-config-row", action="store_true", help="only the real-model row")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads on both sides (default: torch's choice; --smoke: 1)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="set glibc's MALLOC_MMAP_THRESHOLD_ in BOTH workers: blocks of at least BYTES are "
+                        "mapped and unmapped one by one, so the RSS follows the live tensors instead of what "
+                        "glibc's heap keeps after frees (slower: every large tensor is faulted in afresh). "
+                        "A diagnostic of live memory; the default figures use glibc's defaults")
     p.add_argument("--json", type=Path, default=None,
                    help="per-step numbers (default benchmarks/ppo_vs_trl.json; --smoke: benchmarks/out/...)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -311,9 +323,9 @@ def main(argv=None) -> None:
     if not args.skip_config_row:
         row_specs.append(build_config_row(out, args.smoke))
     report = {"mode": "smoke" if args.smoke else "measurement", "sizes": sizes, "warmup_steps": WARMUP_STEPS,
-              "threads": threads, "rows": []}
+              "threads": threads, "malloc_mmap_threshold": args.malloc_mmap_threshold, "rows": []}
     for row in row_specs:
-        report["rows"].append(run_row(row, sizes, trl_python, out, threads))
+        report["rows"].append(run_row(row, sizes, trl_python, out, threads, args.malloc_mmap_threshold))
         report["wall_s"] = time.perf_counter() - started
         json_path.write_text(json.dumps(report, indent=2))  # rewritten after each row: a crash keeps what ran
     real = report["rows"][0]["ratios"]

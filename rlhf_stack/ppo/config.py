@@ -37,7 +37,9 @@ class PPOConfig(Config):
     host_reward_model: bool = True
     """With `tuning: lora`, a reward model that is a LoRA adapter over the policy's own base joins
     policy, reference and value as one more adapter on the one base copy in memory (the same
-    scores, half the weights). False: it always loads as a separate model."""
+    scores, half the weights); and the reward model a LoRA value model was copied from
+    (`value_init`) scores on that copy with the value's adapters disabled. False: it always loads
+    as a separate model."""
     ptx_data: DataConfig | None = None
     """Pretraining corpus (`corpus` format) for PPO-ptx; needed when ptx_coef > 0."""
     ptx_coef: float = Field(0.0, ge=0.0)

@@ -9,8 +9,11 @@ weights serves all three (DESIGN "Tuning methods"; the layout is still named `lo
   - value     = its own adapter "value" on the same base + a scalar head.
 A reward model that is a LoRA adapter over the same base joins them as the adapter "reward"
 (`shared_reward.py`): one base copy in all. Any other reward model is the only other base copy
-(loaded by the reward sources), where TRL's PPO held four models. With full fine-tuning, policy,
-reference and value are separate models.
+(loaded by the reward sources), where TRL's PPO held four models. When the value starts from such
+a reward model (`value_init`), the value model is a copy of that RM with LoRA layers of the
+policy's shape, and the same RM as a reward source scores on that copy with the value's adapters
+disabled: two base copies in all. With full fine-tuning, policy, reference and value are
+separate models.
 The critic-free advantage estimators (rloo, grpo, reinforce_baseline) build no value at all:
 no adapter, no head, no backbone, so nothing of it is trained, optimised or checkpointed.
 The final policy is saved as a plain adapter over B (or a full model) that any HF user reloads.
@@ -70,6 +73,10 @@ class ActorCritic(nn.Module):
         self.value_params: list[nn.Parameter] = []
         self._trainable_names: tuple[list[str], list[str]] = ([], [])  # the two lists, by name (`rebind`)
         self.trunk: Trunk | None = None  # set by use_trunk() once every adapter is in place
+        # The reward model a value model of its own was copied from (`_lora_value_model`), kept as a
+        # plain object (no nn.Module attribute: its decoder is value_backbone's, already registered)
+        # so that the same RM as a reward source can score on it (`shared_reward.reward_on_value_model`).
+        self.value_origin: ValueOrigin | None = None
         # accelerate's FSDP2 auto-wrap reads this: one shard unit per decoder block, as for the HF model
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
@@ -208,11 +215,19 @@ class ActorCritic(nn.Module):
 
     @property
     def needs_split_backward(self) -> bool:
-        """A shared base with gradient checkpointing must run each adapter's backward while that
-        adapter is active (the recomputed forward reads the active adapter)."""
+        """Whether the trainer runs the value's forward and backward first, then the policy's,
+        instead of one pass over both (the gradients are the same):
+        - a value model with a decoder of its own (`value_backbone`) shares no activations with
+          the policy, so the split costs nothing and frees the value's activations before the
+          policy's are built: the update holds one model's activations at a time, not both;
+        - a shared base under gradient checkpointing must run each adapter's backward while that
+          adapter is active (the recomputed forward reads the active adapter)."""
+        if not self.has_value:
+            return False
+        if self.value_backbone is not None:
+            return True
         base = self.policy.get_base_model() if self.shared else self.policy
-        return (self.shared and self.has_value and self.value_backbone is None
-                and bool(getattr(base, "is_gradient_checkpointing", False)))
+        return self.shared and bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 def causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
@@ -234,7 +249,9 @@ class ModelInfo:
     reference: str  # "sft-adapter-copy" | "adapters-disabled" | "frozen-copy"
     value_init: str  # "reward-model" | "policy-base" | "none" (a critic-free estimator: no value model)
     base_model: str  # what the saved policy needs to reload (adapter base or the full model)
-    reward_model: str = "none"  # "adapter-on-shared-base" | "separate-model" | "none" (no RM source)
+    # "adapter-on-shared-base" | "value-model-adapters-disabled" (the RM the value model was copied
+    # from, scored on that copy) | "separate-model" | "none" (no RM source)
+    reward_model: str = "none"
     trunk_blocks: int = 0  # blocks below every adapter, run once per rollout (trunk.py); 0: none
 
 
@@ -279,12 +296,12 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         base_path = path
         peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
         ref_adapter, reference = None, "adapters-disabled"
-    value_model = None
+    value_model = origin = None
     if with_value and value_source is not None and _value_init_adapter(value_source, base_path, peft_model) is None:
         # The RM is not a LoRA adapter over this base (a full model, or another base): the value
         # starts as the RM, as asked (InstructGPT), on a copy of the RM with LoRA of the policy's
         # shape, so only its adapter and head train.
-        value_model, head = _lora_value_model(cfg, value_source, device)
+        value_model, head, origin = _lora_value_model(cfg, value_source, device)
         value_init, layout = "reward-model", "lora-shared-base+lora-value-model"
     elif with_value:
         head, value_init = _shared_value(cfg, peft_model, value_source, base_path)
@@ -294,6 +311,7 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
     peft_model.base_model.set_adapter(POLICY, inference_mode=True)
     model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter,
                         value_backbone=value_model)
+    model.value_origin = origin
     named = list(peft_model.named_parameters())
     value_params = [p for n, p in named if modeling.in_adapter(n, VALUE)] + (list(head.parameters()) if head else [])
     if value_model is not None:
@@ -302,11 +320,24 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
     return model, ModelInfo(layout, reference, value_init, base_path)
 
 
-def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueHead]:
-    """(decoder of the RM with fresh LoRA adapters, value head = the RM's score head)."""
+@dataclass(frozen=True)
+class ValueOrigin:
+    """The reward model a LoRA value model was copied from: its checkpoint path, the whole sequence
+    classifier (its decoder now carries the value's LoRA layers; its score head is the RM's own,
+    frozen) and the weights' dtype. With the value's adapters disabled it is that RM exactly."""
+
+    path: str
+    classifier: nn.Module
+    dtype: torch.dtype
+
+
+def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueHead, ValueOrigin]:
+    """(decoder of the RM with fresh LoRA adapters, value head = a copy of the RM's score head,
+    the RM itself: `ValueOrigin`)."""
     from peft import get_peft_model
 
     rm = modeling.load_sequence_classifier(_with_path(cfg.policy, value_source), merge=True, device=device)
+    rm.score.requires_grad_(False)  # the RM's own head: it scores rewards, the value head is a copy
     head = ValueHead(rm.config.hidden_size)
     head.summary.weight.data.copy_(rm.score.weight.data[:1])
     if getattr(rm.score, "bias", None) is not None:
@@ -315,7 +346,7 @@ def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueH
     backbone = get_peft_model(rm.base_model, _value_adapter_config(cfg.policy, rm.base_model, task_type=None))
     print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base; the value model is a "
           "copy of it with LoRA (adapters and head train): one more base copy")
-    return backbone, head
+    return backbone, head, ValueOrigin(value_source, rm, next(rm.parameters()).dtype)
 
 
 def _shared_value(cfg, peft_model, value_source: str | None, base_path: str) -> tuple[ValueHead, str]:

@@ -250,22 +250,30 @@ def check_reward_config(cfg, reward_fns: list[Callable] | None) -> None:
 
 def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
     """(CombinedReward, info): `cfg.rewards` plus the Python callables `reward_fns` (weight 1 each),
-    where a LoRA RM over the policy's own base is hosted on the shared base as one more adapter
-    (`shared_reward`), and `info` (models.ModelInfo) says where the RM went. Call
-    `check_reward_config` first (train_ppo does, before it loads any model)."""
+    where a LoRA RM over the policy's own base is hosted on the shared base as one more adapter,
+    and the RM a LoRA value model was copied from scores on that copy (`shared_reward`); `info`
+    (models.ModelInfo) says where the RM went. Call `check_reward_config` first (train_ppo does,
+    before it loads any model)."""
     from dataclasses import replace
 
-    from rlhf_stack.ppo.shared_reward import REWARD, host_reward_model
+    from rlhf_stack.ppo.shared_reward import REWARD, ValueOriginClassifier, host_reward_model, reward_on_value_model
+
+    on_value_model = False
 
     def host(path: str):
-        return host_reward_model(model, path, info.base_model)
+        nonlocal on_value_model
+        found = host_reward_model(model, path, info.base_model) or reward_on_value_model(model, path, device)
+        on_value_model |= isinstance(found, ValueOriginClassifier)
+        return found
 
     use_host = cfg.host_reward_model and model.shared
     reward = build_reward_function(list(cfg.rewards), extra_fns=list(reward_fns or []), device=device,
                                    host=host if use_host else None)
     if any(src.kind == "reward_model" for src in cfg.rewards):
         hosted = model.shared and REWARD in model.policy.peft_config
-        info = replace(info, reward_model="adapter-on-shared-base" if hosted else "separate-model")
+        where = ("adapter-on-shared-base" if hosted else "value-model-adapters-disabled" if on_value_model
+                 else "separate-model")
+        info = replace(info, reward_model=where)
     return reward, info
 
 

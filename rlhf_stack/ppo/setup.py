@@ -108,10 +108,13 @@ def make_accelerator(cfg):
     from rlhf_stack import distributed
 
     trackers = [r for r in cfg.report_to if r != "none"]
-    # A shared LoRA base under gradient checkpointing runs value and policy passes separately
-    # (ActorCritic.needs_split_backward): each pass leaves the other's parameters unused. So do
-    # the value-only updates of value_warmup_steps (the policy gets no gradient at all).
-    split = cfg.policy.adapter_method is not None and cfg.policy.gradient_checkpointing
+    # Value and policy passes run separately (ActorCritic.needs_split_backward) for a value model
+    # with a decoder of its own (full tuning, or a LoRA policy whose value starts from a reward
+    # model that is not an adapter over its base) and for a shared LoRA base under gradient
+    # checkpointing: each pass leaves the other's parameters unused. So do the value-only updates
+    # of value_warmup_steps (the policy gets no gradient at all).
+    own_value_model = cfg.uses_value_model and (cfg.policy.adapter_method is None or bool(cfg.value_init))
+    split = own_value_model or (cfg.policy.adapter_method is not None and cfg.policy.gradient_checkpointing)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split or cfg.value_warmup_steps else []
     return distributed.accelerator(log_with=trackers or None, project_dir=cfg.output_dir, kwargs_handlers=handlers)
 

@@ -6,7 +6,9 @@ is, loading it on its own would add a second full copy of the base: instead its 
 the others as "reward" and its score head becomes a small Linear. It scores with its own
 tokenizer and chat template exactly as `reward.scorer.RewardScorer` does (same pooling at the last
 non-pad token, same bias), so the scores are the same up to float rounding (tests check 1e-5).
-Any other reward model (full weights, another base, extra trained modules) loads separately.
+Any other reward model (full weights, another base, extra trained modules) loads separately,
+unless the value model is a LoRA copy of it (`value_init`, `models.ValueOrigin`): then it scores on
+that copy with the value's adapters disabled (`reward_on_value_model`), again no second copy.
 `read_reward_adapter` reads such an RM from its files; the value function's initialisation from
 the RM (`models.py`) uses it too.
 """
@@ -115,3 +117,39 @@ def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterS
     print(f"[ppo] reward model {checkpoint}: hosted as adapter '{REWARD}' on the policy's base "
           f"(one base copy for policy, reference, value and reward)")
     return model
+
+
+class ValueOriginClassifier:
+    """The reward model a LoRA value model was copied from, run on that copy with the value's
+    adapters disabled: the RM's own decoder weights and score head, so the same function as the
+    RM loaded on its own. Called like the transformers sequence classifier it wraps (it is one),
+    key/value cache included, so `RewardScorer` still runs each prompt once for all its responses.
+    Not an nn.Module: it must not own (move, re-mode) the actor-critic's value model."""
+
+    shares_prompts = True  # a real classifier underneath: the prompt-sharing cache path works
+
+    def __init__(self, classifier: nn.Module, value_backbone) -> None:
+        self.classifier = classifier
+        self.value_backbone = value_backbone  # the PeftModel whose adapters are switched off
+        self.config = classifier.config
+
+    def eval(self) -> ValueOriginClassifier:
+        return self  # scoring runs under no_grad; the trainer owns the value model's mode
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        with self.value_backbone.disable_adapter():
+            return self.classifier(*args, **kwargs)
+
+
+def reward_on_value_model(actor_critic, checkpoint: str, device) -> ValueOriginClassifier | None:
+    """The RM `checkpoint` as the classifier the value model was copied from, when it is that RM and
+    its weights have the dtype `RewardScorer` would load it in; else None."""
+    origin = actor_critic.value_origin
+    if origin is None or modeling.resolve_model_path(checkpoint) != modeling.resolve_model_path(origin.path):
+        return None
+    if origin.dtype != modeling.resolve_dtype("auto", torch.device(device) if device is not None else None):
+        return None  # the policy's dtype is not the RM's own: scores would differ, load it on its own
+    print(f"[ppo] reward model {checkpoint}: scored on the value model copied from it, with the value's "
+          "adapters disabled (no second copy of its weights)")
+    return ValueOriginClassifier(origin.classifier, actor_critic.value_backbone)

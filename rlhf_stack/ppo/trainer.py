@@ -217,8 +217,9 @@ def _policy_and_value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPO
                                aggregate: Callable) -> dict:
     """Loss = clipped policy loss + vf_coef * clipped value loss (+ ptx_coef * LM loss); backward.
 
-    One forward and one backward normally; with a shared base under gradient checkpointing, the
-    value part runs (forward and backward) with its adapter active first, then the policy part.
+    One forward and one backward over both, or (`ActorCritic.needs_split_backward`: a value model of
+    its own, or a shared base under gradient checkpointing) the value part's forward and backward
+    first, with its adapter active, then the policy part's.
     """
     acc, unwrapped = run.accelerator, run.actor_critic
     mb = mb.trimmed()

@@ -158,7 +158,8 @@ class RewardScorer:
         LoRA RM on its shared base, `ppo.shared_reward`); None loads it from `checkpoint`.
         The responses to one prompt (PPO's samples_per_prompt, an evaluation's samples) run the
         prompt once (`score_sequences` groups) when the model is loaded here, a transformers
-        classifier with a key/value cache; a given `model` scores every sequence whole."""
+        classifier with a key/value cache, or a given `model` that says it is one
+        (`shares_prompts`); any other given `model` scores every sequence whole."""
         from rlhf_stack import modeling
         from rlhf_stack.config import ModelConfig
 
@@ -168,7 +169,7 @@ class RewardScorer:
         self.max_length = max_length
         self.apply_bias = apply_bias
         self.tokenizer = modeling.load_tokenizer(self.checkpoint)
-        self.shares_prompts = model is None
+        self.shares_prompts = model is None or bool(getattr(model, "shares_prompts", False))
         if model is None:
             cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
             model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device)

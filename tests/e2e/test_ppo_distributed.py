@@ -56,16 +56,21 @@ SCRIPT = textwrap.dedent("""
 
 
 # gae as configured by default; a value-only warm-up step (the policy gets no gradient, which DDP
-# must be told about); the critic-free rloo (no value model, 2 prompts x 2 samples per rank).
+# must be told about); the critic-free rloo (no value model, 2 prompts x 2 samples per rank); gae
+# with full tuning, where the value model has a decoder of its own and its forward and backward run
+# before the policy's (two backward passes per micro-batch, one all-reduce).
 @pytest.mark.parametrize("estimator_settings", [
-    {}, {"value_warmup_steps": 1}, {"advantage_estimator": "rloo", "samples_per_prompt": 2}],
-    ids=["gae", "gae-value-warmup", "rloo"])
+    {}, {"value_warmup_steps": 1}, {"advantage_estimator": "rloo", "samples_per_prompt": 2}, {"tuning": "full"}],
+    ids=["gae", "gae-value-warmup", "rloo", "gae-full-tuning"])
 def test_two_cpu_processes_hold_identical_weights(tmp_path, tiny_model_dir, prompts_file, estimator_settings):
+    settings = dict(estimator_settings)
+    tuning = ({"tuning": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}} if settings.pop("tuning", "lora") == "lora"
+              else {"tuning": "full"})
     cfg = {
-        "policy": {"name_or_path": str(tiny_model_dir), "tuning": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "policy": {"name_or_path": str(tiny_model_dir), **tuning},
         "prompts": {"path": str(prompts_file), "eval_fraction": 0.0}, "output_dir": str(tmp_path / "ppo"),
         "steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 6, "learning_rate": 1e-2,
-        "save_every_steps": 1, "progress_bar": False, **estimator_settings,
+        "save_every_steps": 1, "progress_bar": False, **settings,
     }
     script = tmp_path / "run_ppo.py"
     script.write_text(SCRIPT)

@@ -143,15 +143,10 @@ def test_reward_model_source_and_value_init(tiny_model_dir, prompts_file, tmp_pa
     assert abs(record["score_processed"]) <= 3.0 + 1.0  # clipped, then at most the EOS penalty
 
 
-def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prompts_file, tmp_path):
-    """value_init from a full RM with a LoRA policy: the value model starts AS the RM (InstructGPT),
-    on a copy of it with LoRA (only adapters + head train), and the metrics say which layout ran."""
+def full_reward_model(tiny_model_dir, rm_dir):
+    """A full-weights RM over the tiny model (its decoder perturbed, a random head), saved."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
-
-    rm_dir = tmp_path / "rm"
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     torch.nn.init.normal_(rm.score.weight, std=1.0)
@@ -161,6 +156,17 @@ def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prom
     rm.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_dir).pad_token_id
     rm.save_pretrained(rm_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm_dir)
+    return rm.eval()
+
+
+def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prompts_file, tmp_path):
+    """value_init from a full RM with a LoRA policy: the value model starts AS the RM (InstructGPT),
+    on a copy of it with LoRA (only adapters + head train), and the metrics say which layout ran."""
+    from rlhf_stack.modeling import load_tokenizer
+    from rlhf_stack.ppo.models import build_actor_critic
+
+    rm_dir = tmp_path / "rm"
+    rm = full_reward_model(tiny_model_dir, rm_dir)
     cfg = config(tiny_model_dir, prompts_file, tmp_path, value_init=str(rm_dir))
     model, info = build_actor_critic(cfg, load_tokenizer(str(tiny_model_dir)), torch.device("cpu"))
     assert (info.layout, info.value_init) == ("lora-shared-base+lora-value-model", "reward-model")
@@ -176,6 +182,76 @@ def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prom
                        reward_fns=[t_share])
     assert result.metrics["models"]["layout"] == "lora-shared-base+lora-value-model"
     assert result.metrics["models"]["value_init"] == "reward-model" and math.isfinite(result.metrics["value_loss"])
+
+
+def test_reward_model_scores_on_the_value_model_copied_from_it(tiny_model_dir, prompts_file, tmp_path):
+    """value_init and a reward source are the same full RM under LoRA: the RM scores on the value
+    model's decoder with the value's adapters disabled (no third copy of the weights), with the
+    scores of the RM loaded on its own, even after the value's adapters have moved."""
+    from rlhf_stack.modeling import load_tokenizer
+    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.rewards import build_reward
+    from rlhf_stack.reward.scorer import RewardScorer
+
+    rm_dir = tmp_path / "rm"
+    full_reward_model(tiny_model_dir, rm_dir)
+    rewards = [{"kind": "reward_model", "path": str(rm_dir), "name": "rm", "apply_bias": False}]
+    cfg = config(tiny_model_dir, prompts_file, tmp_path, value_init=str(rm_dir), rewards=rewards)
+    model, info = build_actor_critic(cfg, load_tokenizer(str(tiny_model_dir)), torch.device("cpu"))
+    reward, info = build_reward(cfg, None, torch.device("cpu"), model, info)
+    assert (info.layout, info.reward_model) == ("lora-shared-base+lora-value-model", "value-model-adapters-disabled")
+    decoder = {id(p) for p in model.value_backbone.parameters()}
+    assert {id(p) for p in model.value_origin.classifier.model.parameters()} <= decoder  # the same weights
+    with torch.no_grad():  # as after some value updates: the value model no longer equals the RM
+        for name, param in model.value_backbone.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        moved = model.values(ids, torch.ones_like(ids), 2)[0, -1]
+    prompts = ["Say something nice.", "Say something nice.", "Name a fruit.", "Hi"]  # one prompt twice: shared
+    responses = ["You are kind and patient.", "Thanks", "Apple", "Hello there, how are you today?"]
+    alone = RewardScorer(rm_dir, device="cpu", apply_bias=False)
+    expected = torch.tensor(alone.score(prompts, responses))
+    scores, _ = reward(prompts, responses)  # with the moved adapters active, these would differ
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # and the value pass still runs with its adapters (they were re-enabled)
+        torch.testing.assert_close(model.values(ids, torch.ones_like(ids), 2)[0, -1], moved)
+        with model.value_backbone.disable_adapter():
+            assert not torch.allclose(model.values(ids, torch.ones_like(ids), 2)[0, -1], moved)
+    assert all(p.requires_grad for n, p in model.value_backbone.named_parameters() if "lora_" in n)
+
+    result = train_ppo(config(tiny_model_dir, prompts_file, tmp_path, steps=1, value_init=str(rm_dir),
+                              rewards=rewards, output_dir=str(tmp_path / "ppo-run")))
+    assert result.metrics["models"]["reward_model"] == "value-model-adapters-disabled"
+    assert math.isfinite(result.metrics["score"]) and math.isfinite(result.metrics["value_loss"])
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_value_model_of_its_own_backward_runs_alone_with_the_same_result(tiny_model_dir, prompts_file, tmp_path,
+                                                                        monkeypatch, tuning):
+    """A value model with a decoder of its own (a LoRA copy of a full RM; full tuning) runs its
+    forward and backward before the policy's, which frees its activations first. The run logs the
+    same figures as with one backward over both (step 2's rest on step 1's updates of both)."""
+    from rlhf_stack.ppo.models import ActorCritic
+
+    rm_dir = tmp_path / "rm"
+    full_reward_model(tiny_model_dir, rm_dir)
+
+    def run(name):
+        cfg = config(tiny_model_dir, prompts_file, tmp_path, steps=2, value_init=str(rm_dir), ppo_epochs=2,
+                     policy={"tuning": tuning}, output_dir=str(tmp_path / name), learning_rate=1e-3)
+        result = train_ppo(cfg, reward_fns=[t_share])
+        assert result.metrics["models"]["value_init"] == "reward-model"
+        return read_log(tmp_path / name), result
+
+    split_log, split = run("split")
+    monkeypatch.setattr(ActorCritic, "needs_split_backward", property(lambda self: False))
+    joint_log, joint = run("joint")
+    for a, b in zip(split_log, joint_log, strict=True):
+        for key in ("value_loss", "policy_loss", "kl", "score", "value_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert split_log[-1]["value_loss"] != split_log[0]["value_loss"]
 
 
 def lora_reward_model(tiny_model_dir, out_dir):
