@@ -243,14 +243,20 @@ def _quiet_load_report(quiet: bool):
         hf_logging.set_verbosity(previous)
 
 
+def enable_checkpointing(model, cfg: ModelConfig) -> None:
+    """Gradient checkpointing as `cfg` asks (non-reentrant), for every model a stage trains through;
+    `apply_tuning` calls it, and so must any path that builds a trained model without it."""
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
     """Make only the parameters the tuning method trains require grad; wrap with peft for LoRA and
     the other adapter methods (`peft_methods.apply_adapters`; bottleneck adapters are inserted).
 
     task_type: "CAUSAL_LM" or "SEQ_CLS" (peft then keeps the score head trainable and saves it).
     """
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model, cfg)
     if cfg.tuning == "full":
         model.requires_grad_(True)
         return model

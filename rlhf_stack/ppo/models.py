@@ -6,7 +6,8 @@ weights serves all three (DESIGN "Tuning methods"; the layout is still named `lo
   - policy    = peft adapter "default" (trainable; starts equal to the SFT model),
   - reference = the SFT model: a frozen copy of the SFT adapter ("ref") when the SFT checkpoint is
                 itself an adapter over base B, else the base with adapters disabled,
-  - value     = its own adapter "value" on the same base + a scalar head.
+  - value     = its own adapter "value" on the same base + a scalar head (where it starts, and
+                when it is a model of its own instead: `value.py`).
 A reward model that is a LoRA adapter over the same base joins them as the adapter "reward"
 (`shared_reward.py`): one base copy in all. Any other reward model is the only other base copy
 (loaded by the reward sources), where TRL's PPO held four models. When the value starts from such
@@ -28,25 +29,19 @@ import torch
 from torch import nn
 
 from rlhf_stack import modeling
-from rlhf_stack.config import ModelConfig
-from rlhf_stack.ppo.shared_reward import RewardAdapter, read_reward_adapter
 from rlhf_stack.ppo.trunk import Trunk, position_ids_from_mask
+from rlhf_stack.ppo.value import (
+    VALUE,
+    ValueHead,
+    ValueOrigin,
+    head_from_classifier,
+    lora_value_model,
+    shared_value,
+    usable_value_init,
+    value_init_adapter,
+)
 
-POLICY, REF, VALUE = "default", "ref", "value"  # "default": peft saves it as a top-level adapter
-
-
-class ValueHead(nn.Module):
-    """Scalar value V(s_t) from the last hidden state; `(b, t, H) -> (b, t)`."""
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.summary = nn.Linear(hidden_size, 1)
-        # Zero init: V = 0 everywhere at the start, so early advantages are the rewards themselves.
-        nn.init.zeros_(self.summary.weight)
-        nn.init.zeros_(self.summary.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden).squeeze(-1)
+POLICY, REF = "default", "ref"  # "default": peft saves it as a top-level adapter
 
 
 class ActorCritic(nn.Module):
@@ -73,7 +68,7 @@ class ActorCritic(nn.Module):
         self.value_params: list[nn.Parameter] = []
         self._trainable_names: tuple[list[str], list[str]] = ([], [])  # the two lists, by name (`rebind`)
         self.trunk: Trunk | None = None  # set by use_trunk() once every adapter is in place
-        # The reward model a value model of its own was copied from (`_lora_value_model`), kept as a
+        # The reward model a value model of its own was copied from (`value.lora_value_model`), kept as a
         # plain object (no nn.Module attribute: its decoder is value_backbone's, already registered)
         # so that the same RM as a reward source can score on it (`shared_reward.reward_on_value_model`).
         self.value_origin: ValueOrigin | None = None
@@ -260,7 +255,7 @@ def build_actor_critic(cfg, tokenizer, device: torch.device) -> tuple[ActorCriti
     No value function when cfg.uses_value_model is False (the critic-free estimators)."""
     path = modeling.resolve_model_path(cfg.policy.name_or_path)
     modeling.check_trainable_init(path, "policy.name_or_path")
-    value_source = _usable_value_init(cfg.value_init, tokenizer)
+    value_source = usable_value_init(cfg.value_init, tokenizer)
     if cfg.policy.adapter_method is not None:  # lora or another peft method: one shared base
         model, info = _build_shared(cfg, path, value_source, device, cfg.uses_value_model)
     else:
@@ -282,8 +277,9 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
     if modeling.is_adapter_dir(path):
         # SFT = B + adapter: load B once; the SFT adapter twice, "ref" frozen and POLICY trainable.
         base_path = modeling.adapter_base(path)
-        base = modeling.load_causal_lm(_with_path(cfg.policy, base_path), merge=True, device=device)
-        _maybe_checkpointing(base, cfg.policy)
+        base = modeling.load_causal_lm(cfg.policy.model_copy(update={"name_or_path": base_path}), merge=True,
+                                       device=device)
+        modeling.enable_checkpointing(base, cfg.policy)
         peft_model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         peft_model.load_adapter(path, adapter_name=REF, is_trainable=False)
         ref_adapter, reference = REF, "sft-adapter-copy"
@@ -297,14 +293,14 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         peft_model = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, device=device), cfg.policy)
         ref_adapter, reference = None, "adapters-disabled"
     value_model = origin = None
-    if with_value and value_source is not None and _value_init_adapter(value_source, base_path, peft_model) is None:
+    if with_value and value_source is not None and value_init_adapter(value_source, base_path, peft_model) is None:
         # The RM is not a LoRA adapter over this base (a full model, or another base): the value
         # starts as the RM, as asked (InstructGPT), on a copy of the RM with LoRA of the policy's
         # shape, so only its adapter and head train.
-        value_model, head, origin = _lora_value_model(cfg, value_source, device)
+        value_model, head, origin = lora_value_model(cfg.policy, value_source, device)
         value_init, layout = "reward-model", "lora-shared-base+lora-value-model"
     elif with_value:
-        head, value_init = _shared_value(cfg, peft_model, value_source, base_path)
+        head, value_init = shared_value(cfg.policy, peft_model, value_source, base_path)
         layout = "lora-shared-base"
     else:
         head, value_init, layout = None, "none", "lora-shared-base"
@@ -320,50 +316,6 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
     return model, ModelInfo(layout, reference, value_init, base_path)
 
 
-@dataclass(frozen=True)
-class ValueOrigin:
-    """The reward model a LoRA value model was copied from: its checkpoint path, the whole sequence
-    classifier (its decoder now carries the value's LoRA layers; its score head is the RM's own,
-    frozen) and the weights' dtype. With the value's adapters disabled it is that RM exactly."""
-
-    path: str
-    classifier: nn.Module
-    dtype: torch.dtype
-
-
-def _lora_value_model(cfg, value_source: str, device) -> tuple[nn.Module, ValueHead, ValueOrigin]:
-    """(decoder of the RM with fresh LoRA adapters, value head = a copy of the RM's score head,
-    the RM itself: `ValueOrigin`)."""
-    from peft import get_peft_model
-
-    rm = modeling.load_sequence_classifier(_with_path(cfg.policy, value_source), merge=True, device=device)
-    rm.score.requires_grad_(False)  # the RM's own head: it scores rewards, the value head is a copy
-    head = ValueHead(rm.config.hidden_size)
-    head.summary.weight.data.copy_(rm.score.weight.data[:1])
-    if getattr(rm.score, "bias", None) is not None:
-        head.summary.bias.data.copy_(rm.score.bias.data[:1])
-    _maybe_checkpointing(rm, cfg.policy)
-    backbone = get_peft_model(rm.base_model, _value_adapter_config(cfg.policy, rm.base_model, task_type=None))
-    print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base; the value model is a "
-          "copy of it with LoRA (adapters and head train): one more base copy")
-    return backbone, head, ValueOrigin(value_source, rm, next(rm.parameters()).dtype)
-
-
-def _shared_value(cfg, peft_model, value_source: str | None, base_path: str) -> tuple[ValueHead, str]:
-    """Add the adapter VALUE to the shared base, from the RM's LoRA weights when it is an adapter
-    over the same base; return (value head, value_init)."""
-    rm = _value_init_adapter(value_source, base_path, peft_model)
-    peft_model.add_adapter(VALUE, rm.lora_config if rm else _value_adapter_config(cfg.policy, peft_model.get_base_model()))
-    head = ValueHead(peft_model.get_base_model().config.hidden_size)
-    if rm is None:
-        return head, "policy-base"
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(peft_model, rm.lora_state, adapter_name=VALUE)
-    head.summary.weight.data.copy_(rm.head_weight)
-    return head, "reward-model"
-
-
 def _build_separate(cfg, path: str, value_source: str | None, device,
                     with_value: bool) -> tuple[ActorCritic, ModelInfo]:
     policy = modeling.apply_tuning(modeling.load_causal_lm(cfg.policy, merge=True, device=device), cfg.policy)
@@ -374,55 +326,17 @@ def _build_separate(cfg, path: str, value_source: str | None, device,
         model.set_trainable(trainable, [])
         return model, ModelInfo("separate-models", "frozen-copy", "none", path)
     if value_source is not None:
-        rm = modeling.load_sequence_classifier(_with_path(cfg.policy, value_source), merge=True, device=device)
-        backbone, head = rm.base_model, ValueHead(rm.config.hidden_size)
-        head.summary.weight.data.copy_(rm.score.weight.data[:1])  # InstructGPT: value starts as the RM
+        rm_cfg = cfg.policy.model_copy(update={"name_or_path": value_source})
+        rm = modeling.load_sequence_classifier(rm_cfg, merge=True, device=device)
+        backbone, head = rm.base_model, head_from_classifier(rm)  # InstructGPT: value starts as the RM
         value_init = "reward-model"
     else:
         backbone = modeling.load_causal_lm(cfg.policy, merge=True, device=device).base_model
         head, value_init = ValueHead(backbone.config.hidden_size), "policy-base"
-    _maybe_checkpointing(backbone, cfg.policy)
+    modeling.enable_checkpointing(backbone, cfg.policy)
     model = ActorCritic(policy, head.to(device), value_backbone=backbone, ref_model=ref)
     model.set_trainable(trainable, list(backbone.parameters()) + list(model.value_head.parameters()))
     return model, ModelInfo("separate-models", "frozen-copy", value_init, path)
-
-
-def _maybe_checkpointing(model: nn.Module, model_cfg: ModelConfig) -> None:
-    """Gradient checkpointing for models that do not pass through modeling.apply_tuning."""
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _usable_value_init(value_init: str | None, tokenizer) -> str | None:
-    """The RM path when its tokenizer equals the policy's (values are per policy token), else None."""
-    if not value_init:
-        return None
-    path = modeling.resolve_model_path(value_init)
-    if modeling.load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
-        print(f"[ppo] value_init {value_init}: its tokenizer differs from the policy's; "
-              "the value function starts from the policy base instead")
-        return None
-    return path
-
-
-def _value_init_adapter(value_source: str | None, base_path: str, peft_model) -> RewardAdapter | None:
-    """The RM to start the value adapter from, when it is a LoRA adapter over the same base and the
-    policy's adapters are LoRA too (one PeftModel holds one kind); any other RM becomes a value
-    model of its own (`_lora_value_model`)."""
-    if value_source is None or str(peft_model.peft_type.value) != "LORA":
-        return None
-    return read_reward_adapter(value_source, base_path)
-
-
-def _value_adapter_config(model_cfg: ModelConfig, base_model: nn.Module, task_type: str | None = "CAUSAL_LM"):
-    """The peft config of a fresh value adapter: the policy's method and settings."""
-    from rlhf_stack.peft_methods import adapter_config
-
-    return adapter_config(model_cfg.peft_settings, base_model, task_type)
-
-
-def _with_path(model_cfg: ModelConfig, name_or_path: str) -> ModelConfig:
-    return model_cfg.model_copy(update={"name_or_path": name_or_path})
 
 
 class PolicySaver:

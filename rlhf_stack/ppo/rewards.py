@@ -256,7 +256,12 @@ def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
     before it loads any model)."""
     from dataclasses import replace
 
-    from rlhf_stack.ppo.shared_reward import REWARD, ValueOriginClassifier, host_reward_model, reward_on_value_model
+    from rlhf_stack.ppo.shared_reward import (
+        REWARD,
+        ValueOriginClassifier,
+        host_reward_model,
+        reward_on_value_model,
+    )
 
     on_value_model = False
 

@@ -7,7 +7,7 @@ the others as "reward" and its score head becomes a small Linear. It scores with
 tokenizer and chat template exactly as `reward.scorer.RewardScorer` does (same pooling at the last
 non-pad token, same bias), so the scores are the same up to float rounding (tests check 1e-5).
 Any other reward model (full weights, another base, extra trained modules) loads separately,
-unless the value model is a LoRA copy of it (`value_init`, `models.ValueOrigin`): then it scores on
+unless the value model is a LoRA copy of it (`value_init`, `value.ValueOrigin`): then it scores on
 that copy with the value's adapters disabled (`reward_on_value_model`), again no second copy.
 `read_reward_adapter` reads such an RM from its files; the value function's initialisation from
 the RM (`models.py`) uses it too.
