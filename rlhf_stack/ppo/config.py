@@ -33,7 +33,10 @@ class PPOConfig(Config):
     value_init: str | None = None
     """Checkpoint to initialise the value function from (`@reward`: the RM, as InstructGPT). It is
     used when its tokenizer matches the policy's; otherwise, or when None, the value starts from the
-    policy base with a zero head. Only with advantage_estimator `gae` (the others have no value)."""
+    policy base with a zero head. Under LoRA, an RM that is a LoRA adapter over the policy's base
+    becomes the value adapter on the shared base; any other RM a value model of its own (a copy of
+    the RM with LoRA layers; its forward and backward run before the policy's, so an update holds
+    one model's activations at a time). Only with advantage_estimator `gae` (the others have no value)."""
     host_reward_model: bool = True
     """With `tuning: lora`, a reward model that is a LoRA adapter over the policy's own base joins
     policy, reference and value as one more adapter on the one base copy in memory (the same
