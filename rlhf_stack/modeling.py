@@ -246,7 +246,11 @@ def _quiet_load_report(quiet: bool):
 def enable_checkpointing(model, cfg: ModelConfig) -> None:
     """Gradient checkpointing as `cfg` asks (non-reentrant), for every model a stage trains through;
     `apply_tuning` calls it, and so must any path that builds a trained model without it."""
-    if cfg.gradient_checkpointing:
+    if not cfg.gradient_checkpointing:
+        return
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 

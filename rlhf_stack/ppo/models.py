@@ -222,7 +222,10 @@ class ActorCritic(nn.Module):
         if self.value_backbone is not None:
             return True
         base = self.policy.get_base_model() if self.shared else self.policy
-        return self.shared and bool(getattr(base, "is_gradient_checkpointing", False))
+        checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers 5's name
+        if checkpointing is None:
+            checkpointing = getattr(base, "is_gradient_checkpointing", False)
+        return self.shared and bool(checkpointing)
 
 
 def causal_lm_logits(model: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
