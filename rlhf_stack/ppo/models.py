@@ -55,7 +55,8 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, policy: nn.Module, value_head: ValueHead | None, *, value_backbone: nn.Module | None = None,
-                 ref_model: nn.Module | None = None, ref_adapter: str | None = None) -> None:
+                 ref_model: nn.Module | None = None, ref_adapter: str | None = None,
+                 value_origin: ValueOrigin | None = None) -> None:
         super().__init__()
         self.policy = policy  # causal LM, or PeftModel whose adapter POLICY is the policy
         self.value_head = value_head  # None: no value function (critic-free advantage estimators)
@@ -71,7 +72,7 @@ class ActorCritic(nn.Module):
         # The reward model a value model of its own was copied from (`value.lora_value_model`), kept as a
         # plain object (no nn.Module attribute: its decoder is value_backbone's, already registered)
         # so that the same RM as a reward source can score on it (`shared_reward.reward_on_value_model`).
-        self.value_origin: ValueOrigin | None = None
+        self.value_origin = value_origin
         # accelerate's FSDP2 auto-wrap reads this: one shard unit per decoder block, as for the HF model
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
@@ -309,8 +310,7 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         head, value_init, layout = None, "none", "lora-shared-base"
     peft_model.base_model.set_adapter(POLICY, inference_mode=True)
     model = ActorCritic(peft_model, head.to(device) if head else None, ref_adapter=ref_adapter,
-                        value_backbone=value_model)
-    model.value_origin = origin
+                        value_backbone=value_model, value_origin=origin)
     named = list(peft_model.named_parameters())
     value_params = [p for n, p in named if modeling.in_adapter(n, VALUE)] + (list(head.parameters()) if head else [])
     if value_model is not None:

@@ -112,7 +112,9 @@ def make_accelerator(cfg):
     # with a decoder of its own (full tuning, or a LoRA policy whose value starts from a reward
     # model that is not an adapter over its base) and for a shared LoRA base under gradient
     # checkpointing: each pass leaves the other's parameters unused. So do the value-only updates
-    # of value_warmup_steps (the policy gets no gradient at all).
+    # of value_warmup_steps (the policy gets no gradient at all). Which RM `value_init` names is
+    # known only once the models load, so any value_init under LoRA counts (unused-parameter
+    # search on a layout that needs none costs a graph walk, not a wrong gradient).
     own_value_model = cfg.uses_value_model and (cfg.policy.adapter_method is None or bool(cfg.value_init))
     split = own_value_model or (cfg.policy.adapter_method is not None and cfg.policy.gradient_checkpointing)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if split or cfg.value_warmup_steps else []

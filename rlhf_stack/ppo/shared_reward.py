@@ -148,7 +148,8 @@ def reward_on_value_model(actor_critic, checkpoint: str, device) -> ValueOriginC
     origin = actor_critic.value_origin
     if origin is None or modeling.resolve_model_path(checkpoint) != modeling.resolve_model_path(origin.path):
         return None
-    if origin.dtype != modeling.resolve_dtype("auto", torch.device(device) if device is not None else None):
+    dtype = next(origin.classifier.parameters()).dtype
+    if dtype != modeling.resolve_dtype("auto", torch.device(device) if device is not None else None):
         return None  # the policy's dtype is not the RM's own: scores would differ, load it on its own
     print(f"[ppo] reward model {checkpoint}: scored on the value model copied from it, with the value's "
           "adapters disabled (no second copy of its weights)")

@@ -52,13 +52,12 @@ def head_from_classifier(rm: nn.Module) -> ValueHead:
 
 @dataclass(frozen=True)
 class ValueOrigin:
-    """The reward model a LoRA value model was copied from: its checkpoint path, the whole sequence
+    """The reward model a LoRA value model was copied from: its checkpoint path and the whole sequence
     classifier (its decoder now carries the value's LoRA layers; its score head is the RM's own,
-    frozen) and the weights' dtype. With the value's adapters disabled it is that RM exactly."""
+    frozen). With the value's adapters disabled it is that RM exactly."""
 
     path: str
     classifier: nn.Module
-    dtype: torch.dtype
 
 
 def usable_value_init(value_init: str | None, tokenizer) -> str | None:
@@ -110,7 +109,7 @@ def lora_value_model(model_cfg: ModelConfig, value_source: str, device) -> tuple
     backbone = get_peft_model(rm.base_model, _adapter_config(model_cfg, rm.base_model, task_type=None))
     print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base; the value model is a "
           "copy of it with LoRA (adapters and head train): one more base copy")
-    return backbone, head, ValueOrigin(value_source, rm, next(rm.parameters()).dtype)
+    return backbone, head, ValueOrigin(value_source, rm)
 
 
 def _adapter_config(model_cfg: ModelConfig, base_model: nn.Module, task_type: str | None = "CAUSAL_LM"):
