@@ -10,7 +10,7 @@
 
 Gradients are checked before clipping: clipping by a NaN norm spreads one NaN to every gradient,
 after which the culprit could no longer be named. The Trainer stages plug in through
-`training.NonFiniteCallback`; PPO's checks are `ppo/guard.py`.
+`trainer_guard.NonFiniteCallback`; PPO's checks are `ppo/guard.py`.
 """
 
 from __future__ import annotations

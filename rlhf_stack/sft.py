@@ -56,14 +56,14 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
 
     callbacks: extra `transformers.TrainerCallback`s (progress bars, timers, trackers).
     """
-    from rlhf_stack import training
+    from rlhf_stack import trainer_guard, training
 
     output_dir = Path(cfg.output_dir)
     # 1-3. data, model + tuning method, TRL trainer (see build_sft_trainer)
     trainer, metrics = build_sft_trainer(cfg)
     for callback in callbacks or []:
         trainer.add_callback(callback)
-    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "sft", output_dir)
+    guard = trainer_guard.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "sft", output_dir)
 
     # 4. train (resuming from the newest whole checkpoint in output_dir when there is one)
     resume = training.resume_checkpoint(trainer, output_dir, "sft")

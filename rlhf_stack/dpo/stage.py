@@ -99,7 +99,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
     """
     from transformers import set_seed
 
-    from rlhf_stack import modeling, training
+    from rlhf_stack import modeling, trainer_guard, training
     from rlhf_stack.dpo.models import build_policy, policy_only
     from rlhf_stack.dpo.trainer import RankingDPOTrainer, eval_metrics_fn
 
@@ -124,7 +124,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
         data_collator=PreferenceCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer,
         callbacks=callbacks, compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=partial(LOSSES[cfg.loss], beta=cfg.beta), reference=reference, beta=cfg.beta)
-    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "dpo", output_dir)
+    guard = trainer_guard.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "dpo", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), "n_train_sets": len(train_ds),

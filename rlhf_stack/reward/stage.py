@@ -132,7 +132,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     """
     from transformers import set_seed
 
-    from rlhf_stack import modeling, training
+    from rlhf_stack import modeling, trainer_guard, training
     from rlhf_stack.reward.trainer import RankingTrainer, eval_metrics_fn
 
     output_dir = Path(cfg.output_dir)
@@ -157,7 +157,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
         data_collator=RankingCollator(tokenizer.pad_token_id, cfg.shares_prompt), processing_class=tokenizer, callbacks=callbacks,
         compute_metrics=eval_metrics_fn() if has_eval else None,
         objective=make_objective(cfg), micro_batch_completions=cfg.micro_batch_completions)
-    guard = training.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "reward", output_dir)
+    guard = trainer_guard.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "reward", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
     metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), "n_train_sets": len(train_ds),

@@ -1,4 +1,4 @@
-"""`train.on_nonfinite` in the Trainer stages (SFT, reward model, DPO; `training.NonFiniteCallback`),
+"""`train.on_nonfinite` in the Trainer stages (SFT, reward model, DPO; `trainer_guard.NonFiniteCallback`),
 with NaNs injected into the real model (a forward hook on its input embeddings, a hook on a real
 parameter's gradient), never by mocking the code under test."""
 
