@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -219,9 +219,20 @@ def validate_file(path: str | Path, kind: str, max_errors: int = MAX_REPORTED_ER
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    rows, errors = _checked_rows(iter_jsonl(path), kind, str(path), "line", max_errors, keep_lines)
+    if not rows and not errors:
+        errors.append(f"{path}: the file has no rows")
+    return rows, errors
+
+
+def _checked_rows(numbered: Iterable[tuple[int, Any]], kind: str, where: str, unit: str, max_errors: int,
+                  keep_lines: bool) -> tuple[list[dict], list[str]]:
+    """(good rows, ["where:n: problem", ...]) from (n, object or RowError) pairs: each row through
+    `check_row`, a ranking that repeats an earlier one (`_row_key`) refused, the first `max_errors`
+    problems listed and the rest counted. unit: what n counts ("line" of a file, "row" of a dataset)."""
     rows, errors, n_errors = [], [], 0
     seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
+    for n, obj in numbered:
         try:
             if isinstance(obj, RowError):
                 raise obj
@@ -229,19 +240,17 @@ def validate_file(path: str | Path, kind: str, max_errors: int = MAX_REPORTED_ER
             if kind == "rankings":
                 key = _row_key(row)
                 if key in seen:
-                    raise RowError(f"duplicate of line {seen[key]} (same prompt, completions and annotator)")
-                seen[key] = lineno
+                    raise RowError(f"duplicate of {unit} {seen[key]} (same prompt, completions and annotator)")
+                seen[key] = n
             if keep_lines:
-                row[LINE_KEY] = lineno
+                row[LINE_KEY] = n
             rows.append(row)
         except RowError as exc:
             n_errors += 1
             if len(errors) < max_errors:
-                errors.append(f"{path}:{lineno}: {exc}")
+                errors.append(f"{where}:{n}: {exc}")
     if n_errors > len(errors):
-        errors.append(f"... and {n_errors - len(errors)} more bad rows in {path}")
-    if not rows and not errors:
-        errors.append(f"{path}: the file has no rows")
+        errors.append(f"... and {n_errors - len(errors)} more bad rows in {where}")
     return rows, errors
 
 
@@ -279,25 +288,9 @@ def _load_dataset_rows(source: str, kind: str, columns: dict[str, str], split: s
             f"{source}: could not load as a file or `datasets` name ({type(exc).__name__}: {exc}). "
             "Offline? Pass a local JSONL file, or set HF_DATASETS_OFFLINE=0 with network access."
         ) from None
-    rows, errors = [], []
-    seen: dict[str, int] = {}
     rename = {theirs: ours for ours, theirs in columns.items()}
-    for n, record in enumerate(ds, start=1):
-        obj = {rename.get(k, k): v for k, v in record.items()}
-        try:
-            row = check_row(obj, kind)
-            if kind == "rankings":
-                key = _row_key(row)
-                if key in seen:
-                    raise RowError(f"duplicate of row {seen[key]} (same prompt, completions and annotator)")
-                seen[key] = n
-            if keep_lines:
-                row[LINE_KEY] = n
-            rows.append(row)
-        except RowError as exc:
-            if len(errors) < MAX_REPORTED_ERRORS:
-                errors.append(f"{source}:{n}: {exc}")
-    return rows, errors
+    records = ((n, {rename.get(k, k): v for k, v in record.items()}) for n, record in enumerate(ds, start=1))
+    return _checked_rows(records, kind, source, "row", MAX_REPORTED_ERRORS, keep_lines)
 
 
 def load_rankings(source: str | Path, **kwargs) -> list[Ranking]:
