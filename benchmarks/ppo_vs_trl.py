@@ -9,7 +9,8 @@ torch 2.13.0 (the CPU wheel from /opt/wheels when present, else the index) and t
 transformers/peft/accelerate versions pip picks for it), once. The TRL side is `trl_ppo.py`
 (shared with `gpu_suite.py`); both sides measure with the same `step_meter.StepMeter`.
 
-Rows (each side in its own process, TRL first, then ours; CPU, float32 on both):
+Rows (each side in its own process, TRL first, then ours; with `--rounds N` N times, the order
+alternating so that a drift of the machine's speed lands on both sides; CPU, float32 on both):
 1. real model (PRIMARY): SmolLM2-135M-Instruct (`resolve_model_path("smollm2-135m-instruct")`,
    offline) with LoRA r=16, alpha=32, dropout 0 on every linear layer of the blocks, on both sides.
    The reward model is the same full checkpoint on both sides: SmolLM2-135M-Instruct as a sequence
@@ -239,8 +240,10 @@ def worker_main(spec_path: str) -> None:
 
 
 def run_row(row: dict, sizes: dict, trl_python: str, out: Path, threads: int | None,
-            mmap_threshold: int | None = None) -> dict:
-    """TRL, then ours, on one row; the medians of each and the per-step numbers.
+            mmap_threshold: int | None = None, rounds: int = 1) -> dict:
+    """Both sides on one row, `rounds` times in alternating order (TRL first, then ours first, ...);
+    each side's medians over the measured steps of all its runs, and the per-step numbers.
+    Alternating spreads a drift of the shared machine's speed over both sides.
     mmap_threshold: glibc's MALLOC_MMAP_THRESHOLD_ for both workers (None: glibc's default)."""
     spec = {**sizes, **row, "prompts": PROMPTS[:sizes["batch"]], "seed": 0, "device": "cpu", "dtype": "float32",
             "threads": threads, "float32_matmul_precision": "highest"}
@@ -250,22 +253,32 @@ def run_row(row: dict, sizes: dict, trl_python: str, out: Path, threads: int | N
     env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     if mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    sides = {}
-    for side, cmd in (("trl", [trl_python, str(Path(trl_ppo.__file__)), str(spec_path)]),
-                      ("ours", [sys.executable, __file__, "--worker", str(spec_path)])):
-        print(f"[bench] {row['row']}: {side} ...", flush=True)
-        result = trl_ppo.launch(cmd, env=env)
+    commands = {"trl": [trl_python, str(Path(trl_ppo.__file__)), str(spec_path)],
+                "ours": [sys.executable, __file__, "--worker", str(spec_path)]}
+    runs: dict[str, list[dict]] = {"trl": [], "ours": []}
+    for round_ in range(rounds):
+        for side in ("trl", "ours") if round_ % 2 == 0 else ("ours", "trl"):
+            print(f"[bench] {row['row']}: {side} (round {round_ + 1}/{rounds}) ...", flush=True)
+            result = trl_ppo.launch(commands[side], env=env)
+            runs[side].append(result)
+            fig = step_meter.medians(result["steps"], WARMUP_STEPS)
+            times = ", ".join(f"{s['time_s']:.2f}" for s in result["steps"] if s["time_s"] is not None)
+            print(f"[bench] {row['row']}: {side}: {fig['tokens_per_s']['median']:.1f} response tokens/s, "
+                  f"{fig['steps_per_s']['median']:.4f} steps/s, step peak RSS {fig['peak_memory_mb']['median']:.0f} "
+                  f"MB (step times after the first: {times} s; whole run {result['total_s']:.1f} s)", flush=True)
+    sides = {side: {**results[-1], "steps": [s for r in results for s in r["steps"]],
+                    "peak_memory_mb": max(r["peak_memory_mb"] for r in results),
+                    "total_s": [r["total_s"] for r in results]}
+             for side, results in runs.items()}
+    for result in sides.values():
         result["figures"] = step_meter.medians(result["steps"], WARMUP_STEPS)
-        sides[side] = result
-        fig = result["figures"]
-        times = ", ".join(f"{s['time_s']:.2f}" for s in result["steps"] if s["time_s"] is not None)
-        print(f"[bench] {row['row']}: {side}: {fig['tokens_per_s']['median']:.1f} response tokens/s, "
-              f"{fig['steps_per_s']['median']:.4f} steps/s, step peak RSS {fig['peak_memory_mb']['median']:.0f} MB "
-              f"(step times after the first: {times} s; whole run {result['total_s']:.1f} s)", flush=True)
     ratio = {key: sides["ours"]["figures"][key]["median"] / sides["trl"]["figures"][key]["median"]
              for key in ("tokens_per_s", "steps_per_s", "peak_memory_mb")}
+    per_round = [{key: step_meter.medians(o["steps"], WARMUP_STEPS)[key]["median"]
+                  / step_meter.medians(t["steps"], WARMUP_STEPS)[key]["median"] for key in ratio}
+                 for o, t in zip(runs["ours"], runs["trl"], strict=True)]
     return {"row": row["row"], "model": row["model"], "spec": {k: v for k, v in spec.items() if k != "prompt_ids"},
-            "ratios": ratio, **sides}
+            "ratios": ratio, "rounds": rounds, "ratios_per_round": per_round, **sides}
 
 
 def table(rows: list[dict]) -> str:
@@ -293,6 +306,9 @@ def main(argv=None) -> None:
     p.add_argument("--skip-config-row", action="store_true", help="only the real-model row")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads on both sides (default: torch's choice; --smoke: 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run both sides this many times, alternating which goes first; the figures are "
+                        "the medians over every measured step of a side's runs")
     p.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
                    help="set glibc's MALLOC_MMAP_THRESHOLD_ in BOTH workers: blocks of at least BYTES are "
                         "mapped and unmapped one by one, so the RSS follows the live tensors instead of what "
@@ -323,9 +339,10 @@ def main(argv=None) -> None:
     if not args.skip_config_row:
         row_specs.append(build_config_row(out, args.smoke))
     report = {"mode": "smoke" if args.smoke else "measurement", "sizes": sizes, "warmup_steps": WARMUP_STEPS,
-              "threads": threads, "malloc_mmap_threshold": args.malloc_mmap_threshold, "rows": []}
+              "threads": threads, "malloc_mmap_threshold": args.malloc_mmap_threshold, "rounds": args.rounds,
+              "rows": []}
     for row in row_specs:
-        report["rows"].append(run_row(row, sizes, trl_python, out, threads, args.malloc_mmap_threshold))
+        report["rows"].append(run_row(row, sizes, trl_python, out, threads, args.malloc_mmap_threshold, args.rounds))
         report["wall_s"] = time.perf_counter() - started
         json_path.write_text(json.dumps(report, indent=2))  # rewritten after each row: a crash keeps what ran
     real = report["rows"][0]["ratios"]

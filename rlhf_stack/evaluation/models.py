@@ -121,7 +121,8 @@ class LM:
             ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
             sampler = RolloutSampler(record=True) if record else None  # global RNG, as without it
             with trunk.record() if trunk else nullcontext() as chunks:
-                raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler)
+                raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler,
+                               pack_weights=sampling.pack_weights_for_sampling)
             out, out_mask, _ = truncate_at_eos(raw, eos, pad)
             recorded = sampler.result(raw)[0].float().cpu() if sampler else None
             hidden = sampled_hidden(chunks, len(ids), ids.shape[1] + out.shape[1] - 1).cpu() if trunk else None

@@ -16,6 +16,7 @@ import torch
 from rlhf_stack.data import prompt_messages
 from rlhf_stack.errors import DataError
 from rlhf_stack.ppo import functional as PF
+from rlhf_stack.ppo.packed import packed_linears
 from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling, sampling_processors
 from rlhf_stack.ppo.trunk import position_ids_from_mask, sampled_hidden
 
@@ -110,6 +111,7 @@ class SamplingSettings(Protocol):
     top_p: float
     top_k: int
     max_new_tokens: int
+    pack_weights_for_sampling: bool
 
 
 def generation_config(cfg: SamplingSettings, tokenizer):
@@ -148,7 +150,7 @@ def prefill_groups(model, query_ids: Tensor, query_mask: Tensor, group: int):
 
 @torch.no_grad()
 def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False,
-             sampler: RolloutSampler | None = None, group: int = 1) -> Tensor:
+             sampler: RolloutSampler | None = None, group: int = 1, pack_weights: bool = True) -> Tensor:
     """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
 
     group: the rows come in runs of `group` copies of one prompt (PPO's samples_per_prompt, the
@@ -157,6 +159,8 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
 
     merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
     and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
+    pack_weights: on CPU in float32, run the linear layers through oneDNN-packed copies of their
+    weights for the call (`ppo.packed`; PPOConfig.pack_weights_for_sampling).
     sampler: the RolloutSampler to draw with (a recording one collects log pi and the entropy of
     each sampled token); None: one on torch's global RNG. Under FSDP2 every process keeps stepping until all are done (`synced_gpus`): each step gathers
     parameters, a collective that a process which stopped early would leave hanging.
@@ -169,9 +173,11 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
         policy.merge_adapter()
     processors, gen_config = sampling_processors(gen_config, sampler)
     try:
-        cache = prefill_groups(policy, query_ids, query_mask, group) if group > 1 and query_ids.shape[1] > 1 else None
-        out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
-                              logits_processor=processors, synced_gpus=synced, cache=cache)
+        with packed_linears(policy, enabled=pack_weights and not synced, rows=query_ids.shape[0]):
+            cache = (prefill_groups(policy, query_ids, query_mask, group)
+                     if group > 1 and query_ids.shape[1] > 1 else None)
+            out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
+                                  logits_processor=processors, synced_gpus=synced, cache=cache)
     finally:
         if merged:
             policy.unmerge_adapter()
@@ -260,7 +266,8 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
 def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, eos_id: int, pad_id: int,
                     temperature: float, micro_batch_size: int, merge_lora: bool = False,
                     draws: tuple[int, int, int] | None = None, timings: dict | None = None,
-                    samples_per_prompt: int = 1, trunk_from_sampling: bool = True) -> Rollout:
+                    samples_per_prompt: int = 1, trunk_from_sampling: bool = True,
+                    pack_weights: bool = True) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
@@ -270,6 +277,7 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     samples_per_prompt: rows come in runs of that many copies of one prompt (each prompt is run once).
     trunk_from_sampling: with a frozen trunk, keep its output from the sampling passes
     (`trunk.sampled_hidden`) instead of running it again over the finished batch.
+    pack_weights: sample through oneDNN-packed weights on CPU (`generate`).
     """
     import time
 
@@ -279,7 +287,7 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     trunk = actor_critic.trunk if trunk_from_sampling else None
     with trunk.record() if trunk is not None else nullcontext() as chunks:
         raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler,
-                       group=samples_per_prompt)
+                       group=samples_per_prompt, pack_weights=pack_weights)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
     hidden = (sampled_hidden(chunks, len(query_ids), query_ids.shape[1] + response_ids.shape[1] - 1)
               if trunk is not None else None)

@@ -81,7 +81,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                                  temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
                                  merge_lora=merge_lora, draws=draws, timings=phases,
-                                 samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling)
+                                 samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
+                                 pack_weights=cfg.pack_weights_for_sampling)
         t_generate = time.perf_counter()
 
         # 2. score the decoded text (a failing reward source stops the run, naming the prompt),

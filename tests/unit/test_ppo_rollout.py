@@ -80,10 +80,12 @@ def test_process_scores_normalise_then_clip_then_penalise():
     assert moments.count == 4 and moments.mean == pytest.approx(4.0)
 
 
+@pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_rollout_sampler_records_what_a_forward_pass_computes(tiny_model_dir, temperature):
+def test_rollout_sampler_records_what_a_forward_pass_computes(tiny_model_dir, temperature, pack):
     """log pi_old and the entropy recorded while sampling equal what a full forward pass computes
-    over the finished sequences (the pass the recording saves), padding and EOS included."""
+    over the finished sequences (the pass the recording saves), padding and EOS included; also when
+    sampling runs through oneDNN-packed weights (`ppo/packed.py`) and the pass does not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from rlhf_stack.ppo import functional as PF
@@ -98,7 +100,7 @@ def test_rollout_sampler_records_what_a_forward_pass_computes(tiny_model_dir, te
     gen = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=12,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     sampler = RolloutSampler(record=True)
-    raw = generate(model, query_ids, query_mask, gen, sampler=sampler)
+    raw = generate(model, query_ids, query_mask, gen, sampler=sampler, pack_weights=pack)
     response_ids, response_mask, _ = truncate_at_eos(raw, tok.eos_token_id, tok.pad_token_id)
     logprobs, entropy = sampler.result(response_ids)
     input_ids = torch.cat([query_ids, response_ids], 1)

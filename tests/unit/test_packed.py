@@ -1,0 +1,71 @@
+"""Sampling through oneDNN-packed weights (`ppo/packed.py`): the same outputs, the layers restored."""
+
+import pytest
+import torch
+from torch import nn
+
+from rlhf_stack.ppo.packed import packed_linears, packing_available
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                                reason="this torch build has no oneDNN: nothing to pack")
+
+
+def tiny(tiny_model_dir, lora: bool):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    return model
+
+
+def linears(model) -> list[nn.Linear]:
+    return [m for m in model.modules() if type(m) is nn.Linear]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_packed_layers_compute_the_plain_logits_and_are_restored(tiny_model_dir, lora):
+    """Every plain float32 Linear (a LoRA layer's base and its A/B too) is packed, the logits equal
+    the unpacked model's to 1e-5 at a decoding batch and at a training-sized one, and every layer
+    gets its own forward back when the context ends."""
+    assert packing_available()
+    model = tiny(tiny_model_dir, lora)
+    ids = torch.randint(3, 200, (6, 11))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with packed_linears(model) as n:
+            assert n == len(linears(model)) > 0
+            assert all("forward" in m.__dict__ for m in linears(model))
+            packed = model(input_ids=ids).logits
+            one_row = model(input_ids=ids[:1]).logits
+    assert all("forward" not in m.__dict__ for m in linears(model))
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_row, plain[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_pass_with_autograd_on_uses_the_layers_own_forward(tiny_model_dir):
+    """The packed op has no backward: with autograd on, the layer computes as unpacked and the
+    gradients are the plain ones."""
+    model = tiny(tiny_model_dir, lora=False)
+    ids = torch.randint(3, 200, (2, 7))
+    model(input_ids=ids).logits.square().mean().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with packed_linears(model):
+        model(input_ids=ids).logits.square().mean().backward()
+    for grad, p in zip(plain, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, grad)
+
+
+def test_layers_are_restored_when_the_body_raises_and_nothing_is_packed_when_off(tiny_model_dir):
+    model = tiny(tiny_model_dir, lora=False)
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(model):
+        raise RuntimeError("boom")
+    assert all("forward" not in m.__dict__ for m in linears(model))
+    with packed_linears(model, enabled=False) as n:
+        assert n == 0
+    with packed_linears(model.to(torch.float64)) as n:  # float32 only
+        assert n == 0
