@@ -82,6 +82,7 @@ from pathlib import Path
 
 import step_meter  # benchmarks/, this script's directory
 import trl_ppo
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -210,7 +211,7 @@ def run_ours(spec: dict) -> dict:
         "max_new_tokens": spec["new_tokens"], "max_prompt_length": 4096, "temperature": 1.0, "kl_coef": 0.05,
         "kl_estimator": "k1", "vf_coef": 0.1, "learning_rate": spec["lr"], "lr_scheduler": "linear",
         "max_grad_norm": None, "output_dir": str(work / "out"), "save_every_steps": None, "resume": False,
-        "progress_bar": False, "eval_max_prompts": 0, "seed": spec["seed"],
+        "progress_bar": False, "eval_max_prompts": 0, "seed": spec["seed"], **spec.get("ours_overrides", {}),
     })
     models = train_ppo(cfg).metrics["models"]
     problems = [f"models.{key} = {models.get(key)!r}, expected {want!r}"
@@ -306,6 +307,9 @@ def main(argv=None) -> None:
     p.add_argument("--skip-config-row", action="store_true", help="only the real-model row")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads on both sides (default: torch's choice; --smoke: 1)")
+    p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one of our PPOConfig settings changed from its default on every row (YAML value), "
+                        "e.g. pack_weights_for_sampling=false; recorded in the JSON")
     p.add_argument("--rounds", type=int, default=1,
                    help="run both sides this many times, alternating which goes first; the figures are "
                         "the medians over every measured step of a side's runs")
@@ -341,7 +345,15 @@ def main(argv=None) -> None:
     report = {"mode": "smoke" if args.smoke else "measurement", "sizes": sizes, "warmup_steps": WARMUP_STEPS,
               "threads": threads, "malloc_mmap_threshold": args.malloc_mmap_threshold, "rounds": args.rounds,
               "rows": []}
+    overrides = {}
+    for item in args.ours_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--ours-set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    report["ours_overrides"] = overrides
     for row in row_specs:
+        row["ours_overrides"] = overrides
         report["rows"].append(run_row(row, sizes, trl_python, out, threads, args.malloc_mmap_threshold, args.rounds))
         report["wall_s"] = time.perf_counter() - started
         json_path.write_text(json.dumps(report, indent=2))  # rewritten after each row: a crash keeps what ran
