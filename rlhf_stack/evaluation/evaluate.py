@@ -116,11 +116,8 @@ class EvalConfig(Config):
     top_k: int = 0
     """Sample among the k most likely tokens (0: off)."""
     pack_weights_for_sampling: bool = True
-    """CPU, float32: sample through copies of the linear weights reordered for oneDNN
-    (`ppo/packed.py`, as in PPO), made when each `generate()` call starts and freed when it ends (one more set
-    of the weights meanwhile). Outputs equal the plain products up to float rounding. On the 2-core
-    AMD EPYC here, decoding SmolLM2-135M at batch 8 ran 1.5x faster (benchmarks/RESULTS.md). No
-    effect on GPU, in other dtypes, or where this torch build lacks the ops."""
+    """CPU, float32: sample through oneDNN-packed copies of the linear weights, made and freed per
+    `generate()` call; see PPOConfig.pack_weights_for_sampling (`ppo/packed.py`)."""
     max_prompt_length: int = 256
     """Longest prompt in tokens after the chat template; longer prompts are a data error."""
     corpus: DataPath | None = None

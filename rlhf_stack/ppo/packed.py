@@ -2,11 +2,11 @@
 
 A decoding step multiplies a handful of rows (the batch) by every weight matrix of the model.
 At those shapes torch's default CPU GEMM (MKL) is far from this hardware's bound: on the 2-core
-AMD EPYC these figures come from, SmolLM2-135M's 210 decoder products at batch 8 take 59 ms and
+AMD EPYC these figures come from, SmolLM2-135M's 210 decoder products at batch 8 take 50 ms and
 its 49k-row LM head 17 ms; oneDNN with the weights reordered once into its blocked layout
-(`mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU backend uses) takes 29 ms and
-5 ms. A `generate()` of 8 x 40 tokens ran 1.5x faster, with the same tokens drawn
-(benchmarks/RESULTS.md, twelfth session).
+(`mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU backend uses) takes 21 ms and
+4 ms (benchmarks/packed_linear.py). Stage 3's sampling ran 1.4-1.5x the tokens/s of plain
+`generate()` (benchmarks/RESULTS.md, twelfth session).
 
 `packed_linears(model)` reorders every float32 `nn.Linear` weight of a CPU model when it starts
 and puts the originals back when it ends; the copies (one more set of the weights, for the
@@ -78,13 +78,6 @@ def packing_available() -> bool:
         return False
 
 
-def packable(model: nn.Module) -> bool:
-    """Worth packing: float32 weights on the CPU, and oneDNN packing works in this build."""
-    weight = next((p for p in model.parameters()), None)
-    return (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and packing_available())
-
-
 def _packed_forward(module: nn.Linear, packed: Tensor):
     def forward(x: Tensor) -> Tensor:
         if torch.is_grad_enabled() or x.dtype != torch.float32:
@@ -105,18 +98,18 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8):
     """
     patched: list[nn.Linear] = []
     try:
-        if enabled and packable(model):
+        if enabled and packing_available():
+            patched = [module for module in model.modules()
+                       if type(module) is nn.Linear and type(module.weight) in (Tensor, nn.Parameter)
+                       and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"]
+        if patched:
             release_free_heap()  # what the last update freed, so the copies do not come on top of it
-            for module in model.modules():
-                weight = getattr(module, "weight", None)
-                if (type(module) is nn.Linear and type(weight) in (Tensor, nn.Parameter)
-                        and weight.dtype == torch.float32 and weight.device.type == "cpu"):
-                    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
-                    module.forward = _packed_forward(module, packed)
-                    patched.append(module)
+        for module in patched:
+            packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
+            module.forward = _packed_forward(module, packed)
         yield len(patched)
     finally:
         for module in patched:
-            del module.forward  # the instance attribute: the class's forward again
+            module.__dict__.pop("forward", None)  # the instance attribute: the class's forward again
         if patched:
             release_free_heap()  # the copies, freed above

@@ -173,7 +173,7 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
         policy.merge_adapter()
     processors, gen_config = sampling_processors(gen_config, sampler)
     try:
-        with packed_linears(policy, enabled=pack_weights and not synced, rows=query_ids.shape[0]):
+        with packed_linears(policy, enabled=pack_weights, rows=query_ids.shape[0]):  # skips sharded weights
             cache = (prefill_groups(policy, query_ids, query_mask, group)
                      if group > 1 and query_ids.shape[1] > 1 else None)
             out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
