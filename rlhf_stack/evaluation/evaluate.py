@@ -118,6 +118,9 @@ class EvalConfig(Config):
     pack_weights_for_sampling: bool = True
     """CPU, float32: sample through oneDNN-packed copies of the linear weights, made and freed per
     `generate()` call; see PPOConfig.pack_weights_for_sampling (`ppo/packed.py`)."""
+    unpadded_prompt_passes: bool = True
+    """Run each `generate()` call's prompt pass unpadded, the prompts' shared start once; see
+    PPOConfig.unpadded_prompt_passes (`ppo/prefill.py`)."""
     max_prompt_length: int = 256
     """Longest prompt in tokens after the chat template; longer prompts are a data error."""
     corpus: DataPath | None = None

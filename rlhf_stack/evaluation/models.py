@@ -102,6 +102,7 @@ class LM:
             left_pad,
             truncate_at_eos,
         )
+        from rlhf_stack.ppo.prefill import plan_prompts
         from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling
         from rlhf_stack.ppo.trunk import Trunk, sampled_hidden
 
@@ -120,12 +121,14 @@ class LM:
             chosen = order[start:start + per_batch]
             ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
             sampler = RolloutSampler(record=True) if record else None  # global RNG, as without it
+            plan = plan_prompts(self.model, ids, mask, n) if sampling.unpadded_prompt_passes else None
             with trunk.record() if trunk else nullcontext() as chunks:
                 raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler,
-                               pack_weights=sampling.pack_weights_for_sampling)
+                               pack_weights=sampling.pack_weights_for_sampling,
+                               unpadded=sampling.unpadded_prompt_passes, plan=plan)
             out, out_mask, _ = truncate_at_eos(raw, eos, pad)
             recorded = sampler.result(raw)[0].float().cpu() if sampler else None
-            hidden = sampled_hidden(chunks, len(ids), ids.shape[1] + out.shape[1] - 1).cpu() if trunk else None
+            hidden = sampled_hidden(chunks, len(ids), ids.shape[1] + out.shape[1] - 1, plan).cpu() if trunk else None
             for row in range(out.shape[0]):
                 i = chosen[row // n] * n + row % n
                 responses[i] = out[row][out_mask[row].bool()].tolist()

@@ -267,7 +267,8 @@ def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
 
     def host(path: str):
         nonlocal on_value_model
-        found = host_reward_model(model, path, info.base_model) or reward_on_value_model(model, path, device)
+        found = (host_reward_model(model, path, info.base_model, unpadded=cfg.unpadded_prompt_passes)
+                 or reward_on_value_model(model, path, device))
         on_value_model |= isinstance(found, ValueOriginClassifier)
         return found
 

@@ -17,6 +17,7 @@ from rlhf_stack.data import prompt_messages
 from rlhf_stack.errors import DataError
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.packed import packed_linears
+from rlhf_stack.ppo.prefill import PromptPlan, plan_prompts, prefill
 from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling, sampling_processors
 from rlhf_stack.ppo.trunk import position_ids_from_mask, sampled_hidden
 
@@ -112,6 +113,7 @@ class SamplingSettings(Protocol):
     top_k: int
     max_new_tokens: int
     pack_weights_for_sampling: bool
+    unpadded_prompt_passes: bool
 
 
 def generation_config(cfg: SamplingSettings, tokenizer):
@@ -150,12 +152,15 @@ def prefill_groups(model, query_ids: Tensor, query_mask: Tensor, group: int):
 
 @torch.no_grad()
 def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False,
-             sampler: RolloutSampler | None = None, group: int = 1, pack_weights: bool = True) -> Tensor:
+             sampler: RolloutSampler | None = None, group: int = 1, pack_weights: bool = True,
+             unpadded: bool = True, plan: PromptPlan | None = None) -> Tensor:
     """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
 
     group: the rows come in runs of `group` copies of one prompt (PPO's samples_per_prompt, the
-    evaluation's samples of a prompt); each prompt is then run once (`prefill_groups`). The samples
-    are those of the ungrouped call up to float rounding in the prompt's pass (tested to 1e-5).
+    evaluation's samples of a prompt). unpadded: the prompt pass runs each distinct prompt once,
+    their shared start once and no padding (`prefill.py`; `plan`: its layout when the caller made
+    it, to lay out what it records); else, or where that path does not apply, one padded pass per
+    distinct prompt (`prefill_groups`). The samples are the same up to float rounding (tests: 1e-5).
 
     merge_lora folds the active adapter into the base for the duration (fewer matmuls per token)
     and unfolds it afterwards; see PPOConfig.merge_lora_for_generation for when that pays.
@@ -172,10 +177,15 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
     if merged:
         policy.merge_adapter()
     processors, gen_config = sampling_processors(gen_config, sampler)
+    if plan is None and unpadded:
+        plan = plan_prompts(policy, query_ids, query_mask, group)
     try:
         with packed_linears(policy, enabled=pack_weights, rows=query_ids.shape[0]):  # skips sharded weights
-            cache = (prefill_groups(policy, query_ids, query_mask, group)
-                     if group > 1 and query_ids.shape[1] > 1 else None)
+            if plan is not None:
+                cache = prefill(policy, plan, query_ids.device)
+            else:
+                cache = (prefill_groups(policy, query_ids, query_mask, group)
+                         if group > 1 and query_ids.shape[1] > 1 else None)
             out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
                                   logits_processor=processors, synced_gpus=synced, cache=cache)
     finally:
@@ -267,7 +277,7 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
                     temperature: float, micro_batch_size: int, merge_lora: bool = False,
                     draws: tuple[int, int, int] | None = None, timings: dict | None = None,
                     samples_per_prompt: int = 1, trunk_from_sampling: bool = True,
-                    pack_weights: bool = True) -> Rollout:
+                    pack_weights: bool = True, unpadded: bool = True) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
@@ -278,6 +288,7 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     trunk_from_sampling: with a frozen trunk, keep its output from the sampling passes
     (`trunk.sampled_hidden`) instead of running it again over the finished batch.
     pack_weights: sample through oneDNN-packed weights on CPU (`generate`).
+    unpadded: run the prompt pass unpadded, the prompts' shared start once (`generate`).
     """
     import time
 
@@ -285,11 +296,12 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     record = records_sampling(gen_config) and not merge_lora
     sampler = RolloutSampler(record, *((draws[0], draws[1:]) if draws else ()))
     trunk = actor_critic.trunk if trunk_from_sampling else None
+    plan = plan_prompts(policy, query_ids, query_mask, samples_per_prompt) if unpadded else None
     with trunk.record() if trunk is not None else nullcontext() as chunks:
         raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler,
-                       group=samples_per_prompt, pack_weights=pack_weights)
+                       group=samples_per_prompt, pack_weights=pack_weights, unpadded=unpadded, plan=plan)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
-    hidden = (sampled_hidden(chunks, len(query_ids), query_ids.shape[1] + response_ids.shape[1] - 1)
+    hidden = (sampled_hidden(chunks, len(query_ids), query_ids.shape[1] + response_ids.shape[1] - 1, plan)
               if trunk is not None else None)
     sampled = time.perf_counter()
     logprobs, entropy, ref_logprobs, values, hidden = score_with_models(

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rlhf_stack import modeling
+from rlhf_stack.ppo.prefill import last_hidden, plan_sequences
 
 REWARD = "reward"
 
@@ -74,10 +75,11 @@ class AdapterSequenceClassifier:
     "reward" adapter active. Not an nn.Module: it must not own (move, re-mode) the actor-critic.
     """
 
-    def __init__(self, actor_critic, head: nn.Linear, pad_token_id: int) -> None:
+    def __init__(self, actor_critic, head: nn.Linear, pad_token_id: int, unpadded: bool = True) -> None:
         self.actor_critic = actor_critic
         self.head = head
         self.pad_token_id = pad_token_id
+        self.unpadded = unpadded  # right-padded batches run unpadded (`prefill.py`)
         self.config = SimpleNamespace(num_labels=1, pad_token_id=pad_token_id)
 
     def eval(self) -> AdapterSequenceClassifier:
@@ -86,18 +88,30 @@ class AdapterSequenceClassifier:
     @torch.no_grad()
     def __call__(self, input_ids, attention_mask, **_unused) -> SimpleNamespace:
         backbone = self.actor_critic.policy.get_base_model().base_model
-        with self.actor_critic.adapter(REWARD):
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         not_pad = (input_ids != self.pad_token_id).int()
         last = (torch.arange(input_ids.shape[1], device=input_ids.device) * not_pad).argmax(-1)  # (n,)
-        pooled = hidden[torch.arange(len(last), device=last.device), last]
+        lengths = attention_mask.sum(1)
+        right_padded = bool((attention_mask == (torch.arange(input_ids.shape[1], device=input_ids.device)
+                                                 < lengths[:, None])).all())
+        # Right-padded rows: only the tokens up to the pooled one matter (causal attention), so
+        # they run unpadded, their shared start once (`prefill.py`), positions as in the padded pass.
+        plan = (plan_sequences(backbone, [row[:n + 1].tolist() for row, n in zip(input_ids, last.tolist(), strict=True)],
+                               input_ids.shape[1], 1, input_ids.device) if self.unpadded and right_padded else None)
+        with self.actor_critic.adapter(REWARD):
+            if plan is not None:
+                pooled = last_hidden(backbone, plan, input_ids.device)
+            else:
+                hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                pooled = hidden[torch.arange(len(last), device=last.device), last]
         return SimpleNamespace(logits=self.head(pooled.to(self.head.weight.dtype)))
 
 
-def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterSequenceClassifier | None:
+def host_reward_model(actor_critic, checkpoint: str, base_path: str,
+                      unpadded: bool = True) -> AdapterSequenceClassifier | None:
     """Load the RM `checkpoint` as the adapter "reward" on the actor-critic's shared base (loaded
     from `base_path`) when it is a LoRA adapter over that base with nothing trained but LoRA
-    weights and the score head; else None (the caller loads the RM on its own)."""
+    weights and the score head; else None (the caller loads the RM on its own). unpadded: score
+    right-padded batches without their padding (PPOConfig.unpadded_prompt_passes)."""
     if (not actor_critic.shared or REWARD in actor_critic.policy.peft_config
             or str(actor_critic.policy.peft_type.value) != "LORA"):  # peft holds one kind of adapter per model
         return None
@@ -113,7 +127,7 @@ def host_reward_model(actor_critic, checkpoint: str, base_path: str) -> AdapterS
     head.requires_grad_(False)
     some = next(actor_critic.policy.parameters())
     model = AdapterSequenceClassifier(actor_critic, head.to(device=some.device, dtype=some.dtype),
-                                      modeling.load_tokenizer(path).pad_token_id)
+                                      modeling.load_tokenizer(path).pad_token_id, unpadded)
     print(f"[ppo] reward model {checkpoint}: hosted as adapter '{REWARD}' on the policy's base "
           f"(one base copy for policy, reference, value and reward)")
     return model

@@ -82,7 +82,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
                                  temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
                                  merge_lora=merge_lora, draws=draws, timings=phases,
                                  samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
-                                 pack_weights=cfg.pack_weights_for_sampling)
+                                 pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes)
         t_generate = time.perf_counter()
 
         # 2. score the decoded text (a failing reward source stops the run, naming the prompt),

@@ -120,13 +120,18 @@ class Trunk:
         return trunk
 
 
-def sampled_hidden(chunks: list[Tensor], rows: int, width: int) -> Tensor:
+def sampled_hidden(chunks: list[Tensor], rows: int, width: int, plan=None) -> Tensor:
     """`(rows, width, H)`: the trunk's output recorded while sampling (`Trunk.record`), as `Trunk.hidden`
-    gives it for `[prompt | response][:, :width]`. The first chunk is the prompt pass (run once per
-    prompt for runs of identical prompts, `rollout.prefill_groups`: repeated to every row); each
-    later chunk is one decoding step, the column of the token it fed. Up to float rounding (a
+    gives it for `[prompt | response][:, :width]`. The first chunks are the prompt pass: the passes
+    of `plan` (a `prefill.PromptPlan`, laid out by `prefill.assemble`), else one padded pass (run
+    once per prompt for runs of identical prompts, `rollout.prefill_groups`); either is repeated to
+    every row of a prompt. Each later chunk is one decoding step, the column of the token it fed. Up to float rounding (a
     cached decoding step vs one pass) it equals `hidden` on every position the mask keeps; after a
     row's EOS the sampler fed padding it attended to, positions every later pass masks out."""
+    if plan is not None:
+        from rlhf_stack.ppo.prefill import assemble
+
+        chunks = [assemble(plan, chunks[:plan.n_chunks], dim=1), *chunks[plan.n_chunks:]]
     first = chunks[0]
     if first.shape[0] != rows:
         first = first.repeat_interleave(rows // first.shape[0], 0)

@@ -289,8 +289,10 @@ def test_lora_reward_model_is_hosted_on_the_shared_base(tiny_model_dir, prompts_
     alone = RewardScorer(rm_dir, device="cpu")
     prompts = ["Say something nice.", "Name a fruit.", "Hi"]
     responses = ["You are kind and patient.", "Apple", "Hello there, how are you today?"]
-    torch.testing.assert_close(torch.tensor(hosted.score(prompts, responses)),
-                               torch.tensor(alone.score(prompts, responses)), atol=1e-5, rtol=1e-5)
+    want = torch.tensor(alone.score(prompts, responses))
+    torch.testing.assert_close(torch.tensor(hosted.score(prompts, responses)), want, atol=1e-5, rtol=1e-5)
+    hosted.model.unpadded = False  # the padded pass (PPOConfig.unpadded_prompt_passes: false) scores the same
+    torch.testing.assert_close(torch.tensor(hosted.score(prompts, responses)), want, atol=1e-5, rtol=1e-5)
     assert hosted.bias == 0.25
     # only the LoRA weights were added (no base copy), none of them trainable; policy still active
     assert sum(p.numel() for p in model.parameters()) - n_params < 0.05 * n_params

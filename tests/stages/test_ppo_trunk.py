@@ -65,28 +65,42 @@ def test_trunk_passes_equal_full_passes(tiny_model_dir, prompts_file, tmp_path):
     assert grads and all(torch.allclose(g, dict(model.named_parameters())[n].grad, atol=1e-4) for n, g in grads.items())
 
 
+@pytest.mark.parametrize("unpadded", [True, False])
 @pytest.mark.parametrize("group", [1, 2])
-def test_trunk_recorded_while_sampling_equals_a_trunk_pass(tiny_model_dir, prompts_file, tmp_path, group):
-    """The trunk's output kept from sampling (the prompt pass, once per prompt when group > 1, then
-    each decoding step) equals a trunk pass over the finished sequences wherever the mask keeps."""
+def test_trunk_recorded_while_sampling_equals_a_trunk_pass(tiny_model_dir, prompts_file, tmp_path, group, unpadded,
+                                                           monkeypatch):
+    """The trunk's output kept from sampling (the prompt pass, then each decoding step) equals a
+    trunk pass over the finished sequences wherever the mask keeps: with the prompt pass as
+    `prefill.py` plans it (shared start once, each distinct prompt's rest unpadded) and as one
+    padded pass (each prompt once when group > 1)."""
+    from rlhf_stack.ppo import rollout
+    from rlhf_stack.ppo.prefill import plan_prompts
     from rlhf_stack.ppo.rollout import generate, generation_config, truncate_at_eos
     from rlhf_stack.ppo.trunk import sampled_hidden
 
     cfg = config(tiny_model_dir, prompts_file, tmp_path, max_new_tokens=8)
     tokenizer = policy_tokenizer(cfg)
     model, _ = build_actor_critic(cfg, tokenizer, torch.device("cpu"))
-    query_ids, query_mask = left_pad([[5, 6, 7, 8], [5, 6, 7, 8], [9, 10], [9, 10]], tokenizer.pad_token_id,
-                                     torch.device("cpu"))
+    prompts = [[5, 6, 7, 8, 11], [5, 6, 7, 8, 11], [5, 6, 9, 10], [5, 6, 9, 10]]  # a shared start: 5, 6
+    query_ids, query_mask = left_pad(prompts, tokenizer.pad_token_id, torch.device("cpu"))
     assert model.use_trunk(query_ids, query_mask) == 1
+    plan = plan_prompts(model.policy, query_ids, query_mask, group) if unpadded else None
+    if unpadded:
+        assert plan.prefix == [5, 6] and plan.rests == (
+            [[7, 8], [9]] if group > 1 else [[7, 8], [7, 8], [9], [9]])
+        assert plan.n_chunks == 2  # the prefix pass, then one pass over the rests
+    else:
+        monkeypatch.setattr(rollout, "plan_prompts", lambda *args: None)
     torch.manual_seed(0)
     with model.trunk.record() as chunks:
-        raw = generate(model.policy, query_ids, query_mask, generation_config(cfg, tokenizer), group=group)
-    assert chunks[0].shape[:2] == ((2, 3) if group > 1 else (4, 4))  # the prompt pass: each prompt once
+        raw = generate(model.policy, query_ids, query_mask, generation_config(cfg, tokenizer), group=group, plan=plan)
+    if not unpadded:
+        assert chunks[0].shape[:2] == ((2, 4) if group > 1 else (4, 5))  # the prompt pass: each prompt once
     response_ids, response_mask, _ = truncate_at_eos(raw, tokenizer.eos_token_id, tokenizer.pad_token_id)
     input_ids = torch.cat([query_ids, response_ids], 1)
     mask = torch.cat([query_mask, response_mask.long()], 1)
     passed = model.trunk_hidden(input_ids, mask)
-    recorded = sampled_hidden(chunks, 4, input_ids.shape[1] - 1)
+    recorded = sampled_hidden(chunks, 4, input_ids.shape[1] - 1, plan)
     assert recorded.shape == passed.shape and response_ids.shape[1] > 1
     keep = mask[:, :-1].bool()
     torch.testing.assert_close(recorded[keep], passed[keep], atol=1e-5, rtol=1e-5)
