@@ -94,13 +94,16 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8):
     Yields the number of layers packed (0 when disabled, off the CPU, or unavailable). `rows`:
     the batch the packing is tuned for. Only exact `nn.Linear` instances (a peft LoRA layer's base
     layer and its A/B matrices are ones) whose weight is a plain float32 CPU tensor: subclasses
-    (quantised layers) and sharded (DTensor) weights keep their own forward.
+    (quantised layers) and sharded (DTensor) weights keep their own forward. Layers an enclosing
+    `packed_linears` already packed are left to it (PPO packs once for sampling, the rollout's
+    passes and the scoring; `generate()` inside finds them packed).
     """
     patched: list[nn.Linear] = []
     try:
         if enabled and packing_available():
             patched = [module for module in model.modules()
-                       if type(module) is nn.Linear and type(module.weight) in (Tensor, nn.Parameter)
+                       if type(module) is nn.Linear and "forward" not in module.__dict__
+                       and type(module.weight) in (Tensor, nn.Parameter)
                        and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"]
         if patched:
             release_free_heap()  # what the last update freed, so the copies do not come on top of it

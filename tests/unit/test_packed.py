@@ -69,3 +69,21 @@ def test_layers_are_restored_when_the_body_raises_and_nothing_is_packed_when_off
         assert n == 0
     with packed_linears(model.to(torch.float64)) as n:  # float32 only
         assert n == 0
+
+
+def test_a_nested_context_leaves_the_outer_ones_layers_packed(tiny_model_dir):
+    """PPO packs once around sampling, the rollout's passes and the scoring; the `generate()`
+    inside packs nothing more, and its exit leaves the outer packing in place until that ends.
+    A layer whose forward someone else replaced (e.g. an accelerate hook) is not touched."""
+    model = tiny(tiny_model_dir, lora=False)
+    hooked = linears(model)[0]
+    hooked.forward = lambda x: nn.Linear.forward(hooked, x)
+    ids = torch.randint(3, 200, (2, 5))
+    with torch.no_grad(), packed_linears(model) as outer:
+        assert outer == len(linears(model)) - 1
+        forwards = {m: m.__dict__["forward"] for m in linears(model)}
+        with packed_linears(model) as inner:
+            assert inner == 0
+        assert all(m.__dict__["forward"] is forwards[m] for m in linears(model))
+        model(input_ids=ids)
+    assert [m for m in linears(model) if "forward" in m.__dict__] == [hooked]
