@@ -20,6 +20,25 @@ def tiny_model_dir() -> Path:
     return TINY_MODEL
 
 
+@pytest.fixture
+def tiny_causal_lm():
+    """Build the tiny causal LM in eval mode, seeded; `lora=True` wraps it in a LoRA adapter on
+    every linear layer with random (non-zero) weights, so the adapter changes the outputs."""
+    def build(lora: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval()
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+        return model
+
+    return build
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

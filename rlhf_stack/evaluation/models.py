@@ -83,7 +83,8 @@ class LM:
         (`desc`, one tick per response) on stderr.
 
         Prompts go to `generate()` shortest first, batch_size // n prompts at a time (less left
-        padding), each prompt run once for its n samples (`rollout.prefill_groups`).
+        padding), each prompt run once for its n samples, their shared start once
+        (`ppo/prefill.py`; `unpadded_prompt_passes`).
         record: keep each sampled token's log pi (`Samples.logprobs`, what `response_logprobs` would
         compute in a second pass) as the PPO rollout does (`ppo.sampling.RolloutSampler`); the same
         draws either way. Ignored under a top-k / top-p cut, where the recorded distribution would
@@ -95,6 +96,7 @@ class LM:
 
         from tqdm.auto import tqdm
 
+        from rlhf_stack.ppo.prefill import plan_prompts
         from rlhf_stack.ppo.rollout import (
             encode_prompts,
             generate,
@@ -102,7 +104,6 @@ class LM:
             left_pad,
             truncate_at_eos,
         )
-        from rlhf_stack.ppo.prefill import plan_prompts
         from rlhf_stack.ppo.sampling import RolloutSampler, records_sampling
         from rlhf_stack.ppo.trunk import Trunk, sampled_hidden
 

@@ -10,29 +10,17 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                 reason="this torch build has no oneDNN: nothing to pack")
 
 
-def tiny(tiny_model_dir, lora: bool):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
-    return model
-
-
 def linears(model) -> list[nn.Linear]:
     return [m for m in model.modules() if type(m) is nn.Linear]
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_packed_layers_compute_the_plain_logits_and_are_restored(tiny_model_dir, lora):
+def test_packed_layers_compute_the_plain_logits_and_are_restored(tiny_causal_lm, lora):
     """Every plain float32 Linear (a LoRA layer's base and its A/B too) is packed, the logits equal
     the unpacked model's to 1e-5 at a decoding batch and at a training-sized one, and every layer
     gets its own forward back when the context ends."""
     assert packing_available()
-    model = tiny(tiny_model_dir, lora)
+    model = tiny_causal_lm(lora)
     ids = torch.randint(3, 200, (6, 11))
     with torch.no_grad():
         plain = model(input_ids=ids).logits
@@ -46,10 +34,10 @@ def test_packed_layers_compute_the_plain_logits_and_are_restored(tiny_model_dir,
     torch.testing.assert_close(one_row, plain[:1], atol=1e-5, rtol=1e-5)
 
 
-def test_a_pass_with_autograd_on_uses_the_layers_own_forward(tiny_model_dir):
+def test_a_pass_with_autograd_on_uses_the_layers_own_forward(tiny_causal_lm):
     """The packed op has no backward: with autograd on, the layer computes as unpacked and the
     gradients are the plain ones."""
-    model = tiny(tiny_model_dir, lora=False)
+    model = tiny_causal_lm()
     ids = torch.randint(3, 200, (2, 7))
     model(input_ids=ids).logits.square().mean().backward()
     plain = [p.grad.clone() for p in model.parameters()]
@@ -60,8 +48,8 @@ def test_a_pass_with_autograd_on_uses_the_layers_own_forward(tiny_model_dir):
         torch.testing.assert_close(p.grad, grad)
 
 
-def test_layers_are_restored_when_the_body_raises_and_nothing_is_packed_when_off(tiny_model_dir):
-    model = tiny(tiny_model_dir, lora=False)
+def test_layers_are_restored_when_the_body_raises_and_nothing_is_packed_when_off(tiny_causal_lm):
+    model = tiny_causal_lm()
     with pytest.raises(RuntimeError, match="boom"), packed_linears(model):
         raise RuntimeError("boom")
     assert all("forward" not in m.__dict__ for m in linears(model))
@@ -71,11 +59,11 @@ def test_layers_are_restored_when_the_body_raises_and_nothing_is_packed_when_off
         assert n == 0
 
 
-def test_a_nested_context_leaves_the_outer_ones_layers_packed(tiny_model_dir):
+def test_a_nested_context_leaves_the_outer_ones_layers_packed(tiny_causal_lm):
     """PPO packs once around sampling, the rollout's passes and the scoring; the `generate()`
     inside packs nothing more, and its exit leaves the outer packing in place until that ends.
     A layer whose forward someone else replaced (e.g. an accelerate hook) is not touched."""
-    model = tiny(tiny_model_dir, lora=False)
+    model = tiny_causal_lm()
     hooked = linears(model)[0]
     hooked.forward = lambda x: nn.Linear.forward(hooked, x)
     ids = torch.randint(3, 200, (2, 5))

@@ -50,12 +50,12 @@ def test_assemble_left_pads_prefix_and_rests():
 
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("start", ["", "Question: "])
-def test_planned_prefill_equals_the_padded_pass(tiny_model_dir, lora, start):
+def test_planned_prefill_equals_the_padded_pass(tiny_model_dir, tiny_causal_lm, lora, start):
     """The cache on every unpadded column and the next-token logits equal those of one padded
     pass over the batch, with and without a shared start, on a plain and a LoRA model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+    from transformers import AutoTokenizer, DynamicCache
 
-    model, tok = _model(tiny_model_dir, lora), AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, tok = tiny_causal_lm(lora), AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = [tok.encode(start + t) for t in ("hello there you fine people", "hi", "what now then", "hi")]
     ids, mask = left_pad(prompts, tok.pad_token_id, torch.device("cpu"))
     plan = plan_prompts(model, ids, mask)
@@ -78,7 +78,7 @@ def test_planned_prefill_equals_the_padded_pass(tiny_model_dir, lora, start):
 
 
 @pytest.mark.parametrize("group", [1, 3])
-def test_generate_samples_what_the_padded_pass_samples(tiny_model_dir, group, monkeypatch):
+def test_generate_samples_what_the_padded_pass_samples(tiny_model_dir, tiny_causal_lm, group, monkeypatch):
     """generate() with the planned prompt pass draws the same tokens and records the same log pi
     as with one padded pass (each prompt once, `prefill_groups`), with the same draws."""
     from transformers import AutoTokenizer, GenerationConfig
@@ -86,7 +86,7 @@ def test_generate_samples_what_the_padded_pass_samples(tiny_model_dir, group, mo
     from rlhf_stack.ppo import rollout
     from rlhf_stack.ppo.sampling import RolloutSampler
 
-    model, tok = _model(tiny_model_dir, lora=True), AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, tok = tiny_causal_lm(lora=True), AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = [tok.encode("Say: " + t) for t in ("hello there you fine people", "hi", "what now then")]
     ids, mask = left_pad([p for p in prompts for _ in range(group)], tok.pad_token_id, torch.device("cpu"))
     gen = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=10,
@@ -108,15 +108,3 @@ def _tiny_config():
 
     return LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1)
-
-
-def _model(path, lora: bool):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
-    return model
