@@ -79,9 +79,12 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         phases: dict[str, float] = {}
         draws = (cfg.seed * 100_003 + step, rank * cfg.batch_size, world * cfg.batch_size)
         # Sampling, the rollout's passes and the scoring run with autograd off: one packed copy of
-        # the weights serves them all (`packed.py`; generate() finds its layers already packed).
-        # Not when generation merges LoRA into the base: generate() packs after the merge.
-        with packed_linears(unwrapped, enabled=cfg.pack_weights_for_sampling and not merge_lora, rows=cfg.batch_size):
+        # the policy's weights serves them all (`packed.py`; generate() finds them packed), and on
+        # a shared base the reference, value and hosted RM too. A value model of its own is not
+        # packed (its copy would cost as much as it saves). Not when generation merges LoRA into the
+        # base: generate() packs after the merge.
+        with packed_linears(unwrapped.policy, enabled=cfg.pack_weights_for_sampling and not merge_lora,
+                            rows=cfg.batch_size):
             rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
                                      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                                      temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
