@@ -198,8 +198,9 @@ class PPOConfig(Config):
     base (`host_reward_model`), without padding: each distinct prompt (or scored sequence) once,
     the start every one of them shares (a chat template's system turn) once, the rest in a few
     passes grouped by length (`ppo/prefill.py`). Outputs equal the padded passes' up to float
-    rounding. On the quickstart it halved the prompt pass (0.85 -> 0.44 s a step) and the RM's
-    scoring (benchmarks/RESULTS.md). Models whose cache is not a plain full-attention one (sliding
+    rounding. On the quickstart the prompt pass took 0.42-0.50 s instead of 0.87-0.93 s, a whole
+    sampling call 1.09-1.14x less time, the RM's scoring 0.89 s instead of 1.07 s
+    (benchmarks/RESULTS.md). Models whose cache is not a plain full-attention one (sliding
     windows, recurrent layers) and FSDP2 runs take the padded passes whatever this says."""
     merge_lora_for_generation: bool = False
     """Fold LoRA into the base weights while generating (then unfold). Measured on SmolLM2-135M
