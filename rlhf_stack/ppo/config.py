@@ -186,11 +186,9 @@ class PPOConfig(Config):
     eval_max_prompts: int = Field(64, ge=0)
     """Held-out prompts scored at the end for `eval_score` (0: skip)."""
     pack_weights_for_sampling: bool = True
-    """CPU, float32: sample, run the rollout's passes and score through copies of the policy's
-    linear weights reordered for oneDNN (`ppo/packed.py`; on a shared base the reference, value and
-    hosted RM use them too), made when each step's sampling starts and freed after its scoring (one
-    more set of the policy's weights meanwhile; training passes use the weights themselves).
-    Outputs equal the plain products up to float rounding. On the 2-core
+    """CPU, float32: sample through copies of the linear weights reordered for oneDNN
+    (`ppo/packed.py`), made when each `generate()` call starts and freed when it ends (one more set
+    of the weights meanwhile). Outputs equal the plain products up to float rounding. On the 2-core
     AMD EPYC here, decoding SmolLM2-135M at batch 8 ran 1.5x faster (benchmarks/RESULTS.md). No
     effect on GPU, in other dtypes, or where this torch build lacks the ops."""
     unpadded_prompt_passes: bool = True

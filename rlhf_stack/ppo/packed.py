@@ -94,9 +94,9 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8):
     Yields the number of layers packed (0 when disabled, off the CPU, or unavailable). `rows`:
     the batch the packing is tuned for. Only exact `nn.Linear` instances (a peft LoRA layer's base
     layer and its A/B matrices are ones) whose weight is a plain float32 CPU tensor: subclasses
-    (quantised layers) and sharded (DTensor) weights keep their own forward. Layers an enclosing
-    `packed_linears` already packed are left to it (PPO packs once for sampling, the rollout's
-    passes and the scoring; `generate()` inside finds them packed).
+    (quantised layers) and sharded (DTensor) weights keep their own forward, and so does a layer
+    whose `forward` something else already replaced (an enclosing `packed_linears`, an accelerate
+    hook): it is neither packed nor, at the end, stripped of that forward.
     """
     patched: list[nn.Linear] = []
     try:

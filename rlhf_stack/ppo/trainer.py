@@ -25,7 +25,6 @@ from rlhf_stack.config import StageResult
 from rlhf_stack.ppo import estimators
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.config import PPOConfig
-from rlhf_stack.ppo.packed import packed_linears
 from rlhf_stack.ppo.rollout import Rollout
 from rlhf_stack.ppo.setup import Run
 
@@ -78,26 +77,19 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         #    samples on any number of processes, and after a resume.
         phases: dict[str, float] = {}
         draws = (cfg.seed * 100_003 + step, rank * cfg.batch_size, world * cfg.batch_size)
-        # Sampling, the rollout's passes and the scoring run with autograd off: one packed copy of
-        # the policy's weights serves them all (`packed.py`; generate() finds them packed), and on
-        # a shared base the reference, value and hosted RM too. A value model of its own is not
-        # packed (its copy would cost as much as it saves). Not when generation merges LoRA into the
-        # base: generate() packs after the merge.
-        with packed_linears(unwrapped.policy, enabled=cfg.pack_weights_for_sampling and not merge_lora,
-                            rows=cfg.batch_size):
-            rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
-                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                     temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
-                                     merge_lora=merge_lora, draws=draws, timings=phases,
-                                     samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
-                                     pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes)
-            t_generate = time.perf_counter()
+        rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
+                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                 temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
+                                 merge_lora=merge_lora, draws=draws, timings=phases,
+                                 samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
+                                 pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes)
+        t_generate = time.perf_counter()
 
-            # 2. score the decoded text (a failing reward source stops the run, naming the prompt),
-            #    then normalise / clip / penalise missing EOS
-            responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-            where = partial(_prompt_where, cfg, data.prompts, index)
-            raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
+        # 2. score the decoded text (a failing reward source stops the run, naming the prompt),
+        #    then normalise / clip / penalise missing EOS
+        responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        where = partial(_prompt_where, cfg, data.prompts, index)
+        raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
         raw_scores = raw_scores.to(acc.device)
         moments = run.moments.state_dict()  # put back if the step is dropped (on_nonfinite: skip_step)
         scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)

@@ -60,9 +60,9 @@ def test_layers_are_restored_when_the_body_raises_and_nothing_is_packed_when_off
 
 
 def test_a_nested_context_leaves_the_outer_ones_layers_packed(tiny_causal_lm):
-    """PPO packs once around sampling, the rollout's passes and the scoring; the `generate()`
-    inside packs nothing more, and its exit leaves the outer packing in place until that ends.
-    A layer whose forward someone else replaced (e.g. an accelerate hook) is not touched."""
+    """An inner context packs nothing more, and its exit leaves the outer packing in place until
+    that ends. A layer whose forward someone else replaced (e.g. an accelerate hook) is not
+    touched: not packed, and its forward still there afterwards."""
     model = tiny_causal_lm()
     hooked = linears(model)[0]
     hooked.forward = lambda x: nn.Linear.forward(hooked, x)
