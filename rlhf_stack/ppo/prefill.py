@@ -8,7 +8,7 @@ On the quickstart's batches of 8 prompts that pass took ~0.8 s of a ~3.5 s sampl
 `plan_prompts` lays the work out instead: the prefix every distinct prompt shares runs once; the
 rest of each prompt, but its last token (`generate()` feeds that one), runs in a few passes over
 the prompts sorted by length, grouped so that the padding a pass adds costs less than another
-pass would (a pass costs about `PASS_COST_ROWS` rows' worth of work beyond its rows: on a CPU
+pass would (a pass costs about `PASS_COST_ROWS_*` rows' worth of work beyond its rows: on a CPU
 the weights stream from memory once per pass, on an accelerator a pass launches its kernels).
 `prefill` runs the plan and returns the KV cache `generate()` continues from, laid out as the
 padded pass would have left it (`(rows, heads, p - 1, d)`, left-padded, zeros under the padding).
@@ -29,8 +29,10 @@ import torch
 Tensor = torch.Tensor
 
 # A pass's fixed cost in rows of work (see the docstring). CPU: streaming float32 weights takes as
-# long as ~10-16 rows of their products at this machine's ~100 GFLOP/s and ~20 GB/s.
-PASS_COST_ROWS = {"cpu": 16}
+# long as ~10-16 rows of their products at this machine's ~100 GFLOP/s and ~20 GB/s. Accelerators:
+# an H100's ~1,000 TFLOP/s over ~3 TB/s makes reading bf16 weights worth ~300 rows (an estimate;
+# no GPU has measured it here).
+PASS_COST_ROWS_CPU = 16
 PASS_COST_ROWS_ACCELERATOR = 256
 
 
@@ -79,7 +81,7 @@ def plan_sequences(model, sequences: list[list[int]], width: int, group: int, de
     while all(len(s) > shared for s in sequences) and len({s[shared] for s in sequences}) == 1:
         shared += 1
     rests = [s[shared:] for s in sequences]
-    cost = PASS_COST_ROWS.get(torch.device(device).type, PASS_COST_ROWS_ACCELERATOR)
+    cost = PASS_COST_ROWS_CPU if torch.device(device).type == "cpu" else PASS_COST_ROWS_ACCELERATOR
     return PromptPlan(width, group, sequences[0][:shared], rests, _passes(rests, cost))
 
 
