@@ -127,6 +127,9 @@ def run_passes(model, plan: PromptPlan, device, **kwargs):
     right-aligned, continuing the prefix's cache. The cache of a pass holds the prefix too."""
     from transformers import DynamicCache
 
+    from rlhf_stack.ppo.rollout import left_pad  # rollout imports this module
+    from rlhf_stack.ppo.trunk import position_ids_from_mask
+
     p = len(plan.prefix)
     prefix = []
     if p:
@@ -137,19 +140,12 @@ def run_passes(model, plan: PromptPlan, device, **kwargs):
         prefix = [(layer.keys, layer.values) for layer in cache.layers]
         yield None, output, cache
     for members in plan.passes:
-        width = max(len(plan.rests[m]) for m in members)
-        ids = torch.zeros((len(members), width), dtype=torch.long, device=device)
-        mask = torch.zeros((len(members), p + width), dtype=torch.long, device=device)
-        mask[:, :p] = 1
-        for row, member in enumerate(members):
-            rest = plan.rests[member]
-            ids[row, width - len(rest):] = torch.tensor(rest, device=device)
-            mask[row, p + width - len(rest):] = 1
         n = len(members)
+        ids, rest_mask = left_pad([plan.rests[m] for m in members], 0, device)  # pad id: masked anyway
         cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix],
                              config=model.config) if p else DynamicCache(config=model.config)
-        output = model(input_ids=ids, attention_mask=mask, position_ids=(p + mask[:, p:].cumsum(1) - 1).clamp(min=p),
-                       cache=cache, use_cache=True, **kwargs)
+        output = model(input_ids=ids, attention_mask=torch.cat([rest_mask.new_ones((n, p)), rest_mask], 1),
+                       position_ids=p + position_ids_from_mask(rest_mask), cache=cache, use_cache=True, **kwargs)
         yield members, output, cache
 
 
@@ -158,10 +154,10 @@ def prefill(model, plan: PromptPlan, device):
     """Run `plan`; the KV cache of every row's prompt but its last token (`(rows, h, width, d)`)."""
     from transformers import DynamicCache
 
-    p = len(plan.prefix)
-    pieces = [[(layer.keys[:, :, p:] if members is not None else layer.keys,
-                layer.values[:, :, p:] if members is not None else layer.values) for layer in cache.layers]
-              for members, _output, cache in run_passes(model, plan, device, logits_to_keep=1)]
+    pieces = []
+    for members, _output, cache in run_passes(model, plan, device, logits_to_keep=1):
+        start = 0 if members is None else len(plan.prefix)  # a pass's cache starts with the prefix's
+        pieces.append([(layer.keys[:, :, start:], layer.values[:, :, start:]) for layer in cache.layers])
     layers = []
     for per_layer in zip(*pieces, strict=True):
         keys = assemble(plan, [k for k, _ in per_layer], dim=2)

@@ -88,11 +88,9 @@ class AdapterSequenceClassifier:
     @torch.no_grad()
     def __call__(self, input_ids, attention_mask, **_unused) -> SimpleNamespace:
         backbone = self.actor_critic.policy.get_base_model().base_model
-        not_pad = (input_ids != self.pad_token_id).int()
-        last = (torch.arange(input_ids.shape[1], device=input_ids.device) * not_pad).argmax(-1)  # (n,)
-        lengths = attention_mask.sum(1)
-        right_padded = bool((attention_mask == (torch.arange(input_ids.shape[1], device=input_ids.device)
-                                                 < lengths[:, None])).all())
+        columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = (columns * (input_ids != self.pad_token_id).int()).argmax(-1)  # (n,)
+        right_padded = bool((attention_mask == (columns < attention_mask.sum(1, keepdim=True))).all())
         # Right-padded rows: only the tokens up to the pooled one matter (causal attention), so
         # they run unpadded, their shared start once (`prefill.py`), positions as in the padded pass.
         plan = (plan_sequences(backbone, [row[:n + 1].tolist() for row, n in zip(input_ids, last.tolist(), strict=True)],

@@ -125,9 +125,10 @@ def sampled_hidden(chunks: list[Tensor], rows: int, width: int, plan=None) -> Te
     gives it for `[prompt | response][:, :width]`. The first chunks are the prompt pass: the passes
     of `plan` (a `prefill.PromptPlan`, laid out by `prefill.assemble`), else one padded pass (run
     once per prompt for runs of identical prompts, `rollout.prefill_groups`); either is repeated to
-    every row of a prompt. Each later chunk is one decoding step, the column of the token it fed. Up to float rounding (a
-    cached decoding step vs one pass) it equals `hidden` on every position the mask keeps; after a
-    row's EOS the sampler fed padding it attended to, positions every later pass masks out."""
+    every row of a prompt. Each later chunk is one decoding step, the column of the token it fed.
+    Up to float rounding (a cached decoding step vs one pass) it equals `hidden` on every position
+    the mask keeps; after a row's EOS the sampler fed padding it attended to, positions every later
+    pass masks out."""
     if plan is not None:
         from rlhf_stack.ppo.prefill import assemble
 
