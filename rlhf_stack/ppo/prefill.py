@@ -127,9 +127,6 @@ def run_passes(model, plan: PromptPlan, device, **kwargs):
     right-aligned, continuing the prefix's cache. The cache of a pass holds the prefix too."""
     from transformers import DynamicCache
 
-    from rlhf_stack.ppo.rollout import left_pad  # rollout imports this module
-    from rlhf_stack.ppo.trunk import position_ids_from_mask
-
     p = len(plan.prefix)
     prefix = []
     if p:
@@ -140,12 +137,20 @@ def run_passes(model, plan: PromptPlan, device, **kwargs):
         prefix = [(layer.keys, layer.values) for layer in cache.layers]
         yield None, output, cache
     for members in plan.passes:
-        n = len(members)
-        ids, rest_mask = left_pad([plan.rests[m] for m in members], 0, device)  # pad id: masked anyway
+        # The rests left-padded, positions after the prefix: `rollout.left_pad` and
+        # `trunk.position_ids_from_mask` do the same, but both modules import this one.
+        n, width = len(members), max(len(plan.rests[m]) for m in members)
+        ids = torch.zeros((n, width), dtype=torch.long, device=device)  # pad id 0: masked anyway
+        rest_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+        for row, member in enumerate(members):
+            rest = plan.rests[member]
+            ids[row, width - len(rest):] = torch.tensor(rest, device=device)
+            rest_mask[row, width - len(rest):] = 1
         cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix],
                              config=model.config) if p else DynamicCache(config=model.config)
         output = model(input_ids=ids, attention_mask=torch.cat([rest_mask.new_ones((n, p)), rest_mask], 1),
-                       position_ids=p + position_ids_from_mask(rest_mask), cache=cache, use_cache=True, **kwargs)
+                       position_ids=p + (rest_mask.cumsum(1) - 1).clamp(min=0), cache=cache, use_cache=True,
+                       **kwargs)
         yield members, output, cache
 
 
