@@ -2,8 +2,9 @@
 
 A checkpoint `output_dir/checkpoints/step-N/` holds everything the next step depends on: the
 trainable weights (adapters + value head, or full models), AdamW and LR-scheduler states, the KL
-controller and score moments, every process's RNG states, and the step. Data positions are a
-pure function of the step (`data.IndexStream`), so they need no state. The directory is written
+controller and score moments, the policy's weight average (`policy_ema`), every process's RNG
+states, and the step. Data positions are a pure function of the step (`data.IndexStream`), so
+they need no state. The directory is written
 the `checkpointing` way: into `.partial/step-N`, fsync'd, sizes and sha256 recorded in its
 manifest, then renamed; a kill -9 or a full disk never leaves a checkpoint that looks whole, and
 a resume takes the newest one whose files still match their manifest.
@@ -21,6 +22,7 @@ import torch
 
 from rlhf_stack import checkpointing
 from rlhf_stack.pipeline.layout import CHECKPOINTS_DIR  # noqa: F401  (under the stage's output_dir)
+from rlhf_stack.ppo.averaging import AVERAGE_FILE
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "state.json"
@@ -43,7 +45,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler, controllers: dict,
-                          accelerator) -> Path:
+                          accelerator, average=None) -> Path:
     """Write step-N whole or not at all (all processes call this; each saves its own RNG state).
 
     A failed write (a full disk: ENOSPC, or any OSError) raises `CheckpointWriteError` naming the
@@ -68,6 +70,8 @@ def save_checkpoint_state(root: Path, step: int, *, model, optimizer, scheduler,
             save_file(weights, str(partial / "trainable.safetensors"))
             torch.save(optimizer_state, partial / "optimizer.pt")
             torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+            if average is not None:
+                save_file(average.state_dict(), str(partial / AVERAGE_FILE))
             state = {"step": step, "world_size": accelerator.num_processes, "sharded": distributed.is_sharded(model),
                      **{name: c.state_dict() for name, c in controllers.items()}}
             checkpointing.write_bytes(partial / STATE_FILE, json.dumps(state, indent=2).encode())
@@ -105,7 +109,8 @@ def completed_checkpoints(root: Path) -> list[int]:
             if (p / checkpointing.MANIFEST_FILE).is_file()]
 
 
-def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controllers: dict, accelerator) -> int:
+def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controllers: dict, accelerator,
+                          average=None) -> int:
     """Restore everything saved by save_checkpoint_state; return the step it was taken after."""
     from safetensors.torch import load_file
 
@@ -131,11 +136,16 @@ def load_checkpoint_state(path: Path, *, model, optimizer, scheduler, controller
     scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
     for name, controller in controllers.items():
         controller.load_state_dict(state[name])
+    if average is not None:
+        if not (path / AVERAGE_FILE).is_file():
+            raise ConfigError(f"{path} holds no policy average (it was written with policy_ema unset); resume it "
+                              "with policy_ema unset or start a fresh output_dir")
+        average.load_state_dict(load_file(str(path / AVERAGE_FILE)))
     set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
     return int(state["step"])
 
 
-def resume_latest(root: Path, *, model, optimizer, scheduler, controllers: dict, accelerator) -> int:
+def resume_latest(root: Path, *, model, optimizer, scheduler, controllers: dict, accelerator, average=None) -> int:
     """Load the newest whole checkpoint under `root` into the given objects; return its step
     (0 when there is none: the run starts from step 1). Newer checkpoints whose files no longer
     match their manifest are moved to `root/corrupt/`, each with a printed reason."""
@@ -147,7 +157,7 @@ def resume_latest(root: Path, *, model, optimizer, scheduler, controllers: dict,
         return 0
     path = root / f"{CHECKPOINT_PREFIX}{steps[-1]}"
     step = load_checkpoint_state(path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 controllers=controllers, accelerator=accelerator)
+                                 controllers=controllers, accelerator=accelerator, average=average)
     if accelerator.is_main_process:
         print(f"[ppo] resuming from {path} (step {step})", flush=True)
     return step

@@ -104,6 +104,13 @@ class PPOConfig(Config):
     policy or ptx loss is applied, so a value initialised from the RM first learns to predict
     returns before its advantages steer the policy (InstructGPT initialises the value from the
     RM; OpenRLHF calls this `critic_warmup`). The LR schedule counts these updates too."""
+    policy_ema: float | None = Field(None, ge=0.0, lt=1.0)
+    """Save an exponential moving average of the policy's trainable weights as the stage's policy,
+    updated once per step (average <- policy_ema * average + (1 - policy_ema) * weights) from the
+    initial policy; the run itself trains and samples the raw weights. None: save the last weights.
+    0.9 averages over roughly the last 10 steps. Each step also moves the responses it trained on
+    far more than unseen ones (benchmarks/RESULTS.md, sixth session); the average keeps what the
+    steps agree on. Saved in checkpoints, so a resumed run ends with the same average."""
     loss_aggregation: Literal["token_mean", "sequence_mean", "dr_grpo"] = "token_mean"
     """How the policy loss of a micro-batch reduces its per-token terms to one number:
     `token_mean` = mean over all real tokens (PPO; long responses weigh more); `sequence_mean` =

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlhf_stack.pipeline.layout import PPO_LOG, SAMPLES_FILE
+from rlhf_stack.ppo.averaging import PolicyAverage
 from rlhf_stack.ppo.control import AdaptiveKLController, FixedKLController, RunningMoments
 from rlhf_stack.ppo.data import PPOData
 from rlhf_stack.ppo.logs import RunLog
@@ -48,6 +49,7 @@ class Run:
     log: RunLog | None  # the main process's logs; None on the others
     start_step: int  # the step the resumed checkpoint was taken after (0: a fresh run)
     output_dir: Path
+    average: PolicyAverage | None  # the policy's weight average (policy_ema), saved as the policy
 
     @property
     def controllers(self) -> dict:
@@ -84,12 +86,13 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
 
         actor_critic.rebind()
         register_fsdp_forward_method(actor_critic, "call")
+    average = policy_average(cfg, actor_critic)
     kl_ctl, moments = controllers(cfg)
     torch.manual_seed(cfg.seed + acc.process_index)  # each process samples different responses
     start_step = 0
     if cfg.resume:
         start_step = resume_latest(output_dir / CHECKPOINTS_DIR, model=actor_critic, optimizer=optimizer,
-                                   scheduler=scheduler, accelerator=acc,
+                                   scheduler=scheduler, accelerator=acc, average=average,
                                    controllers={"kl_controller": kl_ctl, "score_moments": moments})
     log = None
     if acc.is_main_process:
@@ -98,7 +101,7 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     if cfg.report_to != ["none"]:
         acc.init_trackers("rlhf_stack_ppo", config=cfg.model_dump(mode="json"))
     return Run(acc, tokenizer, model, actor_critic, optimizer, scheduler, kl_ctl, moments, reward, data,
-               generation_config(cfg, tokenizer), info, log, start_step, output_dir)
+               generation_config(cfg, tokenizer), info, log, start_step, output_dir, average)
 
 
 def make_accelerator(cfg):
@@ -149,6 +152,21 @@ def optimizer_and_scheduler(cfg, model):
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_updates),
                               num_training_steps=total_updates)
     return optimizer, scheduler
+
+
+def policy_average(cfg, actor_critic: ActorCritic) -> PolicyAverage | None:
+    """The running average of the policy's trainable weights when `policy_ema` is set, from the
+    initial policy. Under FSDP2 each process holds only shards of them: refused there."""
+    from rlhf_stack import distributed
+    from rlhf_stack.errors import ConfigError
+
+    if cfg.policy_ema is None:
+        return None
+    if distributed.is_sharded(actor_critic):
+        raise ConfigError("policy_ema: the weight average is not supported under FSDP2 (each process holds only "
+                          "shards of the policy); unset it, or run without FSDP")
+    policy = {id(p) for p in actor_critic.policy_params}
+    return PolicyAverage({name: p for name, p in actor_critic.named_parameters() if id(p) in policy}, cfg.policy_ema)
 
 
 def controllers(cfg):

@@ -118,6 +118,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
             backward = _value_backward if step <= cfg.value_warmup_steps else update
             train_stats = _ppo_epochs(run, cfg, trained_rows(rollout), step, backward, guard)
         t_train = time.perf_counter()
+        if run.average is not None:
+            run.average.update()
 
         # 6. KL controller (on the mean KL of every process), logs, checkpoint
         seq_kl = acc.reduce(kl.sum(1).mean(), "mean").item()
@@ -148,8 +150,11 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.3f}")
         if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < cfg.steps:
             save_checkpoint_state(run.output_dir / CHECKPOINTS_DIR, step, model=unwrapped, optimizer=run.optimizer,
-                                  scheduler=run.scheduler, controllers=run.controllers, accelerator=acc)
+                                  scheduler=run.scheduler, controllers=run.controllers, accelerator=acc,
+                                  average=run.average)
     bar.close()
+    if run.average is not None:
+        run.average.copy_to_policy()  # the stage's policy is the average (policy_ema)
     runtime = time.perf_counter() - started
     return _finish(run, cfg, unwrapped, runtime)
 
@@ -372,7 +377,7 @@ def _finish(run: Run, cfg: PPOConfig, unwrapped, runtime: float) -> StageResult:
     eval_score = unwrapped.call(heldout_score, unwrapped.policy, run.data.eval_rows[:cfg.eval_max_prompts],
                                 run.tokenizer, run.gen_config, run.reward, acc, cfg.batch_size)
     metrics.update(eval_score=eval_score, resumed_from_step=run.start_step or None,
-                   advantage_estimator=cfg.advantage_estimator,
+                   advantage_estimator=cfg.advantage_estimator, policy_ema=cfg.policy_ema,
                    models={"layout": run.info.layout, "reference": run.info.reference,
                            "value_init": run.info.value_init, "policy_base": run.info.base_model,
                            "reward_model": run.info.reward_model, "trunk_blocks": run.info.trunk_blocks},

@@ -65,7 +65,10 @@ def read_log(output_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, prompts_file, corpus_file):
+@pytest.mark.parametrize("extra", [{}, {"policy_ema": 0.6}], ids=["last_weights", "policy_ema"])
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, prompts_file, corpus_file, extra):
+    """With policy_ema the saved policy is the weight average: it matches only if the step-4
+    checkpoint carried the average and the resume restored it."""
     from safetensors.torch import load_file
 
     from rlhf_stack.config import load_config
@@ -73,7 +76,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, prom
 
     tests_dir = str(Path(__file__).resolve().parents[1])
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
-    raw = ppo_config(tiny_model_dir, prompts_file, corpus_file, killed_dir)
+    raw = {**ppo_config(tiny_model_dir, prompts_file, corpus_file, killed_dir), **extra}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": tests_dir}
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests_dir=tests_dir), json.dumps(raw)],
                           env=env, capture_output=True, text=True, timeout=300)

@@ -409,3 +409,39 @@ def test_value_warmup_trains_only_the_value_first(tiny_model_dir, prompts_file, 
     assert any(not torch.equal(states[0][k], states[1][k]) for k in value)
     final = load_file(str(tmp_path / "ppo" / "adapter_model.safetensors"))  # step 3 trained the policy
     assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)
+
+
+def test_policy_ema_saves_the_weight_average(tiny_model_dir, prompts_file, tmp_path):
+    """With policy_ema the checkpoints carry the average next to the raw weights, each step's average
+    is decay * the last + (1 - decay) * the step's weights, and the saved policy is the average
+    after the last step: the same run without the average (same samples, same updates) gives the
+    raw last weights to blend in."""
+    from safetensors.torch import load_file
+
+    decay, steps = 0.5, 3
+    averaged = config(tiny_model_dir, prompts_file, tmp_path, steps=steps, policy_ema=decay, save_every_steps=1,
+                      keep_checkpoints=True, output_dir=str(tmp_path / "ema"))
+    plain = config(tiny_model_dir, prompts_file, tmp_path, steps=steps, output_dir=str(tmp_path / "plain"))
+    result = train_ppo(averaged, reward_fns=[t_share])
+    train_ppo(plain, reward_fns=[t_share])
+    assert result.metrics["policy_ema"] == decay
+
+    def step_files(step):
+        folder = tmp_path / "ema" / "checkpoints" / f"step-{step}"
+        return load_file(str(folder / "policy_average.safetensors")), load_file(str(folder / "trainable.safetensors"))
+
+    (avg1, _), (avg2, raw2) = step_files(1), step_files(2)
+    assert avg2 and set(avg2) < set(raw2) and not any("value" in name for name in avg2)  # the policy's only
+    for name in avg2:
+        torch.testing.assert_close(avg2[name], decay * avg1[name] + (1 - decay) * raw2[name], atol=1e-6, rtol=0)
+
+    def adapter_key(name):  # the actor-critic's name -> the saved adapter's
+        return name.removeprefix("policy.").replace(".default.", ".")
+
+    saved = load_file(str(tmp_path / "ema" / "adapter_model.safetensors"))
+    last = load_file(str(tmp_path / "plain" / "adapter_model.safetensors"))
+    assert set(saved) == {adapter_key(n) for n in avg2}
+    for name, avg in avg2.items():
+        key = adapter_key(name)
+        torch.testing.assert_close(saved[key], decay * avg + (1 - decay) * last[key], atol=1e-6, rtol=0)
+    assert any(not torch.equal(saved[adapter_key(n)], last[adapter_key(n)]) for n in avg2)  # not the last weights
