@@ -14,8 +14,6 @@ a share d**steps in it. It is saved in every checkpoint, so a resumed run ends w
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 AVERAGE_FILE = "policy_average.safetensors"  # in each checkpoint directory
@@ -26,8 +24,6 @@ class PolicyAverage:
     `trainable.safetensors` names them)."""
 
     def __init__(self, named: dict[str, torch.nn.Parameter], decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"policy_ema must be in [0, 1), got {decay}")
         self.names, self.params, self.decay = list(named), list(named.values()), decay
         self.shadow = [p.detach().clone() for p in self.params]
 
@@ -52,15 +48,3 @@ class PolicyAverage:
         """Write the average into the policy's weights (at the end of the run, before it is saved)."""
         for avg, p in zip(self.shadow, self.params, strict=True):
             p.copy_(avg)
-
-    @contextmanager
-    def applied(self):
-        """The policy holds the average inside the block and its own weights again after it."""
-        kept = [p.detach().clone() for p in self.params]
-        self.copy_to_policy()
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for k, p in zip(kept, self.params, strict=True):
-                    p.copy_(k)

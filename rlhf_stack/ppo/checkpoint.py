@@ -4,10 +4,10 @@ A checkpoint `output_dir/checkpoints/step-N/` holds everything the next step dep
 trainable weights (adapters + value head, or full models), AdamW and LR-scheduler states, the KL
 controller and score moments, the policy's weight average (`policy_ema`), every process's RNG
 states, and the step. Data positions are a pure function of the step (`data.IndexStream`), so
-they need no state. The directory is written
-the `checkpointing` way: into `.partial/step-N`, fsync'd, sizes and sha256 recorded in its
-manifest, then renamed; a kill -9 or a full disk never leaves a checkpoint that looks whole, and
-a resume takes the newest one whose files still match their manifest.
+they need no state. The directory is written the `checkpointing` way: into `.partial/step-N`,
+fsync'd, sizes and sha256 recorded in its manifest, then renamed; a kill -9 or a full disk never
+leaves a checkpoint that looks whole, and a resume takes the newest one whose files still match
+their manifest.
 """
 
 from __future__ import annotations

@@ -84,6 +84,10 @@ class ActorCritic(nn.Module):
         parameters are gathered first; unsharded it is a plain call."""
         return fn(*args, **kwargs)
 
+    def named_policy_params(self) -> dict[str, nn.Parameter]:
+        """The policy's trainable parameters by their names in this model, in `policy_params` order."""
+        return dict(zip(self._trainable_names[0], self.policy_params, strict=True))
+
     def rebind(self) -> None:
         """Point the trainable lists at the parameters now in the model: `fully_shard` replaces
         every parameter with a sharded one, and adapter switches must restore those."""

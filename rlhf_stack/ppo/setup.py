@@ -165,8 +165,7 @@ def policy_average(cfg, actor_critic: ActorCritic) -> PolicyAverage | None:
     if distributed.is_sharded(actor_critic):
         raise ConfigError("policy_ema: the weight average is not supported under FSDP2 (each process holds only "
                           "shards of the policy); unset it, or run without FSDP")
-    policy = {id(p) for p in actor_critic.policy_params}
-    return PolicyAverage({name: p for name, p in actor_critic.named_parameters() if id(p) in policy}, cfg.policy_ema)
+    return PolicyAverage(actor_critic.named_policy_params(), cfg.policy_ema)
 
 
 def controllers(cfg):

@@ -316,6 +316,8 @@ def test_config_errors_are_readable(tiny_model_dir, prompts_file, tmp_path):
         config(tiny_model_dir, prompts_file, tmp_path, ptx_coef=0.1)
     with pytest.raises(ConfigError, match="kl_estimator"):
         config(tiny_model_dir, prompts_file, tmp_path, kl_estimator="k2")
+    with pytest.raises(ConfigError, match="policy_ema"):  # a decay of 1 would never move the average
+        config(tiny_model_dir, prompts_file, tmp_path, policy_ema=1.0)
     with pytest.raises(ConfigError, match="no reward"):
         train_ppo(config(tiny_model_dir, prompts_file, tmp_path))
 
