@@ -208,6 +208,10 @@ def _summary_section(manifest: dict, results: dict | None) -> str:
                      + (f" ({pairs} ordered pairs)" if pairs else "")
                      + (f"; the labelers' own agreement on those rankings (the noise ceiling): **{fmt(ceiling)}**"
                         if isinstance(ceiling, int | float) else ""))
+    off_prompt = rm.get("eval_off_prompt_accuracy")
+    if isinstance(off_prompt, int | float):
+        lines.append(f"- Reward model, held-out answers scored above an answer to another prompt: **{fmt(off_prompt)}** "
+                     "(0.5: it cannot tell whether an answer is on topic; `reward.off_prompt_negatives` trains it to)")
     rm_eval = (results or {}).get("reward_model") or {}
     if rm_eval.get("pairwise_accuracy") is not None:
         lines.append(f"- Reward model on `{rm_eval.get('rankings')}`: {_rm_accuracy_text(rm_eval, bold=True)}")

@@ -35,6 +35,7 @@ from rlhf_stack.data import load_ranking_splits, load_rows, row_prompt
 from rlhf_stack.errors import ConfigError
 from rlhf_stack.reward.batching import RankingCollator, encode_conversation, encode_rankings
 from rlhf_stack.reward.functional import center_penalty, listwise_loss, ranking_loss
+from rlhf_stack.reward.negatives import add_off_prompt_negatives, off_prompt_accuracy
 from rlhf_stack.reward.scorer import BIAS_KEY, score_sequences
 
 
@@ -80,6 +81,13 @@ class RewardConfig(Config):
     element for that reason). `train.batch_size` then counts completion sets: on the demo data
     (2 labelers a set) batch_size 2 keeps 4 rankings a step, at half the tokens. Off: every
     ranking is its own example."""
+    off_prompt_negatives: int = 0
+    """Each training ranking gains this many completions taken from rankings of OTHER prompts,
+    ranked below all of its own (`negatives.py`): labelers rank samples of one prompt, so without
+    them nothing teaches the RM that an answer to another question is worse, and PPO can drift
+    off topic unpunished. One ranking of K then scores K + n completions. The held-out rankings
+    stay as labelled; `eval_off_prompt_accuracy` (reported whatever this is) measures how often
+    the RM puts a held-out answer above an off-prompt one. 0: off."""
     normalize_with: DataPath | None = None
     """Instructions/demonstrations file (e.g. the SFT data): after training, a bias makes their mean
     reward 0. None: no bias."""
@@ -117,6 +125,13 @@ class RewardConfig(Config):
             raise ValueError("margin applies to the pairwise loss only; set margin: 0 with loss: listwise")
         return value
 
+    @field_validator("off_prompt_negatives")
+    @classmethod
+    def _count(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
     @field_validator("micro_batch_completions", "normalize_max_rows", "max_length")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
@@ -138,6 +153,11 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     output_dir = Path(cfg.output_dir)
     # 1. data: validated rankings, all-tied rows kept out (counted), every completion tokenised once
     train_rows, eval_rows, n_all_tied = load_ranking_splits(cfg.data, cfg.train.seed, "reward")
+    labelled_rows = len(train_rows)
+    try:
+        train_rows = add_off_prompt_negatives(train_rows, cfg.off_prompt_negatives, cfg.train.seed)
+    except ValueError as exc:
+        raise ConfigError(f"off_prompt_negatives: {exc} ({cfg.data.path})") from None
     _check_init_from(cfg.init_from)
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.init_from or cfg.model.name_or_path,
                                         cfg.model.chat_template)
@@ -160,7 +180,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     guard = trainer_guard.NonFiniteCallback.attach(trainer, cfg.train.on_nonfinite, "reward", output_dir)
 
     # 4. train, resuming from the newest whole checkpoint in output_dir when there is one
-    metrics: dict = {"n_train": len(train_rows), "n_eval": len(eval_rows), "n_train_sets": len(train_ds),
+    metrics: dict = {"n_train": labelled_rows, "off_prompt_negatives": cfg.off_prompt_negatives,
+                     "n_eval": len(eval_rows), "n_train_sets": len(train_ds),
                      "n_eval_sets": len(eval_ds), "n_all_tied_skipped": n_all_tied,
                      "n_truncated": n_truncated, "n_train_pairs": sum(r["n_pairs"] for r in train_ds),
                      "mean_k": sum(len(r["ranks"]) for r in train_ds) / len(train_ds), "share_prompt": cfg.shares_prompt}
@@ -179,6 +200,9 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
 
         metrics["eval_labeler_agreement"] = annotator_agreement(eval_rows)
     model = trainer.model.eval()
+    if has_eval:
+        metrics["eval_off_prompt_accuracy"] = off_prompt_accuracy(
+            model, tokenizer, eval_rows, cfg.max_length, cfg.train.batch_size * 4, cfg.train.seed)
     norm = reward_normalization(model, tokenizer, cfg)
     metrics["bias"] = norm["bias"]
     training.write_log(output_dir, trainer.state.log_history)

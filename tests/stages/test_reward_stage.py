@@ -329,6 +329,23 @@ def test_group_labelers_trains_on_completion_sets(data, tiny_model_dir, tmp_path
     assert metrics["n_train_pairs"] == 8 * 6 and math.isfinite(metrics["train_loss"])
 
 
+def test_off_prompt_negatives_join_the_training_rankings_only(data, tiny_model_dir, tmp_path):
+    rows = [{"prompt": f"Question {i}: name a fruit.", "completions": [f"Apple {i}.", f"Pear {i}.", f"Rock {i}."],
+             "ranks": [1, 2, 3]} for i in range(6)]
+    rows += [{**row, "ranks": [2, 1, 3], "annotator": "b"} for row in rows]
+    negatives_data = {**data, "train": write_jsonl(tmp_path / "train.jsonl", rows)}
+    cfg = make_cfg(negatives_data, tiny_model_dir, tmp_path / "rm", "lora", group_labelers=True, off_prompt_negatives=2,
+                   train={"max_steps": 2, "batch_size": 2})
+    metrics = train_reward(cfg).metrics
+    # 6 completion sets of K = 3 + 2; each of the 12 rankings: 3 own pairs + 3 x 2 against the negatives
+    assert (metrics["n_train"], metrics["n_train_sets"], metrics["mean_k"]) == (12, 6, 5)
+    assert metrics["n_train_pairs"] == 12 * (3 + 6) and metrics["off_prompt_negatives"] == 2
+    assert metrics["n_eval"] == 4 and 0 <= metrics["eval_off_prompt_accuracy"] <= 1
+    one_prompt = {**data, "train": write_jsonl(tmp_path / "one.jsonl", rows[:1])}
+    with pytest.raises(ConfigError, match="off_prompt_negatives: .*at least 2 different prompts"):
+        train_reward(make_cfg(one_prompt, tiny_model_dir, tmp_path / "rm1", "lora", off_prompt_negatives=1))
+
+
 def test_a_batch_shares_the_prompt_only_when_every_ranking_shares_one():
     # The second ranking's sequences start differently (a prompt cut by max_length): sharing would
     # strip the first ranking's prompt with nowhere to put it, so every completion goes in whole.
@@ -393,7 +410,8 @@ def test_config_errors(tmp_path, tiny_model_dir, rankings_file):
         load_config(RewardConfig, {**base, "losses": "pairwise"})
     with pytest.raises(ConfigError, match="margin: .*margin applies to the pairwise loss only"):
         load_config(RewardConfig, {**base, "loss": "listwise", "margin": 0.5})
-    for key, value in [("margin", -1), ("center_coef", -0.1), ("micro_batch_completions", 0), ("max_length", 0)]:
+    for key, value in [("margin", -1), ("center_coef", -0.1), ("micro_batch_completions", 0), ("max_length", 0),
+                       ("off_prompt_negatives", -1)]:
         with pytest.raises(ConfigError, match=f"{key}: .*must be >="):
             load_config(RewardConfig, {**base, key: value})
     with pytest.raises(ConfigError, match="init_from"):

@@ -17,7 +17,8 @@ def _jsonl(path, rows):
 def _full_run(run_dir):
     stages = {
         "sft": {"status": "done", "duration_s": 12.0, "metrics": {"eval_loss": 1.5, "eval_loss_before": 2.0}},
-        "reward": {"status": "done", "duration_s": 20.0, "metrics": {"eval_pairwise_accuracy": 0.7}},
+        "reward": {"status": "done", "duration_s": 20.0, "metrics": {"eval_pairwise_accuracy": 0.7,
+                                                                       "eval_off_prompt_accuracy": 0.52}},
         "ppo": {"status": "done", "duration_s": 30.0, "metrics": {"score": 0.4, "kl": 1.2}},
         "eval": {"status": "done", "duration_s": 5.0, "metrics": {"policy_win_rate": 0.75}},
     }
@@ -71,6 +72,7 @@ def test_full_report_has_every_section_and_its_plots(tmp_path):
     assert ("Reward model on `r.jsonl`: pairwise accuracy **0.7** over 3 ordered pairs; labelers' own "
             "agreement on the same rankings: **0.74** over 50 pairs both labelers rank strictly (the noise ceiling)") in summary
     assert "labelers' own agreement on the same rankings: 0.74 over 50 pairs" in stage2
+    assert "held-out answers scored above an answer to another prompt: **0.52**" in summary
 
 
 def test_missing_stages_are_left_out(tmp_path):
