@@ -118,20 +118,13 @@ class RewardConfig(Config):
         check_stage(model, "reward")
         return model
 
-    @field_validator("margin", "center_coef")
+    @field_validator("margin", "center_coef", "off_prompt_negatives")
     @classmethod
     def _non_negative(cls, value: float, info: ValidationInfo) -> float:
         if value < 0:
             raise ValueError("must be >= 0")
         if info.field_name == "margin" and value and info.data.get("loss") == "listwise":
             raise ValueError("margin applies to the pairwise loss only; set margin: 0 with loss: listwise")
-        return value
-
-    @field_validator("off_prompt_negatives")
-    @classmethod
-    def _count(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be >= 0")
         return value
 
     @field_validator("micro_batch_completions", "normalize_max_rows", "max_length")
