@@ -25,10 +25,12 @@ the rankings expanded to their pairs (ties dropped, the same pair rule) as conve
 - dropout off on both (TRL `disable_dropout=True`, its default; ours always).
 - max_length the same; TRL keeps the start (`truncation_mode="keep_start"`) and drops pairs whose
   prompt alone fills max_length, ours cuts the prompt's start: both counts are printed.
-- work per optimizer step: ours B rankings, TRL the pairs of B rankings (B * pairs / rankings,
-  rounded, with TRL's max_steps set to ours' step count), so both take the same number of steps and
-  TRL sees its pairs x epochs to within the rounding (`pairs_seen` in the JSON); same learning
-  rate, schedule, warmup, seed.
+- work per optimizer step (`--trl-batches`): ours B rankings. `same` (the default): TRL's step k
+  holds exactly the pairs of the rankings our step k held (recorded from our run's collator and
+  handed to TRL's DataLoader as its batch sampler), so both sides see the same preferences in the
+  same steps and differ only in how a step computes and weighs them. `shuffled` (before
+  2026-12-03): TRL's own random sampler, round(pairs x epochs / steps) pairs a step. Both: TRL's
+  max_steps = ours' step count; same learning rate, schedule, warmup, seed.
   TRL computes the reference log-probs every step (`precompute_ref_log_probs=False`, its default), as ours.
 
 Speed: rankings per second of each Trainer's train loop (one timer callback on both; model loading
@@ -48,7 +50,9 @@ import random
 import statistics
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--last-n-layers", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--trl-batches", choices=["same", "shuffled"], default="same",
+                   help="same: TRL's step k holds the pairs of the rankings ours' step k held; "
+                        "shuffled: TRL's own sampler, round(pairs / steps) pairs a step")
     p.add_argument("--smoke", action="store_true",
                    help="the tiny test model on generated rankings (checks that the script runs; not a measurement)")
     p.add_argument("--json", default=None, help="where the raw per-seed numbers go")
@@ -116,10 +123,59 @@ def run_ours(args, seed: int, model_path: str, train_file: Path, out: Path) -> d
                   "logging_steps": 10, "seed": seed, "early_stopping_patience": None},
         "output_dir": str(out), "max_length": args.max_length, "loss": "sigmoid", "beta": args.beta})
     timer = timer_callback()
-    result = train_dpo(cfg, callbacks=[timer, checkpointing_probe(found := [])])
-    return {"checkpoint": result.checkpoint, "wall": timer.wall, "cpu": timer.cpu, "steps": result.metrics["steps"],
+    with recorded_batches() as batches:
+        result = train_dpo(cfg, callbacks=[timer, checkpointing_probe(found := [])])
+    return {"batches": batches, "checkpoint": result.checkpoint, "wall": timer.wall, "cpu": timer.cpu, "steps": result.metrics["steps"],
             "n_truncated": result.metrics["n_truncated"], "n_pairs": result.metrics["n_train_pairs"],
             "reference": result.metrics["models"]["reference"], "cfg": cfg, "checkpointing": found[0]}
+
+
+def ranking_key(item: dict) -> tuple:
+    """What identifies an encoded ranking: its token sequences and ranks."""
+    return tuple(map(tuple, item["input_ids"])), tuple(item["ranks"])
+
+
+@contextmanager
+def recorded_batches():
+    """Yield a list that gets, per batch our DPO stage's collator builds, the `ranking_key`s of its
+    rankings (instrumentation of the benchmark: the stage's code is unchanged)."""
+    from rlhf_stack.dpo import stage
+    from rlhf_stack.dpo.batching import PreferenceCollator
+
+    batches: list[list[tuple]] = []
+
+    class Recording(PreferenceCollator):
+        def __call__(self, items):
+            batches.append([ranking_key(item) for item in items])
+            return super().__call__(items)
+
+    with mock.patch.object(stage, "PreferenceCollator", Recording):
+        yield batches
+
+
+def pair_batches(rows: list[dict], batches: list[list[tuple]], tokenizer, max_length: int) -> list[list[int]]:
+    """Our recorded batches of rankings -> lists of indices into `to_pairs(rows)`: each ranking's
+    strictly ordered pairs, in the order `to_pairs` lists them."""
+    from rlhf_stack.dpo.batching import encode_preferences
+
+    items, _ = encode_preferences(rows, tokenizer, max_length)
+    where: dict[tuple, list[int]] = {}
+    for index, item in enumerate(items):
+        where.setdefault(ranking_key(item), []).append(index)
+    counts = [item["n_pairs"] for item in items]  # one item per row, in order
+    assert sum(counts) == len(to_pairs(rows)), "pair counts disagree with to_pairs"
+    starts = [sum(counts[:i]) for i in range(len(rows))]
+    seen: dict[tuple, int] = {}
+    out = []
+    for batch in batches:
+        indices = []
+        for key in batch:  # rankings with equal keys are interchangeable: they give the same pairs
+            if key not in where:
+                raise SystemExit("[bench] our run trained on a ranking the benchmark did not give it")
+            indices.append(where[key][seen.get(key, 0) % len(where[key])])
+            seen[key] = seen.get(key, 0) + 1
+        out.append([starts[i] + j for i in indices for j in range(counts[i])])
+    return out
 
 
 def checkpointing_probe(found: list):
@@ -146,7 +202,9 @@ def trl_lora_config(args, model):
                       layers_to_transform=list(range(max(0, n_layers - args.last_n_layers), n_layers)))
 
 
-def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path, steps: int) -> dict:
+def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path, steps: int,
+            batches: list[list[int]] | None) -> dict:
+    """TRL's DPOTrainer on `to_pairs(rows)`; `batches` (pair indices per step) replaces its sampler."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOConfig as TRLDPOConfig
@@ -162,25 +220,50 @@ def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path, steps: int) 
     # Ours took `steps` optimizer steps over the rankings; TRL takes as many over the pairs, with the
     # pairs of a step's rankings in each (rounded: pairs per ranking vary with ties) and max_steps
     # pinned, so that rounding can neither add nor drop a step.
-    pairs_per_step = max(1, round(len(pairs) * args.epochs / steps))
+    pairs_per_step = max(1, round(len(pairs) * args.epochs / steps))  # with `batches`: their mean size
     base.update(per_device_train_batch_size=pairs_per_step, save_strategy="no", load_best_model_at_end=False,
                 metric_for_best_model=None, greater_is_better=None, max_steps=steps)
     trl_args = TRLDPOConfig(**base, max_length=args.max_length, truncation_mode="keep_start", beta=args.beta,
                             loss_type=["sigmoid"], disable_dropout=True, precompute_ref_log_probs=False)
     timer = timer_callback()
-    trainer = DPOTrainer(model=model, args=trl_args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+    trainer = (replaying_trainer(batches) if batches else DPOTrainer)(model=model, args=trl_args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
                          peft_config=trl_lora_config(args, model), callbacks=[timer, checkpointing_probe(found := [])])
     kept = trainer.train_dataset
+    if batches and len(kept) != len(pairs):
+        raise SystemExit(f"[bench] TRL dropped {len(pairs) - len(kept)} pairs: the replayed batch indices would shift")
     n_cut = sum(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > args.max_length for r in kept)
     trainable, _ = modeling.count_parameters(trainer.model)
     trainer.train()
     return {"model": trainer.model.eval(), "tokenizer": tokenizer, "wall": timer.wall, "cpu": timer.cpu,
             "steps": trainer.state.global_step, "n_pairs": len(pairs), "n_pairs_kept": len(kept),
             "n_pairs_truncated": n_cut, "pairs_per_step": pairs_per_step,
-            "pairs_seen": pairs_per_step * trainer.state.global_step, "trainable": trainable,
+            "pairs_seen": (sum(trainer.batch_sizes) if batches else pairs_per_step * trainer.state.global_step),
+            "batches": "same as ours" if batches else "TRL's sampler",
+            "replayed_as_planned": trainer.batch_sizes == [len(b) for b in batches] if batches else None,
+            "trainable": trainable,
             "bf16": trl_args.bf16, "checkpointing": found[0], "loss_type": list(trainer.loss_types),
             "beta": trainer.beta, "reference": reference_kind(trainer),
             "tokens": sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)}
+
+
+def replaying_trainer(batches: list[list[int]]):
+    """DPOTrainer whose training DataLoader yields the given batches of dataset indices, in order."""
+    from torch.utils.data import DataLoader
+    from trl import DPOTrainer
+
+    class Replaying(DPOTrainer):
+        batch_sizes: list[int] = []  # what the DataLoader really delivered, step by step
+
+        def get_train_dataloader(self):
+            dataset = self._remove_unused_columns(self.train_dataset, description="Training")
+
+            def collate(features):
+                self.batch_sizes.append(len(features))
+                return self.data_collator(features)
+
+            return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=collate))
+
+    return Replaying
 
 
 def reference_kind(trainer) -> str:
@@ -244,14 +327,15 @@ def one_seed(args, seed: int, model_path: str, train_rows, eval_rows, work: Path
     ours["trainable"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     ours["tokens"] = ours_tokens(train_rows, tokenizer, args.max_length)
     del model
-    trl = run_trl(args, seed, ours["cfg"], train_rows, work / f"trl_{seed}", ours["steps"])
+    replay = pair_batches(train_rows, ours["batches"], tokenizer, args.max_length) if args.trl_batches == "same" else None
+    trl = run_trl(args, seed, ours["cfg"], train_rows, work / f"trl_{seed}", ours["steps"], replay)
     trl["accuracy"] = implicit_accuracy(trl["model"], trl["tokenizer"], eval_rows, args.beta, args.max_length)
     n = len(train_rows) * args.epochs
     record = {"seed": seed, "speedup": trl["wall"] / ours["wall"],
               "ours": {k: ours[k] for k in ("wall", "cpu", "steps", "accuracy", "n_pairs", "n_truncated", "trainable",
                                             "reference", "checkpointing", "tokens")},
               "trl": {k: trl[k] for k in ("wall", "cpu", "steps", "accuracy", "n_pairs", "n_pairs_kept",
-                                          "n_pairs_truncated", "pairs_per_step", "pairs_seen", "trainable", "bf16", "checkpointing",
+                                          "n_pairs_truncated", "pairs_per_step", "pairs_seen", "batches", "replayed_as_planned", "trainable", "bf16", "checkpointing",
                                           "loss_type", "beta", "reference", "tokens")}}
     print(f"seed {seed}: ours {ours['wall']:.1f} s wall ({ours['cpu']:.1f} s CPU), {ours['steps']} steps, "
           f"{n / ours['wall']:.3f} rankings/s, accuracy {100 * ours['accuracy']:.1f}% | TRL {trl['wall']:.1f} s wall "
@@ -275,6 +359,10 @@ def check_like_for_like(args, record: dict) -> None:
         problems.append(f"trainable LoRA parameters differ: ours {ours['trainable']}, TRL {trl['trainable']}")
     if ours["n_pairs"] != trl["n_pairs"] or trl["n_pairs_kept"] != trl["n_pairs"]:
         problems.append(f"pairs: ours {ours['n_pairs']}, TRL {trl['n_pairs']} ({trl['n_pairs_kept']} kept)")
+    if trl["batches"] == "same as ours" and (not trl["replayed_as_planned"]
+                                             or trl["pairs_seen"] != round(ours["n_pairs"] * args.epochs)):
+        problems.append(f"TRL replayed {trl['pairs_seen']} pairs (as planned: {trl['replayed_as_planned']}), "
+                        f"ours saw {ours['n_pairs']} x {args.epochs} epochs")
     if ours["reference"] != trl["reference"]:
         problems.append(f"references differ: ours {ours['reference']}, TRL {trl['reference']}")
     if problems:
@@ -315,7 +403,7 @@ def main(argv=None) -> int:
           f"parameters {first['ours']['trainable']} each; pairs ours {first['ours']['n_pairs']} / TRL "
           f"{first['trl']['n_pairs_kept']} kept of {first['trl']['n_pairs']} ({first['trl']['n_pairs_truncated']} "
           f"truncated; ours cut {first['ours']['n_truncated']} completions); {first['trl']['pairs_per_step']} pairs "
-          f"per TRL step; tokens through each model per epoch: ours {first['ours']['tokens']}, TRL "
+          f"per TRL step ({'on average; the pairs of the rankings ours had in the same step' if args.trl_batches == 'same' else 'from its own sampler'}); tokens through each model per epoch: ours {first['ours']['tokens']}, TRL "
           f"{first['trl']['tokens']} ({first['trl']['tokens'] / first['ours']['tokens']:.2f}x, the arithmetic bound "
           "before padding and per-sequence overheads)")
     print(f"speed over {len(records)} seeds: median {statistics.median(speed):.2f}x, range {min(speed):.2f}-{max(speed):.2f}x; "
@@ -323,7 +411,7 @@ def main(argv=None) -> int:
     Path(args.json).write_text(json.dumps({
         "model": model_desc, "smoke": args.smoke, "n_train": len(train_rows), "n_eval": len(eval_rows),
         "epochs": args.epochs, "lr": args.lr, "beta": args.beta, "lora_r": args.lora_r,
-        "last_n_layers": args.last_n_layers, "batch_rankings": args.batch_rankings, "max_length": args.max_length,
+        "last_n_layers": args.last_n_layers, "batch_rankings": args.batch_rankings, "max_length": args.max_length, "trl_batches": args.trl_batches,
         "seeds": records, "median_speedup": statistics.median(speed),
         "median_accuracy": {"ours": ours_acc, "trl": trl_acc}}, indent=2, default=str))
     print(f"raw numbers: {args.json}")
