@@ -50,13 +50,12 @@ import random
 import statistics
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from dpo_batch_replay import pair_batches, recorded_batches, replaying_trainer  # noqa: E402 - sibling module
 from reward_vs_trl import load_rankings, timer_callback, to_pairs  # noqa: E402 - the sibling benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,54 +129,6 @@ def run_ours(args, seed: int, model_path: str, train_file: Path, out: Path) -> d
             "reference": result.metrics["models"]["reference"], "cfg": cfg, "checkpointing": found[0]}
 
 
-def ranking_key(item: dict) -> tuple:
-    """What identifies an encoded ranking: its token sequences and ranks."""
-    return tuple(map(tuple, item["input_ids"])), tuple(item["ranks"])
-
-
-@contextmanager
-def recorded_batches():
-    """Yield a list that gets, per batch our DPO stage's collator builds, the `ranking_key`s of its
-    rankings (instrumentation of the benchmark: the stage's code is unchanged)."""
-    from rlhf_stack.dpo import stage
-    from rlhf_stack.dpo.batching import PreferenceCollator
-
-    batches: list[list[tuple]] = []
-
-    class Recording(PreferenceCollator):
-        def __call__(self, items):
-            batches.append([ranking_key(item) for item in items])
-            return super().__call__(items)
-
-    with mock.patch.object(stage, "PreferenceCollator", Recording):
-        yield batches
-
-
-def pair_batches(rows: list[dict], batches: list[list[tuple]], tokenizer, max_length: int) -> list[list[int]]:
-    """Our recorded batches of rankings -> lists of indices into `to_pairs(rows)`: each ranking's
-    strictly ordered pairs, in the order `to_pairs` lists them."""
-    from rlhf_stack.dpo.batching import encode_preferences
-
-    items, _ = encode_preferences(rows, tokenizer, max_length)
-    where: dict[tuple, list[int]] = {}
-    for index, item in enumerate(items):
-        where.setdefault(ranking_key(item), []).append(index)
-    counts = [item["n_pairs"] for item in items]  # one item per row, in order
-    assert sum(counts) == len(to_pairs(rows)), "pair counts disagree with to_pairs"
-    starts = [sum(counts[:i]) for i in range(len(rows))]
-    seen: dict[tuple, int] = {}
-    out = []
-    for batch in batches:
-        indices = []
-        for key in batch:  # rankings with equal keys are interchangeable: they give the same pairs
-            if key not in where:
-                raise SystemExit("[bench] our run trained on a ranking the benchmark did not give it")
-            indices.append(where[key][seen.get(key, 0) % len(where[key])])
-            seen[key] = seen.get(key, 0) + 1
-        out.append([starts[i] + j for i in indices for j in range(counts[i])])
-    return out
-
-
 def checkpointing_probe(found: list):
     """A callback that records, at the end of training, whether gradient checkpointing was on."""
     from transformers import TrainerCallback
@@ -226,8 +177,9 @@ def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path, steps: int,
     trl_args = TRLDPOConfig(**base, max_length=args.max_length, truncation_mode="keep_start", beta=args.beta,
                             loss_type=["sigmoid"], disable_dropout=True, precompute_ref_log_probs=False)
     timer = timer_callback()
-    trainer = (replaying_trainer(batches) if batches else DPOTrainer)(model=model, args=trl_args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                         peft_config=trl_lora_config(args, model), callbacks=[timer, checkpointing_probe(found := [])])
+    trainer_class = replaying_trainer(batches) if batches else DPOTrainer
+    trainer = trainer_class(model=model, args=trl_args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                            peft_config=trl_lora_config(args, model), callbacks=[timer, checkpointing_probe(found := [])])
     kept = trainer.train_dataset
     if batches and len(kept) != len(pairs):
         raise SystemExit(f"[bench] TRL dropped {len(pairs) - len(kept)} pairs: the replayed batch indices would shift")
@@ -244,26 +196,6 @@ def run_trl(args, seed: int, ours_cfg, rows: list[dict], out: Path, steps: int,
             "bf16": trl_args.bf16, "checkpointing": found[0], "loss_type": list(trainer.loss_types),
             "beta": trainer.beta, "reference": reference_kind(trainer),
             "tokens": sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)}
-
-
-def replaying_trainer(batches: list[list[int]]):
-    """DPOTrainer whose training DataLoader yields the given batches of dataset indices, in order."""
-    from torch.utils.data import DataLoader
-    from trl import DPOTrainer
-
-    class Replaying(DPOTrainer):
-        batch_sizes: list[int] = []  # what the DataLoader really delivered, step by step
-
-        def get_train_dataloader(self):
-            dataset = self._remove_unused_columns(self.train_dataset, description="Training")
-
-            def collate(features):
-                self.batch_sizes.append(len(features))
-                return self.data_collator(features)
-
-            return self.accelerator.prepare(DataLoader(dataset, batch_sampler=batches, collate_fn=collate))
-
-    return Replaying
 
 
 def reference_kind(trainer) -> str:
