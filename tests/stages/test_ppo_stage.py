@@ -334,9 +334,9 @@ def test_each_estimator_raises_the_reward(tiny_model_dir, prompts_file, tmp_path
     # its 4 winners): the share of "t" words starts near 0.03 and must clearly rise under every
     # estimator; each loss aggregation trains one of them. Full tuning for the reason given in
     # the 30-step test. 16, not 10: the rise takes off between steps 6 and 12 depending on the
-    # seed, so at 10 steps the outcome hung on float rounding (grpo at seed 42 failed after a
-    # package update with unchanged code). Over seeds 42 and 1-4 at 16 steps, every estimator's
-    # last-3 mean was 0.44-0.99 and at least 5.9x its first-3 mean; a broken estimator stays ~0.05.
+    # seed, so at 10 steps the outcome hung on float rounding (grpo at seed 42 failed on a fresh
+    # install with unchanged code). Over seeds 42 and 1-4 at 16 steps, every estimator's last-3
+    # mean was 0.44-0.99 and at least 5.9x its first-3 mean (0.01-0.09).
     cfg = config(tiny_model_dir, prompts_file, tmp_path, policy={"tuning": "full"}, steps=16, batch_size=16,
                  mini_batch_size=4 if estimator == "best_of_k" else 16, ppo_epochs=4, max_new_tokens=6, learning_rate=1e-2, kl_coef=0.01,
                  advantage_estimator=estimator, samples_per_prompt=samples_per_prompt, loss_aggregation=aggregation,
