@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# The tested package versions (constraints.txt, made on CPython 3.11): applied when $(PY) is 3.11;
+# `make install CONSTRAINTS=` resolves afresh, as does any other Python (some pins need 3.11).
+PY_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+CONSTRAINTS ?= $(if $(filter 3.11,$(PY_VERSION)),constraints.txt)
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: demo test install lint clean-venv browser gpu-wheels
+.PHONY: demo test install lint lock clean-venv browser gpu-wheels
 
 # --no-compile: pip would byte-compile every module of every package (~50 s of the ~120 s build);
 # one import of what the stages, tests and labeler use compiles only those (~20 s), also where
@@ -18,13 +23,14 @@ WARM_IMPORTS := rlhf_stack.cli, rlhf_stack.ppo.trainer, rlhf_stack.sft, rlhf_sta
 	transformers, trl, peft, datasets, evaluate, accelerate, accelerate.commands.launch, pytest, httpx, uvicorn; \
 	from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@$(if $(CONSTRAINTS),,echo "note: no constraints file: resolving the newest versions pyproject.toml allows (untested set)")
 ifneq ($(HAS_GPU),1)
-	$(BIN)/pip install -q --no-compile $(TORCH_CPU)
+	$(BIN)/pip install -q --no-compile $(PIP_C) $(TORCH_CPU)
 endif
-	$(BIN)/pip install -q --no-compile -e '.[dev]'
+	$(BIN)/pip install -q --no-compile $(PIP_C) -e '.[dev]'
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -W ignore -c "import $(WARM_IMPORTS)"
 	touch $(STAMP)
 
@@ -45,6 +51,11 @@ test: $(STAMP) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check rlhf_stack data_tools tests benchmarks
+
+# Pin what .venv holds now (after `make install CONSTRAINTS=` and a green `make test`): the header stays.
+lock: $(STAMP)
+	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed -E 's/\+(cpu|cu[0-9]+)$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean-venv:
 	rm -rf $(VENV)
