@@ -5,13 +5,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # The tested package versions (constraints.txt, made on CPython 3.11): applied when $(PY) is 3.11;
 # `make install CONSTRAINTS=` resolves afresh, as does any other Python (some pins need 3.11).
 PY_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 CONSTRAINTS ?= $(if $(filter 3.11,$(PY_VERSION)),constraints.txt)
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# The CPU build of torch, installed first: its version from the constraints when they apply (one place
+# to move it, `make lock`), else this release.
+TORCH_CPU := $(if $(CONSTRAINTS),torch,torch==2.13.0)
 
 .PHONY: demo test install lint lock clean-venv browser gpu-wheels
 
