@@ -22,6 +22,14 @@ from rlhf_stack.pipeline.layout import PLOTS_DIR, PPO_LOG, SAMPLES_FILE, TRAIN_L
 
 N_SAMPLE_ROWS = 8
 CELL_CHARS = 400
+# Under the placement sentences: what a point below the curve does and does not mean.
+FRONTIER_READING = (
+    "How to read this: best-of-n's KL is the analytic log n - (n-1)/n, an upper bound on its true KL "
+    "(Beirami et al. 2024), so the curve is drawn no further left than it is. A trained policy's KL is "
+    "sampled. Gao et al. (2022, \"Scaling Laws for Reward Model Overoptimization\") found RL slower than "
+    "best-of-n as a function of KL, so a policy below the curve is the usual outcome, not a sign of a broken "
+    "run. What the policy buys is one sample per prompt at generation time, where best-of-n needs n samples "
+    "and a reward-model pass over each.")
 
 # PPO log keys, first present wins: the trainer's names, then common alternatives.
 PPO_SERIES = {
@@ -379,6 +387,7 @@ def _frontier_section(run_dir: Path, results: dict, baseline: str, judge: str) -
     sentences = [frontier_sentence(placed, points[-1] if points else None) for placed in frontier.get("policies", [])]
     if sentences:
         out.append("\n".join(f"- {s}" for s in sentences))
+        out.append(FRONTIER_READING)
     curve = [(p["n"], p["kl"], p["win_rate"], p.get("win_rate_low"), p.get("win_rate_high"))
              for p in points if p.get("kl") is not None and p.get("win_rate") is not None]
     policies = [(m["label"], m.get("kl"), m.get("win_rate"), m.get("win_rate_low"), m.get("win_rate_high"))

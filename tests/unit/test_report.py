@@ -146,6 +146,10 @@ def test_frontier_report_shows_intervals_the_curve_and_each_policy_against_it(tm
                 "KL: 67.5%). Its interval overlaps the curve's there")
     assert sentence in text.split("## Evaluation")[1] and sentence in text.split("## Stages")[0]  # and the summary
     assert "RLOO's KL (2.5 nats) is beyond the best-of-n curve, which ends at best-of-4 (0.636 nats)" in text
+    # how to read a point below the curve, once, under the placements (the analytic KL is an upper bound)
+    evaluation = text.split("## Evaluation")[1]
+    assert evaluation.count("How to read this:") == 1 and "an upper bound on its true KL" in evaluation
+    assert evaluation.index("is beyond the best-of-n curve") < evaluation.index("How to read this:")
     assert (run_dir / "plots" / "eval_win_rate_kl.png").stat().st_size > 1000
     # samples: the first sample of each prompt, every policy a column
     samples = text.split("## Samples")[1]
