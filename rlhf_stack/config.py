@@ -124,6 +124,11 @@ class ModelConfig(Config):
     """Allow model code from the Hub repository (only for models you trust)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
+    fuse_gated_mlp: bool = True
+    """Compute a gated MLP's `act(gate(x)) * up(x)` as one autograd step that keeps only the gate's and
+    the up projection's outputs for the backward (Llama-family SiLU MLPs; `gated_mlp.py`): the same
+    outputs and gradients bit for bit, one `(tokens, intermediate)` tensor per block less memory while
+    a pass's activations are held. Any other MLP keeps its own forward."""
 
     @property
     def adapter_method(self) -> str | None:

@@ -243,9 +243,14 @@ def _quiet_load_report(quiet: bool):
         hf_logging.set_verbosity(previous)
 
 
-def enable_checkpointing(model, cfg: ModelConfig) -> None:
-    """Gradient checkpointing as `cfg` asks (non-reentrant), for every model a stage trains through;
+def configure_activations(model, cfg: ModelConfig) -> None:
+    """What a model a stage trains through keeps for its backward, as `cfg` asks: the gated MLPs'
+    fused product (`fuse_gated_mlp`, `gated_mlp.py`) and gradient checkpointing (non-reentrant).
     `apply_tuning` calls it, and so must any path that builds a trained model without it."""
+    if cfg.fuse_gated_mlp:
+        from rlhf_stack.gated_mlp import fuse_gated_mlps
+
+        fuse_gated_mlps(model)
     if not cfg.gradient_checkpointing:
         return
     if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
@@ -260,7 +265,7 @@ def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
 
     task_type: "CAUSAL_LM" or "SEQ_CLS" (peft then keeps the score head trainable and saves it).
     """
-    enable_checkpointing(model, cfg)
+    configure_activations(model, cfg)
     if cfg.tuning == "full":
         model.requires_grad_(True)
         return model

@@ -81,7 +81,7 @@ def build_policy(policy_cfg: ModelConfig) -> tuple[nn.Module, Reference, ModelIn
         # SFT = B + adapter: B once; the SFT adapter twice, POLICY trainable and REF frozen.
         base_path = modeling.adapter_base(path)
         base = modeling.load_causal_lm(policy_cfg.model_copy(update={"name_or_path": base_path}), device=device)
-        modeling.enable_checkpointing(base, policy_cfg)  # apply_tuning is not called on this path
+        modeling.configure_activations(base, policy_cfg)  # apply_tuning is not called on this path
         model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         model.load_adapter(path, adapter_name=REF, is_trainable=False)
         info = ModelInfo("lora-shared-base", "sft-adapter-copy", base_path)

@@ -287,7 +287,7 @@ def _build_shared(cfg, path: str, value_source: str | None, device,
         base_path = modeling.adapter_base(path)
         base = modeling.load_causal_lm(cfg.policy.model_copy(update={"name_or_path": base_path}), merge=True,
                                        device=device)
-        modeling.enable_checkpointing(base, cfg.policy)
+        modeling.configure_activations(base, cfg.policy)
         peft_model = PeftModel.from_pretrained(base, path, adapter_name=POLICY, is_trainable=True)
         peft_model.load_adapter(path, adapter_name=REF, is_trainable=False)
         ref_adapter, reference = REF, "sft-adapter-copy"
@@ -340,7 +340,7 @@ def _build_separate(cfg, path: str, value_source: str | None, device,
     else:
         backbone = modeling.load_causal_lm(cfg.policy, merge=True, device=device).base_model
         head, value_init = ValueHead(backbone.config.hidden_size), "policy-base"
-    modeling.enable_checkpointing(backbone, cfg.policy)
+    modeling.configure_activations(backbone, cfg.policy)
     model = ActorCritic(policy, head.to(device), value_backbone=backbone, ref_model=ref)
     model.set_trainable(trainable, list(backbone.parameters()) + list(model.value_head.parameters()))
     return model, ModelInfo("separate-models", "frozen-copy", value_init, path)

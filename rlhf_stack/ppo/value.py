@@ -105,7 +105,7 @@ def lora_value_model(model_cfg: ModelConfig, value_source: str, device) -> tuple
     rm = modeling.load_sequence_classifier(rm_cfg, merge=True, device=device)
     rm.score.requires_grad_(False)  # the RM's own head: it scores rewards, the value head is a copy
     head = head_from_classifier(rm)
-    modeling.enable_checkpointing(rm, model_cfg)
+    modeling.configure_activations(rm, model_cfg)
     backbone = get_peft_model(rm.base_model, _adapter_config(model_cfg, rm.base_model, task_type=None))
     print(f"[ppo] value_init {value_source}: not a LoRA adapter over the policy's base; the value model is a "
           "copy of it with LoRA (adapters and head train): one more base copy")
