@@ -146,7 +146,7 @@ def main(argv=None) -> None:
                 spec = {"model": model, "vocab": vocab, "tuning": tuning, "fused": variant == "fused",
                         "threads": args.threads, "device": args.device}
                 live = run(spec, mmap=True)
-                default = run(spec, mmap=False) if args.device == "cpu" else {"peak_mb": float("nan"), **live}
+                default = run(spec, mmap=False) if args.device == "cpu" else {**live, "peak_mb": float("nan")}
                 runs[variant].append({"kept_mb": live["kept_mb"], "live_peak_mb": live["peak_mb"],
                                       "rss_peak_mb": default["peak_mb"], "pass_s": default["pass_s"],
                                       "switched": live["switched"]})
