@@ -1,4 +1,4 @@
-"""One training pass with and without the gated MLP's fused product (`rlhf_stack/gated_mlp.py`), side by side.
+"""One training pass plain, with the gated MLP's fused product, and with activations rebuilt, side by side.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gated_mlp_memory.py [--rounds 3] [--threads 2]
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gated_mlp_memory.py --smoke   # the tiny test model
@@ -6,20 +6,23 @@
 
 The model of `ppo_vs_trl.py`'s real row: SmolLM2-135M-Instruct, float32, LoRA r16/alpha32 on every linear
 layer of the blocks (dropout 0), and the same model under full tuning. One pass as a PPO policy update
-runs it: 8 rows of 110 tokens, logits on the last 48, log-softmax, backward. Each variant runs in its
-own process (a fresh C heap), `--rounds` times, the order alternating (plain first in odd rounds).
+runs it: 8 rows of 110 tokens, logits on the last 48, log-softmax, backward. Three variants: plain
+(autograd op by op), fused (`gated_mlp.py`'s `GatedProduct` only) and rebuilt (the defaults: also
+`rebuild.py`, the norms' outputs and the product rebuilt in the backward, not kept). Each runs in its own process (a
+fresh C heap), `--rounds` times, the order rotating between rounds.
 
 Per variant, medians over the rounds:
-- kept MB: the distinct storages autograd keeps for the backward (saved-tensor hooks), weights
-  excluded; deterministic;
-- live peak MB: the process's peak RSS over the pass minus its RSS before it, with glibc mapping every
-  block of 64 KiB and more on its own (`MALLOC_MMAP_THRESHOLD_=65536`), so freed tensors leave RSS at
-  once and the figure follows the live tensors;
+- held MB: what the forward leaves allocated for the backward (its saved tensors and the logits): the
+  process's RSS after the forward minus before it, glibc mapping every block of 64 KiB and more on its
+  own (`MALLOC_MMAP_THRESHOLD_=65536`), so the figure follows the live tensors. (Counting saved
+  tensors with saved-tensor hooks would switch the rebuild off: it stands aside under outer hooks);
+- live peak MB: the process's peak RSS over the pass minus its RSS before it, in the same setting;
 - RSS peak MB: the same with glibc's default settings, as users run it (freed blocks stay resident);
 - pass s: the time of the forward + backward.
-With `--device cuda` (bf16 weights) the live peak is `torch.cuda.max_memory_allocated` over the pass
-minus the memory allocated before it (the caching allocator's own count), and there is no RSS column.
-Prints one table and `kept: N.NNx`, `live_peak: N.NNx` (fused over plain, LoRA row) last; writes
+With `--device cuda` (bf16 weights) held and live peak are `torch.cuda.memory_allocated` after the
+forward and `max_memory_allocated` over the pass, minus the memory allocated before (the caching
+allocator's own count), and there is no RSS column.
+Prints one table and `held: N.NNx`, `live_peak: N.NNx` (rebuilt over plain, LoRA row) last; writes
 benchmarks/gated_mlp_memory.json (`--smoke`: benchmarks/out/gated_mlp_memory_smoke.json).
 """
 
@@ -50,6 +53,7 @@ def worker(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from rlhf_stack.gated_mlp import fuse_gated_mlps
+    from rlhf_stack.rebuild import enable_rebuilds
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -62,44 +66,42 @@ def worker(spec: dict) -> dict:
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
     model.train()
-    switched = fuse_gated_mlps(model) if spec["fused"] else 0
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    switched = fuse_gated_mlps(model) if spec["variant"] != "plain" else 0
+    if spec["variant"] == "rebuilt":
+        enable_rebuilds(model)
     ids = torch.randint(3, spec["vocab"], (ROWS, TOKENS), generator=torch.Generator().manual_seed(1)).to(spec["device"])
 
-    def one_pass(hooks: dict | None = None) -> float:
+    def allocated_mb() -> float:
+        return torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb("VmRSS")
+
+    def one_pass(held: list | None = None) -> float:
         model.zero_grad(set_to_none=False)
         started = time.perf_counter()
-
-        def keep(tensor):
-            storage = tensor.untyped_storage()
-            if hooks is not None and storage.data_ptr() not in weights:
-                hooks[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            logits = model(input_ids=ids, logits_to_keep=RESPONSE, use_cache=False).logits
+        before = allocated_mb()
+        logits = model(input_ids=ids, logits_to_keep=RESPONSE, use_cache=False).logits
+        if held is not None:
+            held.append(allocated_mb() - before)
         logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, -RESPONSE:, None])
         logprobs.float().mean().backward()
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - started
 
-    kept: dict = {}
-    one_pass(kept)  # warm-up; also counts what autograd keeps
+    one_pass()  # warm-up: gradients allocated, kernels chosen
+    held: list = []
     times = []
     if cuda:
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        times.append(one_pass())
+        times.append(one_pass(held))
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
         before = _rss_mb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        times.append(one_pass())
+        times.append(one_pass(held))
         peak = _rss_mb("VmHWM") - before
     times.append(one_pass())
-    return {"switched": switched, "kept_mb": sum(kept.values()) / 2**20, "peak_mb": peak,
-            "pass_s": statistics.median(times)}
+    return {"switched": switched, "held_mb": held[0], "peak_mb": peak, "pass_s": statistics.median(times)}
 
 
 def run(spec: dict, mmap: bool) -> dict:
@@ -137,32 +139,33 @@ def main(argv=None) -> None:
         out = ROOT / ("benchmarks/gated_mlp_memory.json" if args.device == "cpu" else "benchmarks/gated_mlp_memory_cuda.json")
     report = {"model": model, "device": args.device, "rows": ROWS, "tokens": TOKENS, "response": RESPONSE, "threads": args.threads,
               "rounds": rounds, "results": {}}
-    lines = [f"{'tuning':<6} {'variant':<6} {'blocks':>6} {'kept MB':>8} {'live peak MB':>13} {'RSS peak MB':>12} "
+    lines = [f"{'tuning':<6} {'variant':<7} {'blocks':>6} {'held MB':>8} {'live peak MB':>13} {'RSS peak MB':>12} "
              f"{'pass s':>7}"]
+    variants = ("plain", "fused", "rebuilt")
     for tuning in ("lora", "full"):
-        runs = {"plain": [], "fused": []}
+        runs = {variant: [] for variant in variants}
         for round_ in range(rounds):
-            for variant in ("plain", "fused") if round_ % 2 == 0 else ("fused", "plain"):
-                spec = {"model": model, "vocab": vocab, "tuning": tuning, "fused": variant == "fused",
+            for variant in variants[round_ % 3:] + variants[:round_ % 3]:
+                spec = {"model": model, "vocab": vocab, "tuning": tuning, "variant": variant,
                         "threads": args.threads, "device": args.device}
                 live = run(spec, mmap=True)
                 default = run(spec, mmap=False) if args.device == "cpu" else {**live, "peak_mb": float("nan")}
-                runs[variant].append({"kept_mb": live["kept_mb"], "live_peak_mb": live["peak_mb"],
+                runs[variant].append({"held_mb": live["held_mb"], "live_peak_mb": live["peak_mb"],
                                       "rss_peak_mb": default["peak_mb"], "pass_s": default["pass_s"],
                                       "switched": live["switched"]})
                 print(f"[bench] {tuning} {variant} round {round_ + 1}: {runs[variant][-1]}", flush=True)
         medians = {variant: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for variant, rs in runs.items()}
         report["results"][tuning] = {"runs": runs, "medians": medians}
         for variant, m in medians.items():
-            lines.append(f"{tuning:<6} {variant:<6} {m['switched']:>6.0f} {m['kept_mb']:>8.1f} {m['live_peak_mb']:>13.1f} "
+            lines.append(f"{tuning:<6} {variant:<7} {m['switched']:>6.0f} {m['held_mb']:>8.1f} {m['live_peak_mb']:>13.1f} "
                          f"{m['rss_peak_mb']:>12.1f} {m['pass_s']:>7.2f}")
     lora = report["results"]["lora"]["medians"]
-    report["kept"] = lora["fused"]["kept_mb"] / lora["plain"]["kept_mb"]
-    report["live_peak"] = lora["fused"]["live_peak_mb"] / lora["plain"]["live_peak_mb"]
+    report["held"] = lora["rebuilt"]["held_mb"] / lora["plain"]["held_mb"]
+    report["live_peak"] = lora["rebuilt"]["live_peak_mb"] / lora["plain"]["live_peak_mb"]
     out.write_text(json.dumps(report, indent=2))
     print("\n".join(lines))
     print(f"[bench] per-run numbers: {out}")
-    print(f"kept: {report['kept']:.2f}x")
+    print(f"held: {report['held']:.2f}x")
     print(f"live_peak: {report['live_peak']:.2f}x")
 
 

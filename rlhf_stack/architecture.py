@@ -31,7 +31,10 @@ def linear_module_names(model) -> list[str]:
 
 
 def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The list of decoder blocks of a HF model (Llama/Qwen/Mistral/GPT-2 layouts)."""
+    """The list of decoder blocks of a HF model (Llama/Qwen/Mistral/GPT-2 layouts), under a peft
+    wrapper too."""
+    if hasattr(model, "get_base_model"):  # a PeftModel: its `base_model` is the tuner, not the backbone
+        model = model.get_base_model()
     backbone = getattr(model, "base_model", model)
     for attr in ("layers", "h", "blocks"):
         for owner in (backbone, getattr(backbone, "model", None), getattr(backbone, "transformer", None)):

@@ -129,6 +129,12 @@ class ModelConfig(Config):
     the up projection's outputs for the backward (Llama-family SiLU MLPs; `gated_mlp.py`): the same
     outputs and gradients bit for bit, one `(tokens, intermediate)` tensor per block less memory while
     a pass's activations are held. Any other MLP keeps its own forward."""
+    rebuild_activations: bool = True
+    """Do not keep the tensors a decoder block's backward can rebuild from what it keeps anyway (its
+    norms' outputs, the fused gated MLP's product): rebuild them in the backward with the same ops
+    (`rebuild.py`). The same outputs and gradients bit for bit, ~3 activation tensors per block less
+    memory, one norm or product more per rebuilt tensor in the backward. Ignored under
+    `gradient_checkpointing`, which recomputes whole blocks."""
 
     @property
     def adapter_method(self) -> str | None:

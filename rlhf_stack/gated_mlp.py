@@ -13,6 +13,10 @@ gradients are bitwise equal (tests compare with `torch.equal`). It saves one `(t
 tensor per block while a pass's activations are held: on SmolLM2-135M, 30 x 5.4 MB for 8 rows of 110
 tokens, ~14% of what the pass keeps (benchmarks/RESULTS.md, twenty-first session).
 
+The product itself is the down projection's input, kept by its LoRA A (or full weight) for the weight's
+gradient. It is offered to `rebuild.py`: inside a block that `enable_rebuilds` scoped, the backward
+rebuilds it from `gate` and `up` with the same two ops instead of keeping it.
+
 `fuse_gated_mlps(model)` switches every such MLP of a model a stage trains (`ModelConfig.fuse_gated_mlp`,
 on by default). Only MLPs whose own forward gives exactly the fused result on a probe are switched
 (transformers' `SiLUActivation` and `nn.SiLU` both pass); any other MLP (another activation, a fused
@@ -27,6 +31,8 @@ from types import MethodType
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rlhf_stack.rebuild import offer
 
 Tensor = torch.Tensor
 
@@ -52,7 +58,14 @@ def _fused_forward(self: nn.Module, x: Tensor) -> Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
     if not torch.is_grad_enabled():
         return self.down_proj(self.act_fn(gate) * up)
-    return self.down_proj(GatedProduct.apply(gate, up))
+    product = GatedProduct.apply(gate, up)
+    offer(product, lambda gate=gate, up=up: _product_again(gate, up))
+    return self.down_proj(product)
+
+
+@torch.no_grad()
+def _product_again(gate: Tensor, up: Tensor) -> Tensor:
+    return F.silu(gate) * up  # GatedProduct.forward's ops: bitwise its output
 
 
 def _is_gated(module: nn.Module) -> bool:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rlhf_stack.gated_mlp import GatedProduct, fuse_gated_mlps
+from rlhf_stack.rebuild import enable_rebuilds
 
 
 def loss_and_grads(model, ids) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -31,18 +32,26 @@ def kept_bytes(model, ids) -> int:
     return sum(storages.values())
 
 
+def without_dropout(model):
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
 @pytest.mark.parametrize("lora", [False, True])
-def test_fused_mlps_give_bitwise_the_same_logits_and_gradients(tiny_causal_lm, lora):
-    """Full tuning and LoRA on every linear layer: every MLP is switched, and the logits and every
-    parameter's gradient equal the unfused model's exactly (torch.equal, not a tolerance)."""
+def test_fused_mlps_give_bitwise_the_same_logits_and_gradients(tiny_causal_lm, lora, rebuild):
+    """Full tuning and LoRA on every linear layer, alone and with the activations rebuilt in the
+    backward (`rebuild.py`: the norms' outputs and the product): every MLP is switched, and the
+    logits and every parameter's gradient equal the plain model's exactly (torch.equal)."""
     plain = tiny_causal_lm(lora).train()
     fused = copy.deepcopy(plain)
     assert fuse_gated_mlps(fused) == plain.config.num_hidden_layers
-    if lora:
-        for model in (plain, fused):  # dropout off: both passes must draw nothing
-            for module in model.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
+    if rebuild:
+        assert enable_rebuilds(fused) == plain.config.num_hidden_layers
+    for model in (plain, fused):  # dropout off: both passes must draw nothing
+        without_dropout(model)
     ids = torch.randint(3, 500, (3, 9))
     plain_logits, plain_grads = loss_and_grads(plain, ids)
     fused_logits, fused_grads = loss_and_grads(fused, ids)
@@ -99,3 +108,4 @@ def test_switching_twice_changes_nothing_and_a_deep_copy_runs_its_own_weights(ti
     ids = torch.randint(3, 500, (2, 5))
     out, twin_out = model(input_ids=ids).logits, twin(input_ids=ids).logits
     assert not torch.equal(out, twin_out)
+
