@@ -252,16 +252,15 @@ def configure_activations(model, cfg: ModelConfig) -> None:
         from rlhf_stack.gated_mlp import fuse_gated_mlps
 
         fuse_gated_mlps(model)
-    if not cfg.gradient_checkpointing:
-        if cfg.rebuild_activations:
-            from rlhf_stack.rebuild import enable_rebuilds
+    if cfg.gradient_checkpointing:  # it recomputes whole blocks: nothing left to rebuild
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.rebuild_activations:
+        from rlhf_stack.rebuild import enable_rebuilds
 
-            enable_rebuilds(model)
-        return
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_rebuilds(model)
 
 
 def apply_tuning(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):

@@ -15,6 +15,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_MODEL = FIXTURES / "tiny-llama"
 
 
+def loss_and_grads(model, ids):
+    """One forward + backward of a loss over every logit; returns (logits, {parameter name: gradient})."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids).logits
+    loss = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).sum() + (logits ** 2).mean()
+    loss.backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     return TINY_MODEL

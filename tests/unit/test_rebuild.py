@@ -5,19 +5,12 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from rlhf_stack import rebuild
 from rlhf_stack.gated_mlp import GatedProduct, fuse_gated_mlps
 from rlhf_stack.rebuild import enable_rebuilds
-
-
-def without_dropout(model):
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-    return model
+from tests.conftest import loss_and_grads
 
 
 def record_storages(monkeypatch, model) -> dict[str, list[StorageWeakRef]]:
@@ -37,12 +30,6 @@ def record_storages(monkeypatch, model) -> dict[str, list[StorageWeakRef]]:
     return made
 
 
-def grads(model, ids) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    model(input_ids=ids).logits.square().mean().backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("rebuilt", [True, False])
 def test_rebuilt_tensors_do_not_outlive_the_forward(tiny_causal_lm, monkeypatch, lora, rebuilt):
@@ -50,7 +37,7 @@ def test_rebuilt_tensors_do_not_outlive_the_forward(tiny_causal_lm, monkeypatch,
     and the products for their weights' gradients. Rebuilt, none of them is held once the forward
     is done, though the graph is; the backward still gives every gradient. Not rebuilt, all are kept.
     (The final norm feeds a frozen LM head under LoRA, which keeps nothing of it either way.)"""
-    model = without_dropout(tiny_causal_lm(lora)).train()
+    model = tiny_causal_lm(lora).train()
     fuse_gated_mlps(model)
     if rebuilt:
         assert enable_rebuilds(model) == model.config.num_hidden_layers
@@ -75,7 +62,7 @@ def test_under_gradient_checkpointing_the_scope_stands_aside(tiny_causal_lm, mon
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     monkeypatch.setattr(rebuild._Recipe, "__init__", lambda *a: pytest.fail("a recipe was made"))
     ids = torch.randint(3, 500, (2, 6))
-    plain_grads, rebuilt_grads = grads(plain, ids), grads(rebuilt, ids)
+    (_, plain_grads), (_, rebuilt_grads) = loss_and_grads(plain, ids), loss_and_grads(rebuilt, ids)
     assert plain_grads.keys() == rebuilt_grads.keys()
     for name, grad in plain_grads.items():
         assert torch.equal(grad, rebuilt_grads[name]), name
