@@ -129,6 +129,13 @@ class ModelConfig(Config):
     the up projection's outputs for the backward (Llama-family SiLU MLPs; `gated_mlp.py`): the same
     outputs and gradients bit for bit, one `(tokens, intermediate)` tensor per block less memory while
     a pass's activations are held. Any other MLP keeps its own forward."""
+    fuse_lora: bool = True
+    """Compute each LoRA linear layer `W x + s B(A x)` as one autograd step (`fused_lora.py`): the
+    adapter's product is added into the base output by the same matrix call, and the scaling is applied
+    to rank-wide tensors only, which saves four elementwise passes over the layer's activations per
+    forward and backward. The same outputs bit for bit with a power-of-two scaling (alpha = r or 2r),
+    gradients to float rounding (the input's gradient contributions are summed in another order).
+    DoRA, dropout while training, merged or several active adapters run peft's own forward."""
     rebuild_activations: bool = True
     """Do not keep the tensors a decoder block's backward can rebuild from what it keeps anyway (its
     norms' outputs, the fused gated MLP's product): rebuild them in the backward with the same ops

@@ -244,14 +244,19 @@ def _quiet_load_report(quiet: bool):
 
 
 def configure_activations(model, cfg: ModelConfig) -> None:
-    """What a model a stage trains through keeps for its backward, as `cfg` asks: the gated MLPs'
-    fused product (`fuse_gated_mlp`, `gated_mlp.py`), tensors rebuilt in the backward
-    (`rebuild_activations`, `rebuild.py`) and gradient checkpointing (non-reentrant).
+    """What a model a stage trains through keeps for its backward and how its layers compute, as `cfg`
+    asks: the gated MLPs' fused product (`fuse_gated_mlp`, `gated_mlp.py`), LoRA layers as one step
+    (`fuse_lora`, `fused_lora.py`: also the adapters peft adds after this call), tensors rebuilt in the
+    backward (`rebuild_activations`, `rebuild.py`) and gradient checkpointing (non-reentrant).
     `apply_tuning` calls it, and so must any path that builds a trained model without it."""
     if cfg.fuse_gated_mlp:
         from rlhf_stack.gated_mlp import fuse_gated_mlps
 
         fuse_gated_mlps(model)
+    if cfg.fuse_lora:
+        from rlhf_stack.fused_lora import fuse_lora_linears
+
+        fuse_lora_linears(model)
     if cfg.gradient_checkpointing:  # it recomputes whole blocks: nothing left to rebuild
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -274,6 +274,7 @@ def _continue_adapter(init: str, cfg: RewardConfig, tokenizer):
     base_cfg = cfg.model.model_copy(update={"name_or_path": modeling.adapter_base(init)})
     base = modeling.load_sequence_classifier(base_cfg, merge=True)
     base.config.pad_token_id = tokenizer.pad_token_id
+    modeling.configure_activations(base, cfg.model)  # apply_tuning is not called on this path
     sft = PeftConfig.from_pretrained(init)
     changes = {"task_type": "SEQ_CLS", "modules_to_save": ["score"], "inference_mode": False}
     if hasattr(sft, "lora_dropout"):
