@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS, TOKENS, RESPONSE = 8, 86, 48
+OUT, SMOKE_OUT = ROOT / "benchmarks/fused_lora_speed.json", ROOT / "benchmarks/out/fused_lora_speed_smoke.json"
 
 
 def build(model_path: str, threads: int):
@@ -79,15 +80,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="the tiny test model, 2 rounds")
     args = p.parse_args(argv)
-    if args.smoke:
-        model_path, vocab, rounds = str(ROOT / "tests/fixtures/tiny-llama"), 500, 2
-        out = ROOT / "benchmarks/out/fused_lora_speed_smoke.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        from rlhf_stack.modeling import resolve_model_path
+    from rlhf_stack.modeling import resolve_model_path
 
-        model_path, vocab, rounds = resolve_model_path("smollm2-135m-instruct"), 49152, args.rounds
-        out = ROOT / "benchmarks/fused_lora_speed.json"
+    model_path, vocab, rounds, out = ((str(ROOT / "tests/fixtures/tiny-llama"), 500, 2, SMOKE_OUT) if args.smoke else
+                                      (resolve_model_path("smollm2-135m-instruct"), 49152, args.rounds, OUT))
+    out.parent.mkdir(parents=True, exist_ok=True)
     models, blocks = build(model_path, args.threads)
     ids = torch.randint(3, vocab, (ROWS, TOKENS), generator=torch.Generator().manual_seed(1))
     runs = {name: passes(model, ids) for name, model in models.items()}

@@ -21,7 +21,7 @@ def test_smoke_times_both_variants(capsys, one_thread):
 
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("train: ") and lines[-1].startswith("no_grad: ")
-    result = json.loads((SCRIPT.parents[1] / "benchmarks/out/fused_lora_speed_smoke.json").read_text())
+    result = json.loads(bench.SMOKE_OUT.read_text())
     assert result["blocks_fused"] == 2 and result["rounds"] == 2
     for variant in ("peft", "fused"):
         for kind in ("train", "no_grad"):
