@@ -29,8 +29,9 @@ runs, so each block gets a forward pre-hook that switches its LoRA layers the fi
 some (adapters added to those layers later, as PPO's value adapter, run through them too). A switched
 layer takes the fused path only for the plain case, checked at every call: one active adapter of
 vanilla LoRA (no DoRA, no bias on B), not merged, no dropout while training, a plain `nn.Linear`
-base with frozen weights, no autocast, no extra arguments. Anything else runs peft's own forward. Without gradients (sampling, scoring) the base layer runs as
-it is (packed weights included, `ppo/packed.py`) and the adapter's product is added into its output.
+base with frozen weights, no autocast, no extra arguments. Anything else runs peft's own forward.
+Without gradients (sampling, scoring) the base layer runs as it is (packed weights included,
+`ppo/packed.py`) and the adapter's product is added into its output.
 """
 
 from __future__ import annotations
