@@ -21,7 +21,8 @@ lies against the curve at its own KL (`stats.frontier_position`).
 
 `evaluate_reward_model(checkpoint, rankings)` (`reward_accuracy.py`) is the stage-2 metric set on
 any rankings file; the evaluation calls it when given `rankings`. The statistics are in `stats.py`, the judges in `judges.py`, the models that sample and score in
-`models.py`, the report in `report.py`.
+`models.py`, the proxy RM that scores samples on the blocks they were drawn with in `reward_trunk.py`,
+the report in `report.py`.
 Results go to `output_dir/results.json` and the side-by-side samples to `output_dir/samples.jsonl`.
 """
 
@@ -35,9 +36,10 @@ from pydantic import Field, field_validator, model_validator
 
 from rlhf_stack.config import Config, DataPath, config_to_dict
 from rlhf_stack.evaluation import stats
-from rlhf_stack.evaluation.judges import JudgeConfig, ScoreFn, build_judge, reward_model_scorer
+from rlhf_stack.evaluation.judges import JudgeConfig, ScoreFn, build_judge
 from rlhf_stack.evaluation.models import LM, Samples
 from rlhf_stack.evaluation.reward_accuracy import evaluate_reward_model
+from rlhf_stack.evaluation.reward_trunk import SharedTrunkReward
 from rlhf_stack.evaluation.stats import best_of_n_kl, mean, perplexity, sequence_kl
 from rlhf_stack.pipeline.layout import RESULTS_FILE, SAMPLES_FILE
 
@@ -193,7 +195,9 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     reference_name = cfg.reference or cfg.baseline
     how = {"max_prompt_length": cfg.max_prompt_length, "batch_size": cfg.generation_batch_size, "source": cfg.prompts}
 
-    # 1. the baseline: s samples per prompt, and one pool of max(n) per prompt for the best-of-n curve
+    # 1. the baseline: s samples per prompt, and one pool of max(n) per prompt for the best-of-n curve.
+    # The proxy RM loads first: it keeps the bottom blocks' output of the samples it shares them with.
+    proxy = SharedTrunkReward(cfg.reward_model) if cfg.reward_model else None
     baseline = LM(cfg.baseline) if cfg.baseline else None
     reference = baseline if reference_name == cfg.baseline else (LM(reference_name) if reference_name else None)
     sides: dict[str, Samples] = {}
@@ -201,12 +205,13 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     pool = None
     if baseline is not None:
         torch.manual_seed(cfg.seed)
-        sides["baseline"] = baseline.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {cfg.baseline_label}", **how)
+        sides["baseline"] = baseline.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {cfg.baseline_label}",
+                                            **_scored_by(proxy, baseline), **how)
         rows["baseline"] = _model_row(baseline, reference, sides["baseline"], corpus, cfg)
         if cfg.best_of_n:
             torch.manual_seed(cfg.seed + 1)
             pool = baseline.sample(rows_in, cfg, n=cfg.best_of_n[-1], desc=f"eval: best-of-n pool ({cfg.baseline_label})",
-                                   **how)
+                                   **_scored_by(proxy, baseline), **how)
 
     # 2. each policy with the same seed: its samples, KL to the reference on them, perplexity
     for name, label, path in cfg.policy_specs():
@@ -214,14 +219,13 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
         depth = model.shared_trunk_depth(reference) if reference is not None else 0  # KL pass: top blocks only
         torch.manual_seed(cfg.seed)
         sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}",
-                                   record=reference is not None, trunk_depth=depth, **how)
+                                   record=reference is not None, **_scored_by(proxy, model, depth), **how)
         rows[name] = _model_row(model, reference, sides[name], corpus, cfg)
         del model
     del baseline, reference
 
     # 3. judge (and proxy RM) scores; best-of-n picks by the RM, or by the judge when there is none
     judge = build_judge(cfg.judge)
-    proxy = reward_model_scorer(cfg.reward_model) if cfg.reward_model else None
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     scores = {name: {"judge": judge(repeated, s.texts)} for name, s in sides.items()}
     if proxy is not None:
@@ -233,6 +237,8 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
 
     # 4. win rates with their intervals, the frontier, the tables
     results = _assemble(cfg, prompts, rows, scores, curve, picker="reward_model" if proxy else "judge (oracle)")
+    if proxy is not None:
+        results["reward_model_scoring"] = {"shared_blocks": proxy.depth, "samples_from_shared_blocks": proxy.reused}
     if cfg.rankings and cfg.reward_model:
         rm_eval = evaluate_reward_model(cfg.reward_model, cfg.rankings, cfg.n_rankings)
         results["reward_model"] = rm_eval
@@ -241,6 +247,15 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     samples = _sample_table(prompts, cfg.samples_per_prompt, sides, scores, curve)
     write_results(Path(cfg.output_dir), results, samples)
     return results
+
+
+def _scored_by(proxy: SharedTrunkReward | None, model: LM, kl_depth: int = 0) -> dict:
+    """`LM.sample` arguments: record the bottom `kl_depth` blocks for the KL pass (0: none), and let
+    `proxy` keep their output for scoring when it shares exactly those blocks (any, without a KL pass)."""
+    depth = proxy.depth_with(model) if proxy is not None else 0
+    if not depth or (kl_depth and depth != kl_depth):
+        return {"trunk_depth": kl_depth}
+    return {"trunk_depth": depth, "keep_trunk": bool(kl_depth), "reward": proxy}
 
 
 def _model_row(model: LM, reference: LM | None, samples: Samples, corpus: list[str] | None, cfg: EvalConfig) -> dict:

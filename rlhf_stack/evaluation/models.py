@@ -52,33 +52,14 @@ class LM:
         return inner if hasattr(inner, "layers") and hasattr(inner, "norm") else None
 
     def shared_trunk_depth(self, other: LM) -> int:
-        """How many bottom blocks this model shares with `other`: the same embeddings and the same
-        weights, bit for bit, in blocks 0..d-1 (a policy trained with adapters on its top blocks
-        only, against its reference), or 0. Below those blocks both compute the same function.
-        0 as well when `other`'s top blocks run from the trunk's output differ from its full pass
-        on a probe batch (`ppo.trunk.Trunk.checked`: a model that rescales `inputs_embeds`)."""
-        from rlhf_stack.ppo.rollout import left_pad
-        from rlhf_stack.ppo.trunk import Trunk
-
-        mine, theirs = self.backbone, other.backbone
-        if mine is None or theirs is None or self.tokenizer.get_vocab() != other.tokenizer.get_vocab():
+        """How many bottom blocks this model shares with `other` (`shared_depth`), or 0."""
+        if self.backbone is None or other.backbone is None:
             return 0
-        if not _same_weights(mine.get_input_embeddings(), theirs.get_input_embeddings()):
-            return 0
-        depth = 0
-        for a, b in zip(mine.layers, theirs.layers, strict=False):
-            if not _same_weights(a, b):
-                break
-            depth += 1
-        if not 0 < depth < len(mine.layers):  # nothing shared, or identical models (the KL is 0 anyway)
-            return 0
-        probe = [self.tokenizer(text)["input_ids"] for text in ("Hello there.", "A longer probe, of a few words.")]
-        ids, mask = left_pad(probe, self.tokenizer.pad_token_id, other.device)
-        return depth if Trunk.checked(theirs, depth, ids, mask) is not None else 0
+        return shared_depth(self.backbone, self.tokenizer, other.backbone, other.tokenizer, other.device)
 
     def sample(self, rows: list[dict], sampling: SamplingSettings, *, max_prompt_length: int, batch_size: int,
                source: str, n: int = 1, desc: str = "sampling", record: bool = False,
-               trunk_depth: int = 0) -> Samples:
+               trunk_depth: int = 0, keep_trunk: bool = True, reward=None) -> Samples:
         """n responses per prompt row (grouped: prompt 0's n samples first), with a progress bar
         (`desc`, one tick per response) on stderr.
 
@@ -91,7 +72,9 @@ class LM:
         not be the model's.
         trunk_depth: keep the output of the bottom `trunk_depth` blocks over each finished sample
         (`Samples.trunk`) from the sampling passes, for `response_logprobs` of a model that shares
-        them (`shared_trunk_depth`)."""
+        them (`shared_trunk_depth`); keep_trunk=False records them for `reward` only.
+        reward: a `reward_trunk.SharedTrunkReward` sharing those blocks (`depth_with`): it keeps their
+        output over its own token sequence of each sample, to score them from there."""
         from contextlib import nullcontext
 
         from tqdm.auto import tqdm
@@ -116,31 +99,38 @@ class LM:
         responses: list[list[int]] = [[] for _ in range(len(encoded) * n)]
         logprobs: list[torch.Tensor] | None = [torch.zeros(0)] * len(responses) if record else None
         trunk = Trunk(self.backbone, trunk_depth) if trunk_depth else None
-        kept: list[torch.Tensor] | None = [torch.zeros(0)] * len(responses) if trunk else None
+        kept: list[torch.Tensor] | None = [torch.zeros(0)] * len(responses) if trunk and keep_trunk else None
+        texts = [""] * len(responses)
         bar = tqdm(total=len(responses), desc=desc, unit="resp", leave=False)
         for start in range(0, len(order), per_batch):
             chosen = order[start:start + per_batch]
             ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
             sampler = RolloutSampler(record=True) if record else None  # global RNG, as without it
             plan = plan_prompts(self.model, ids, mask, n) if sampling.unpadded_prompt_passes else None
+            caches = [] if trunk and reward is not None else None
             with trunk.record() if trunk else nullcontext() as chunks:
                 raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler,
                                pack_weights=sampling.pack_weights_for_sampling,
-                               unpadded=sampling.unpadded_prompt_passes, plan=plan)
+                               unpadded=sampling.unpadded_prompt_passes, plan=plan, keep_cache=caches)
             out, out_mask, _ = truncate_at_eos(raw, eos, pad)
             recorded = sampler.result(raw)[0].float().cpu() if sampler else None
             hidden = sampled_hidden(chunks, len(ids), ids.shape[1] + out.shape[1] - 1, plan).cpu() if trunk else None
             for row in range(out.shape[0]):
                 i = chosen[row // n] * n + row % n
                 responses[i] = out[row][out_mask[row].bool()].tolist()
+                texts[i] = self.tokenizer.decode(responses[i], skip_special_tokens=True).strip()
                 if logprobs is not None:
                     logprobs[i] = recorded[row, :len(responses[i])]
                 if kept is not None:  # the prompt's positions, then the response's but its last
                     kept[i] = torch.cat([hidden[row, :ids.shape[1]][mask[row].bool().cpu()],
                                          hidden[row, ids.shape[1]:ids.shape[1] + len(responses[i]) - 1]])
+            if caches:
+                batch = [chosen[row // n] * n + row % n for row in range(out.shape[0])]
+                reward.collect(trunk, caches[0], mask, hidden, [rows[i // n]["prompt"] for i in batch],
+                               [encoded[i // n] for i in batch], [responses[i] for i in batch],
+                               [texts[i] for i in batch])
             bar.update(out.shape[0])
         bar.close()
-        texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in responses]
         return Samples(texts, [ids for ids in encoded for _ in range(n)], responses, logprobs, kept, trunk_depth)
 
     def response_logprobs(self, samples: Samples, temperature: float, batch_size: int,
@@ -186,6 +176,32 @@ class LM:
             total += float(lm_loss(logits, labels)) * n_tokens
             count += n_tokens
         return total, count
+
+
+def shared_depth(mine, my_tokenizer, theirs, their_tokenizer, device) -> int:
+    """How many bottom blocks the decoder `mine` shares with the decoder `theirs` (on `device`): the
+    same vocabulary, the same embeddings and the same weights, bit for bit, in blocks 0..d-1 (a
+    policy trained with adapters on its top blocks only, against its reference), or 0. Below those
+    blocks both compute the same function. 0 as well when `theirs`'s top blocks run from the
+    trunk's output differ from its full pass on a probe batch (`ppo.trunk.Trunk.checked`: a model
+    that rescales `inputs_embeds`)."""
+    from rlhf_stack.ppo.rollout import left_pad
+    from rlhf_stack.ppo.trunk import Trunk
+
+    if my_tokenizer.get_vocab() != their_tokenizer.get_vocab():
+        return 0
+    if not _same_weights(mine.get_input_embeddings(), theirs.get_input_embeddings()):
+        return 0
+    depth = 0
+    for a, b in zip(mine.layers, theirs.layers, strict=False):
+        if not _same_weights(a, b):
+            break
+        depth += 1
+    if not 0 < depth < min(len(mine.layers), len(theirs.layers)):  # nothing shared, or the same blocks
+        return 0
+    probe = [my_tokenizer(text)["input_ids"] for text in ("Hello there.", "A longer probe, of a few words.")]
+    ids, mask = left_pad(probe, my_tokenizer.pad_token_id, device)
+    return depth if Trunk.checked(theirs, depth, ids, mask) is not None else 0
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

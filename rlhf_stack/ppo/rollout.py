@@ -153,7 +153,7 @@ def prefill_groups(model, query_ids: Tensor, query_mask: Tensor, group: int):
 @torch.no_grad()
 def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lora: bool = False,
              sampler: RolloutSampler | None = None, group: int = 1, pack_weights: bool = True,
-             unpadded: bool = True, plan: PromptPlan | None = None) -> Tensor:
+             unpadded: bool = True, plan: PromptPlan | None = None, keep_cache: list | None = None) -> Tensor:
     """Sample responses with the KV cache; `(b, p) -> (b, t_gen)`, generation stops when all rows hit EOS.
 
     group: the rows come in runs of `group` copies of one prompt (PPO's samples_per_prompt, the
@@ -167,7 +167,10 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
     pack_weights: on CPU in float32, run the linear layers through oneDNN-packed copies of their
     weights for the call (`ppo.packed`; PPOConfig.pack_weights_for_sampling).
     sampler: the RolloutSampler to draw with (a recording one collects log pi and the entropy of
-    each sampled token); None: one on torch's global RNG. Under FSDP2 every process keeps stepping until all are done (`synced_gpus`): each step gathers
+    each sampled token); None: one on torch's global RNG.
+    keep_cache: a list to append the finished key/value cache to (`(b, h, p + t_gen - 1, d)` a layer,
+    the columns the model was fed), for passes that continue the sequences (`Trunk.extend`).
+    Under FSDP2 every process keeps stepping until all are done (`synced_gpus`): each step gathers
     parameters, a collective that a process which stopped early would leave hanging.
     """
     from rlhf_stack import distributed
@@ -186,8 +189,14 @@ def generate(policy, query_ids: Tensor, query_mask: Tensor, gen_config, merge_lo
             else:
                 cache = (prefill_groups(policy, query_ids, query_mask, group)
                          if group > 1 and query_ids.shape[1] > 1 else None)
+            if cache is None and keep_cache is not None:
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=policy.config)  # what generate() would start from
             out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
                                   logits_processor=processors, synced_gpus=synced, cache=cache)
+        if keep_cache is not None:
+            keep_cache.append(cache)
     finally:
         if merged:
             policy.unmerge_adapter()

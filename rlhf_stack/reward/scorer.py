@@ -180,6 +180,11 @@ class RewardScorer:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.bias = read_reward_bias(self.checkpoint)  # from the reward stage; 0.0 when none was computed
 
+    def encode(self, prompt: Prompt, response: str) -> list[int] | None:
+        """The token ids this RM reads for (prompt, response); None when they were cut to max_length."""
+        ids, truncated = encode_conversation(self.tokenizer, prompt, response, self.max_length)
+        return None if truncated else ids
+
     def score_tensor(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         """(b,) float32 CPU rewards, `bias` added when `apply_bias`."""
         if len(prompts) != len(responses):

@@ -465,3 +465,63 @@ def test_reference_pass_over_a_shared_trunk_equals_the_full_pass(tiny_model_dir,
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         own = policy.response_logprobs(samples, cfg.temperature, batch_size=3)
         assert max((a - b).abs().max() for a, b in zip(own, full, strict=True)) > 1e-3  # the two models differ
+
+
+def _reward_model_sharing_bottom_blocks(tiny_model_dir, out_dir):
+    """A one-label classifier on the tiny model's backbone whose top block moved (an RM trained
+    with adapters on its top block only), saved with the tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_stack import modeling
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    with torch.no_grad():
+        for weight in rm.model.layers[-1].parameters():
+            weight.add_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    rm.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def test_reward_scores_from_the_sampling_trunk_equal_the_reward_models_own(tiny_model_dir, tmp_path):
+    """The evaluation's proxy RM keeps, while a model that shares its bottom blocks samples, those
+    blocks' output over the RM's own tokens (the sampled ones, then what its chat template adds,
+    run on the sampling's cache), and scores from there with its top blocks only. The scores must
+    equal `RewardScorer`'s full pass: rows cut at max_new_tokens and rows ended by EOS, one sample
+    a prompt and several, a response the RM tokenizes differently from how it was sampled."""
+    from rlhf_stack.evaluation.models import LM
+    from rlhf_stack.evaluation.reward_trunk import SharedTrunkReward
+    from rlhf_stack.reward.scorer import RewardScorer
+
+    checkpoint = str(_reward_model_sharing_bottom_blocks(tiny_model_dir, tmp_path / "rm"))
+    rows = [{"prompt": p} for p in ("Tell me a long story about a cat", "Hi", "What is two plus two?")]
+    lm = LM(str(tiny_model_dir))
+    eos = lm.tokenizer.eos_token_id
+    head = torch.nn.Linear(*reversed(lm.model.lm_head.weight.shape))  # the same head, plus a bias
+    with torch.no_grad():  # that makes EOS likely, so that some rows end before max_new_tokens
+        head.weight.copy_(lm.model.lm_head.weight)
+        head.bias.zero_()[eos] = 3.0
+    lm.model.lm_head = head
+    reference = RewardScorer(checkpoint)
+    for n, max_new in ((1, 8), (2, 12)):
+        proxy = SharedTrunkReward(checkpoint)
+        depth = proxy.depth_with(lm)
+        assert depth == len(lm.backbone.layers) - 1
+        cfg = ev.EvalConfig(prompts="unused.jsonl", policy="unused", max_new_tokens=max_new)
+        torch.manual_seed(7)
+        samples = lm.sample(rows, cfg, max_prompt_length=64, batch_size=4, source="test", n=n, trunk_depth=depth,
+                            keep_trunk=False, reward=proxy)
+        assert samples.trunk is None and len(proxy.hidden) == len(set(zip(
+            [r["prompt"] for r in rows for _ in range(n)], samples.texts, strict=True)))
+        ended = [bool(r) and r[-1] == eos for r in samples.response_ids]
+        prompts = [r["prompt"] for r in rows for _ in range(n)]
+        texts = [*samples.texts, "not sampled at all"]  # scored by the full pass
+        got = proxy([*prompts, rows[0]["prompt"]], texts)
+        want = reference.score([*prompts, rows[0]["prompt"]], texts)
+        assert proxy.reused == len(prompts)
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-4)
+        if n == 2:
+            assert any(ended) and not all(ended)
