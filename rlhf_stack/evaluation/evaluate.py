@@ -21,7 +21,7 @@ lies against the curve at its own KL (`stats.frontier_position`).
 
 `evaluate_reward_model(checkpoint, rankings)` (`reward_accuracy.py`) is the stage-2 metric set on
 any rankings file; the evaluation calls it when given `rankings`. The statistics are in `stats.py`, the judges in `judges.py`, the models that sample and score in
-`models.py`, the proxy RM that scores samples on the blocks they were drawn with in `reward_trunk.py`,
+`models.py`, the proxy RM that scores samples from the blocks they were drawn with in `reward_trunk.py`,
 the report in `report.py`.
 Results go to `output_dir/results.json` and the side-by-side samples to `output_dir/samples.jsonl`.
 """
@@ -39,7 +39,7 @@ from rlhf_stack.evaluation import stats
 from rlhf_stack.evaluation.judges import JudgeConfig, ScoreFn, build_judge
 from rlhf_stack.evaluation.models import LM, Samples
 from rlhf_stack.evaluation.reward_accuracy import evaluate_reward_model
-from rlhf_stack.evaluation.reward_trunk import SharedTrunkReward
+from rlhf_stack.evaluation.reward_trunk import proxy_reward_model, shared_blocks
 from rlhf_stack.evaluation.stats import best_of_n_kl, mean, perplexity, sequence_kl
 from rlhf_stack.pipeline.layout import RESULTS_FILE, SAMPLES_FILE
 
@@ -197,7 +197,7 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
 
     # 1. the baseline: s samples per prompt, and one pool of max(n) per prompt for the best-of-n curve.
     # The proxy RM loads first: it keeps the bottom blocks' output of the samples it shares them with.
-    proxy = SharedTrunkReward(cfg.reward_model) if cfg.reward_model else None
+    proxy = proxy_reward_model(cfg.reward_model) if cfg.reward_model else None
     baseline = LM(cfg.baseline) if cfg.baseline else None
     reference = baseline if reference_name == cfg.baseline else (LM(reference_name) if reference_name else None)
     sides: dict[str, Samples] = {}
@@ -238,7 +238,9 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     # 4. win rates with their intervals, the frontier, the tables
     results = _assemble(cfg, prompts, rows, scores, curve, picker="reward_model" if proxy else "judge (oracle)")
     if proxy is not None:
-        results["reward_model_scoring"] = {"shared_blocks": proxy.depth, "samples_from_shared_blocks": proxy.reused}
+        held = proxy.held.reused if proxy.held is not None else 0
+        results["reward_model_scoring"] = {"shared_blocks": proxy.held.depth if held else 0,
+                                           "samples_from_shared_blocks": held}
     if cfg.rankings and cfg.reward_model:
         rm_eval = evaluate_reward_model(cfg.reward_model, cfg.rankings, cfg.n_rankings)
         results["reward_model"] = rm_eval
@@ -249,10 +251,10 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     return results
 
 
-def _scored_by(proxy: SharedTrunkReward | None, model: LM, kl_depth: int = 0) -> dict:
+def _scored_by(proxy, model: LM, kl_depth: int = 0) -> dict:
     """`LM.sample` arguments: record the bottom `kl_depth` blocks for the KL pass (0: none), and let
     `proxy` keep their output for scoring when it shares exactly those blocks (any, without a KL pass)."""
-    depth = proxy.depth_with(model) if proxy is not None else 0
+    depth = shared_blocks(proxy, model) if proxy is not None else 0
     if not depth or (kl_depth and depth != kl_depth):
         return {"trunk_depth": kl_depth}
     return {"trunk_depth": depth, "keep_trunk": bool(kl_depth), "reward": proxy}

@@ -73,8 +73,9 @@ class LM:
         trunk_depth: keep the output of the bottom `trunk_depth` blocks over each finished sample
         (`Samples.trunk`) from the sampling passes, for `response_logprobs` of a model that shares
         them (`shared_trunk_depth`); keep_trunk=False records them for `reward` only.
-        reward: a `reward_trunk.SharedTrunkReward` sharing those blocks (`depth_with`): it keeps their
-        output over its own token sequence of each sample, to score them from there."""
+        reward: a `RewardScorer` holding trunk outputs (`reward_trunk.proxy_reward_model`) that shares
+        those blocks (`reward_trunk.shared_blocks`): it keeps their output over its own token sequence
+        of each sample, to score them from there."""
         from contextlib import nullcontext
 
         from tqdm.auto import tqdm
@@ -126,9 +127,9 @@ class LM:
                                          hidden[row, ids.shape[1]:ids.shape[1] + len(responses[i]) - 1]])
             if caches:
                 batch = [chosen[row // n] * n + row % n for row in range(out.shape[0])]
-                reward.collect(trunk, caches[0], mask, hidden, [rows[i // n]["prompt"] for i in batch],
-                               [encoded[i // n] for i in batch], [responses[i] for i in batch],
-                               [texts[i] for i in batch])
+                reward.held.collect(trunk, caches[0], mask, hidden, [rows[i // n]["prompt"] for i in batch],
+                                    [encoded[i // n] for i in batch], [responses[i] for i in batch],
+                                    [texts[i] for i in batch])
             bar.update(out.shape[0])
         bar.close()
         return Samples(texts, [ids for ids in encoded for _ in range(n)], responses, logprobs, kept, trunk_depth)

@@ -249,11 +249,12 @@ def check_reward_config(cfg, reward_fns: list[Callable] | None) -> None:
 
 
 def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
-    """(CombinedReward, info): `cfg.rewards` plus the Python callables `reward_fns` (weight 1 each),
-    where a LoRA RM over the policy's own base is hosted on the shared base as one more adapter,
-    and the RM a LoRA value model was copied from scores on that copy (`shared_reward`); `info`
-    (models.ModelInfo) says where the RM went. Call `check_reward_config` first (train_ppo does,
-    before it loads any model)."""
+    """(CombinedReward, info, held): `cfg.rewards` plus the Python callables `reward_fns` (weight 1
+    each), where a LoRA RM over the policy's own base is hosted on the shared base as one more
+    adapter, and the RM a LoRA value model was copied from scores on that copy (`shared_reward`);
+    `info` (models.ModelInfo) says where the RM went; `held`: the hosted RM's `HeldTrunk`, which
+    the trainer fills after sampling (`trunk_reward.py`), or None. Call `check_reward_config` first
+    (train_ppo does, before it loads any model)."""
     from dataclasses import replace
 
     from rlhf_stack.ppo.shared_reward import (
@@ -264,12 +265,14 @@ def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
     )
 
     on_value_model = False
+    held = []
 
     def host(path: str):
         nonlocal on_value_model
         found = (host_reward_model(model, path, info.base_model, unpadded=cfg.unpadded_prompt_passes)
                  or reward_on_value_model(model, path, device))
         on_value_model |= isinstance(found, ValueOriginClassifier)
+        held.extend([found.held] if getattr(found, "held", None) is not None else [])
         return found
 
     use_host = cfg.host_reward_model and model.shared
@@ -280,7 +283,7 @@ def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
         where = ("adapter-on-shared-base" if hosted else "value-model-adapters-disabled" if on_value_model
                  else "separate-model")
         info = replace(info, reward_model=where)
-    return reward, info
+    return reward, info, (held[0] if len(held) == 1 else None)
 
 
 def process_scores(raw: torch.Tensor, has_eos: torch.Tensor, all_raw: torch.Tensor, cfg,

@@ -286,7 +286,7 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
                     temperature: float, micro_batch_size: int, merge_lora: bool = False,
                     draws: tuple[int, int, int] | None = None, timings: dict | None = None,
                     samples_per_prompt: int = 1, trunk_from_sampling: bool = True,
-                    pack_weights: bool = True, unpadded: bool = True) -> Rollout:
+                    pack_weights: bool = True, unpadded: bool = True, keep_cache: list | None = None) -> Rollout:
     """Generate responses to the (left-padded) prompts and evaluate them under policy, reference, value.
 
     log pi_old is recorded while sampling when that is exact (see sampling.RolloutSampler), else the
@@ -298,6 +298,7 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     (`trunk.sampled_hidden`) instead of running it again over the finished batch.
     pack_weights: sample through oneDNN-packed weights on CPU (`generate`).
     unpadded: run the prompt pass unpadded, the prompts' shared start once (`generate`).
+    keep_cache: a list to append the sampling's key/value cache to (`generate`).
     """
     import time
 
@@ -308,7 +309,8 @@ def collect_rollout(actor_critic, policy, query_ids, query_mask, gen_config, *, 
     plan = plan_prompts(policy, query_ids, query_mask, samples_per_prompt) if unpadded else None
     with trunk.record() if trunk is not None else nullcontext() as chunks:
         raw = generate(policy, query_ids, query_mask, gen_config, merge_lora=merge_lora, sampler=sampler,
-                       group=samples_per_prompt, pack_weights=pack_weights, unpadded=unpadded, plan=plan)
+                       group=samples_per_prompt, pack_weights=pack_weights, unpadded=unpadded, plan=plan,
+                       keep_cache=keep_cache)
     response_ids, response_mask, has_eos = truncate_at_eos(raw, eos_id, pad_id)
     hidden = (sampled_hidden(chunks, len(query_ids), query_ids.shape[1] + response_ids.shape[1] - 1, plan)
               if trunk is not None else None)

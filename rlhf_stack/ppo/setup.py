@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from rlhf_stack.ppo.config import PPOConfig
     from rlhf_stack.ppo.rewards import CombinedReward
+    from rlhf_stack.ppo.trunk_reward import HeldTrunk
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Run:
     start_step: int  # the step the resumed checkpoint was taken after (0: a fresh run)
     output_dir: Path
     average: PolicyAverage | None  # the policy's weight average (policy_ema), saved as the policy
+    held_reward: HeldTrunk | None = None  # the hosted RM's trunk outputs of a step's samples (trunk_reward.py)
 
     @property
     def controllers(self) -> dict:
@@ -74,7 +76,7 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     data = load_data(cfg, tokenizer)
     check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
     actor_critic, info = models.build_actor_critic(cfg, tokenizer, acc.device)
-    reward, info = build_reward(cfg, reward_fns, acc.device, actor_critic, info)
+    reward, info, held_reward = build_reward(cfg, reward_fns, acc.device, actor_critic, info)
     if cfg.cache_frozen_trunk:  # after the last adapter (the hosted reward model's) is in place
         probe = [data.prompt_ids[i] for i in range(min(2, len(data.prompt_ids)))]
         probe_ids, probe_mask = left_pad(probe, tokenizer.pad_token_id, acc.device)
@@ -101,7 +103,7 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     if cfg.report_to != ["none"]:
         acc.init_trackers("rlhf_stack_ppo", config=cfg.model_dump(mode="json"))
     return Run(acc, tokenizer, model, actor_critic, optimizer, scheduler, kl_ctl, moments, reward, data,
-               generation_config(cfg, tokenizer), info, log, start_step, output_dir, average)
+               generation_config(cfg, tokenizer), info, log, start_step, output_dir, average, held_reward)
 
 
 def make_accelerator(cfg):

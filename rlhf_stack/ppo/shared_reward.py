@@ -24,6 +24,7 @@ from torch import nn
 
 from rlhf_stack import modeling
 from rlhf_stack.ppo.prefill import last_hidden, plan_sequences
+from rlhf_stack.ppo.trunk_reward import HeldTrunk
 
 REWARD = "reward"
 
@@ -81,6 +82,9 @@ class AdapterSequenceClassifier:
         self.pad_token_id = pad_token_id
         self.unpadded = unpadded  # right-padded batches run unpadded (`prefill.py`)
         self.config = SimpleNamespace(num_labels=1, pad_token_id=pad_token_id)
+        # outputs of the frozen trunk over the RM's tokens of this step's samples (`trunk_reward.py`),
+        # kept by the trainer after sampling when the actor-critic has a trunk; RewardScorer reads it
+        self.held = HeldTrunk(self.top_scores, pad_token_id)
 
     def eval(self) -> AdapterSequenceClassifier:
         return self  # scoring runs under no_grad; the trainer owns the actor-critic's mode
@@ -102,6 +106,19 @@ class AdapterSequenceClassifier:
                 hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
                 pooled = hidden[torch.arange(len(last), device=last.device), last]
         return SimpleNamespace(logits=self.head(pooled.to(self.head.weight.dtype)))
+
+    @torch.no_grad()
+    def top_scores(self, hidden, mask, last, depth: int):
+        """`(b,)` scores from the frozen trunk's output `(b, T, H)` (right-padded, `mask`): the blocks
+        above it with the "reward" adapter active, the final norm and the head, read at `last`."""
+        trunk = self.actor_critic.trunk
+        if trunk is None or trunk.depth != depth:
+            raise RuntimeError(f"held trunk outputs of {depth} blocks, but the actor-critic's trunk has "
+                               f"{trunk.depth if trunk else 0}")
+        device = self.head.weight.device
+        with self.actor_critic.adapter(REWARD):
+            out = trunk.top(hidden.to(device, self.head.weight.dtype), mask.to(device))
+        return self.head(out[torch.arange(len(last), device=device), last.to(device)])[:, 0]
 
 
 def host_reward_model(actor_critic, checkpoint: str, base_path: str,

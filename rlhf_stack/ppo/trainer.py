@@ -58,6 +58,9 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     world, rank = acc.num_processes, acc.process_index
     # Merging writes into the base weights, which FSDP2 holds only as shards outside a forward.
     merge_lora = cfg.merge_lora_for_generation and unwrapped.shared and not distributed.is_sharded(unwrapped)
+    # A hosted RM scores from the frozen trunk's output that sampling recorded (`trunk_reward.py`).
+    held = (run.held_reward if cfg.trunk_from_sampling and unwrapped.trunk is not None
+            and not distributed.is_sharded(unwrapped) else None)
     guard = StepGuard(cfg.on_nonfinite, acc, unwrapped, run.optimizer, run.output_dir / CHECKPOINTS_DIR,
                       updates_per_step=cfg.updates_per_step)
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
@@ -77,19 +80,28 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         #    samples on any number of processes, and after a resume.
         phases: dict[str, float] = {}
         draws = (cfg.seed * 100_003 + step, rank * cfg.batch_size, world * cfg.batch_size)
+        caches = [] if held is not None else None  # the sampling's key/value cache, for the hosted RM
         rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                                  temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
                                  merge_lora=merge_lora, draws=draws, timings=phases,
                                  samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
-                                 pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes)
+                                 pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes,
+                                 keep_cache=caches)
         t_generate = time.perf_counter()
 
         # 2. score the decoded text (a failing reward source stops the run, naming the prompt),
         #    then normalise / clip / penalise missing EOS
         responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        if caches and rollout.hidden is not None:  # the hosted RM then runs only the blocks above the trunk
+            held.collect(unwrapped.trunk, caches[0], query_mask, rollout.hidden, prompts,
+                         [ids[m.bool()].tolist() for ids, m in zip(query_ids, query_mask, strict=True)],
+                         [ids[m.bool()].tolist() for ids, m in zip(rollout.response_ids, rollout.response_mask,
+                                                                   strict=True)], responses)
         where = partial(_prompt_where, cfg, data.prompts, index)
         raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
+        if held is not None:
+            held.clear()
         raw_scores = raw_scores.to(acc.device)
         moments = run.moments.state_dict()  # put back if the step is dropped (on_nonfinite: skip_step)
         scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)

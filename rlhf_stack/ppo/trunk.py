@@ -9,6 +9,8 @@ quickstart (adapters on 4 of 30 blocks) every pass but the first skips 26/30 of 
 
 The trunk's output for a rollout need not even be computed after sampling: sampling runs the same
 blocks over the same tokens (`Trunk.record` keeps their output, `sampled_hidden` lays it out).
+A reward model hosted on the same base reads it too, plus the few tokens its chat template adds,
+run on the sampling's key/value cache (`Trunk.extend`, `trunk_reward.py`).
 
 The split runs the backbone's own forward over a slice of its blocks (the bottom slice without
 the final norm; the top slice from the hidden states as `inputs_embeds`), so positions, masks

@@ -159,7 +159,10 @@ class RewardScorer:
         The responses to one prompt (PPO's samples_per_prompt, an evaluation's samples) run the
         prompt once (`score_sequences` groups) when the model is loaded here, a transformers
         classifier with a key/value cache, or a given `model` that says it is one
-        (`shares_prompts`); any other given `model` scores every sequence whole."""
+        (`shares_prompts`); any other given `model` scores every sequence whole.
+        `held` (a `ppo.trunk_reward.HeldTrunk`, from a given `model` or set by the caller): the
+        bottom blocks' output over sequences that a model sharing those blocks sampled; those
+        sequences run only the blocks above."""
         from rlhf_stack import modeling
         from rlhf_stack.config import ModelConfig
 
@@ -170,6 +173,10 @@ class RewardScorer:
         self.apply_bias = apply_bias
         self.tokenizer = modeling.load_tokenizer(self.checkpoint)
         self.shares_prompts = model is None or bool(getattr(model, "shares_prompts", False))
+        # the bottom blocks' output over sequences sampled by a model that shares them (`ppo.trunk_reward`)
+        self.held = getattr(model, "held", None)
+        if self.held is not None:
+            self.held.encode = self.encode
         if model is None:
             cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
             model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device)
@@ -192,8 +199,15 @@ class RewardScorer:
         if not prompts:
             return torch.zeros(0)
         seqs = [encode_conversation(self.tokenizer, p, r, self.max_length)[0] for p, r in zip(prompts, responses, strict=True)]
-        groups = [prompt_key(p) for p in prompts] if self.shares_prompts else None
-        scores = score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size, self.device, groups)
+        scores = torch.empty(len(seqs))
+        held, scores_held = self.held.score(seqs) if self.held is not None and self.held.hidden else ([], None)
+        if held:
+            scores[held] = scores_held
+        rest = sorted(set(range(len(seqs))) - set(held))
+        if rest:
+            groups = [prompt_key(prompts[n]) for n in rest] if self.shares_prompts else None
+            scores[rest] = score_sequences(self.model, [seqs[n] for n in rest], self.tokenizer.pad_token_id,
+                                           self.batch_size, self.device, groups)
         return scores + self.bias if self.apply_bias else scores
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:

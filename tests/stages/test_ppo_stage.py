@@ -198,7 +198,7 @@ def test_reward_model_scores_on_the_value_model_copied_from_it(tiny_model_dir, p
     rewards = [{"kind": "reward_model", "path": str(rm_dir), "name": "rm", "apply_bias": False}]
     cfg = config(tiny_model_dir, prompts_file, tmp_path, value_init=str(rm_dir), rewards=rewards)
     model, info = build_actor_critic(cfg, load_tokenizer(str(tiny_model_dir)), torch.device("cpu"))
-    reward, info = build_reward(cfg, None, torch.device("cpu"), model, info)
+    reward, info, _held = build_reward(cfg, None, torch.device("cpu"), model, info)
     assert (info.layout, info.reward_model) == ("lora-shared-base+lora-value-model", "value-model-adapters-disabled")
     decoder = {id(p) for p in model.value_backbone.parameters()}
     assert {id(p) for p in model.value_origin.classifier.model.parameters()} <= decoder  # the same weights
@@ -254,15 +254,17 @@ def test_value_model_of_its_own_backward_runs_alone_with_the_same_result(tiny_mo
     assert split_log[-1]["value_loss"] != split_log[0]["value_loss"]
 
 
-def lora_reward_model(tiny_model_dir, out_dir):
-    """A LoRA reward model over the tiny base (random adapter and head), saved as the reward stage saves it."""
+def lora_reward_model(tiny_model_dir, out_dir, layers: list[int] | None = None):
+    """A LoRA reward model over the tiny base (random adapter and head), saved as the reward stage
+    saves it; layers: the blocks its adapter is on (None: all)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     rm.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_dir).pad_token_id
-    rm = get_peft_model(rm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS"))
+    rm = get_peft_model(rm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS",
+                                       layers_to_transform=layers))
     for name, p in rm.named_parameters():
         if "lora_B" in name or "score" in name:
             torch.nn.init.normal_(p, std=0.5)  # scores that differ from the base's
@@ -307,6 +309,40 @@ def test_lora_reward_model_is_hosted_on_the_shared_base(tiny_model_dir, prompts_
                               output_dir=str(tmp_path / "ppo2"),
                               rewards=[{"kind": "reward_model", "path": str(rm_dir), "name": "rm"}]))
     assert result.metrics["models"]["reward_model"] == "separate-model"
+
+
+def test_hosted_reward_model_scores_from_the_trunk_that_sampling_recorded(tiny_model_dir, prompts_file, tmp_path,
+                                                                          monkeypatch):
+    """With adapters on the top block only, policy and hosted RM share the frozen bottom block: the
+    RM scores each sample from that block's output kept while sampling (`trunk_reward.py`), plus
+    the tokens its chat template adds, run on the sampling's cache. The step-1 scores (the same
+    samples either way) must equal those of the full pass (trunk_from_sampling off)."""
+    from rlhf_stack.ppo.trunk_reward import HeldTrunk
+
+    rm_dir = lora_reward_model(tiny_model_dir, tmp_path / "rm", layers=[1])
+    held = []
+    score = HeldTrunk.score
+
+    def spy(self, seqs):
+        found, scores = score(self, seqs)
+        held.append((len(found), len(seqs)))
+        return found, scores
+
+    monkeypatch.setattr(HeldTrunk, "score", spy)
+    logs = {}
+    for from_sampling in (True, False):
+        out = tmp_path / f"ppo_{from_sampling}"
+        result = train_ppo(config(tiny_model_dir, prompts_file, tmp_path, steps=2, output_dir=str(out),
+                                  policy={"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "last_n_layers": 1}},
+                                  trunk_from_sampling=from_sampling,
+                                  rewards=[{"kind": "reward_model", "path": str(rm_dir), "name": "rm"}]))
+        assert result.metrics["models"]["reward_model"] == "adapter-on-shared-base"
+        assert result.metrics["models"]["trunk_blocks"] == 1
+        logs[from_sampling] = read_log(out)
+        if from_sampling:
+            assert held == [(4, 4), (4, 4)]  # every sample of both steps, from the trunk
+    assert len(held) == 2  # the full-pass run held nothing
+    assert logs[True][0]["score"] == pytest.approx(logs[False][0]["score"], rel=1e-5, abs=1e-5)
 
 
 def test_config_errors_are_readable(tiny_model_dir, prompts_file, tmp_path):

@@ -493,7 +493,7 @@ def test_reward_scores_from_the_sampling_trunk_equal_the_reward_models_own(tiny_
     equal `RewardScorer`'s full pass: rows cut at max_new_tokens and rows ended by EOS, one sample
     a prompt and several, a response the RM tokenizes differently from how it was sampled."""
     from rlhf_stack.evaluation.models import LM
-    from rlhf_stack.evaluation.reward_trunk import SharedTrunkReward
+    from rlhf_stack.evaluation.reward_trunk import proxy_reward_model, shared_blocks
     from rlhf_stack.reward.scorer import RewardScorer
 
     checkpoint = str(_reward_model_sharing_bottom_blocks(tiny_model_dir, tmp_path / "rm"))
@@ -507,21 +507,21 @@ def test_reward_scores_from_the_sampling_trunk_equal_the_reward_models_own(tiny_
     lm.model.lm_head = head
     reference = RewardScorer(checkpoint)
     for n, max_new in ((1, 8), (2, 12)):
-        proxy = SharedTrunkReward(checkpoint)
-        depth = proxy.depth_with(lm)
+        proxy = proxy_reward_model(checkpoint)
+        depth = shared_blocks(proxy, lm)
         assert depth == len(lm.backbone.layers) - 1
         cfg = ev.EvalConfig(prompts="unused.jsonl", policy="unused", max_new_tokens=max_new)
         torch.manual_seed(7)
         samples = lm.sample(rows, cfg, max_prompt_length=64, batch_size=4, source="test", n=n, trunk_depth=depth,
                             keep_trunk=False, reward=proxy)
-        assert samples.trunk is None and len(proxy.hidden) == len(set(zip(
+        assert samples.trunk is None and len(proxy.held.hidden) == len(set(zip(
             [r["prompt"] for r in rows for _ in range(n)], samples.texts, strict=True)))
         ended = [bool(r) and r[-1] == eos for r in samples.response_ids]
         prompts = [r["prompt"] for r in rows for _ in range(n)]
         texts = [*samples.texts, "not sampled at all"]  # scored by the full pass
         got = proxy([*prompts, rows[0]["prompt"]], texts)
         want = reference.score([*prompts, rows[0]["prompt"]], texts)
-        assert proxy.reused == len(prompts)
+        assert proxy.held.reused == len(prompts)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-4)
         if n == 2:
             assert any(ended) and not all(ended)
