@@ -223,6 +223,12 @@ class PPOConfig(Config):
     same blocks over the same tokens (the prompt pass and each decoding step), instead of running
     it again over the finished batch: one trunk pass less per step, the same values up to float
     rounding (a cached decoding step against one pass). Off: the trunk runs after sampling."""
+    reward_from_trunk: bool = True
+    """With the frozen trunk kept from sampling (`trunk_from_sampling`) and the RM hosted on the
+    shared base (`host_reward_model`), the RM reads the trunk's output too: the sampled tokens its
+    chat template shares, plus the few it adds (end of turn), run on the sampling's key/value cache;
+    only the blocks above the trunk run to score (`ppo/trunk_reward.py`). The same scores up to
+    float rounding; off: the RM runs every block over each scored sequence."""
 
     @field_validator("policy")
     @classmethod

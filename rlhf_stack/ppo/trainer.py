@@ -59,7 +59,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     # Merging writes into the base weights, which FSDP2 holds only as shards outside a forward.
     merge_lora = cfg.merge_lora_for_generation and unwrapped.shared and not distributed.is_sharded(unwrapped)
     # A hosted RM scores from the frozen trunk's output that sampling recorded (`trunk_reward.py`).
-    held = (run.held_reward if cfg.trunk_from_sampling and unwrapped.trunk is not None
+    held = (run.held_reward if cfg.reward_from_trunk and cfg.trunk_from_sampling and unwrapped.trunk is not None
             and not distributed.is_sharded(unwrapped) else None)
     guard = StepGuard(cfg.on_nonfinite, acc, unwrapped, run.optimizer, run.output_dir / CHECKPOINTS_DIR,
                       updates_per_step=cfg.updates_per_step)

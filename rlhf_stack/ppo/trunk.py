@@ -82,14 +82,16 @@ class Trunk:
                                  position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
 
     @torch.no_grad()
-    def extend(self, cache, cache_mask: Tensor, input_ids: Tensor, input_mask: Tensor, start: Tensor) -> Tensor:
-        """`(b, S, H)`: the trunk's output for `input_ids` `(b, S)` that continue sequences already
-        in `cache` (a whole model's key/value cache, e.g. `generate()`'s; only its bottom `depth`
-        layers are read, none is changed). Row r attends the cache columns `cache_mask` `(b, C)`
-        keeps and its own tokens `input_mask` keeps; its tokens sit at positions start[r], start[r] + 1, ..."""
+    def extend(self, cache, rows: Tensor, cache_mask: Tensor, input_ids: Tensor, input_mask: Tensor,
+               start: Tensor) -> Tensor:
+        """`(b, S, H)`: the trunk's output for `input_ids` `(b, S)` that continue the sequences of
+        `cache`'s rows `rows` `(b,)` (a whole model's key/value cache, e.g. `generate()`'s; only its
+        bottom `depth` layers are read, none is changed). Row r attends the cache columns `cache_mask`
+        `(b, C)` keeps and its own tokens `input_mask` keeps; they sit at positions start[r], start[r] + 1, ..."""
         from transformers import DynamicCache
 
-        bottom = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in cache.layers[:self.depth]])
+        bottom = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows])
+                                              for layer in cache.layers[:self.depth]])
         positions = start[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
         with _only_blocks(self.backbone, 0, self.depth, final_norm=False):
             return self.backbone(input_ids=input_ids, attention_mask=torch.cat([cache_mask, input_mask], 1),

@@ -6,10 +6,10 @@ Scoring a sample runs those blocks over the chat-formatted (prompt, response); s
 over the same tokens already. `HeldTrunk.collect`, called after a `generate()` call, keeps those
 blocks' output over the RM's own token sequence of each row: the sampled tokens it shares, read
 off the sampling passes (`trunk.Trunk.record`), and the tokens the RM's chat template adds after
-them (the end-of-turn marker, a newline; the whole rest where retokenizing the decoded text
-differs), run through those blocks on the sampling's own key/value cache (`Trunk.extend`).
-`RewardScorer` (given `held`) then runs only the RM's top blocks and score head over held
-sequences (`HeldTrunk.score`), and its usual passes over the others. The scores equal the full
+them (the end-of-turn marker, a newline), run through those blocks on the sampling's own
+key/value cache (`Trunk.extend`). A response whose decoded text retokenizes otherwise is not held
+(`MAX_REST`). `RewardScorer` (given `held`) then runs only the RM's top blocks and score head over
+held sequences (`HeldTrunk.score`), and its usual passes over the others. The scores equal the full
 pass up to float rounding (tests: 1e-4).
 
 Used by PPO for an RM hosted on the policy's shared base (`shared_reward.py`), and by the
@@ -25,6 +25,12 @@ import torch
 from rlhf_stack.ppo.trunk import Trunk
 
 Tensor = torch.Tensor
+
+# Tokens a held sequence may add after what was sampled: the chat template's closing ones (end of
+# turn, newline; 1-3 on SmolLM2's). A response whose decoded text retokenizes otherwise (~1 in 7
+# on the quickstart) would add the rest of the response, run in small passes that cost more than
+# its share of the RM's full pass; it is not held.
+MAX_REST = 4
 
 # (hidden (b, T, H) right-padded, mask (b, T), last (b,) index of each row's last token, depth) -> (b,) scores
 TopScores = Callable[[Tensor, Tensor, Tensor, int], Tensor]
@@ -52,8 +58,7 @@ class HeldTrunk:
         """Keep, for each row of one `generate()` call, the trunk's output over the RM's tokens.
 
         trunk: the sampling model's
-        bottom blocks; cache: the call's key/value cache (`generate(keep_cache=...)`), whose rows
-        this reorders; query_mask `(b, W)`: the left-padded prompts; hidden `(b, W + t - 1, H)`:
+        bottom blocks; cache: the call's key/value cache (`generate(keep_cache=...)`); query_mask `(b, W)`: the left-padded prompts; hidden `(b, W + t - 1, H)`:
         the trunk's output recorded over the fed columns (`trunk.sampled_hidden`); per row, the
         prompt, its token ids, the response ids up to EOS and the decoded response."""
         width, fed = query_mask.shape[1], hidden.shape[1]
@@ -67,6 +72,8 @@ class HeldTrunk:
             shared = 0
             while shared < min(len(sampled), len(target)) and sampled[shared] == target[shared]:
                 shared += 1
+            if len(target) - shared > MAX_REST:
+                continue  # the decoded text retokenizes otherwise: the full pass is cheaper than small ones
             rows.append(r)
             prefixes.append(shared)
             rests.append(target[shared:])
@@ -77,8 +84,8 @@ class HeldTrunk:
         tails = _extend(trunk, cache, rows, columns, prefixes, rests, query_mask.device)
         for j, r in enumerate(rows):
             kept = hidden[r, columns[j].to(hidden.device)]
-            if rests[j]:
-                kept = torch.cat([kept, tails[j, :len(rests[j])].to(kept.device)])
+            if tails[j] is not None:
+                kept = torch.cat([kept, tails[j].to(kept.device)])
             self.hidden[targets[j]] = kept
         self.depth = trunk.depth
 
@@ -114,18 +121,26 @@ def _columns(prompt_length: int, width: int, shared: int) -> Tensor:
     return torch.where(k < prompt_length, width - prompt_length + k, width + k - prompt_length)
 
 
-def _extend(trunk: Trunk, cache, rows, columns, prefixes, rests, device) -> Tensor | None:
-    """`(len(rows), S, H)`: the trunk over each row's rest, attending its shared columns only."""
-    if not any(rests):
-        return None
-    cache.batch_select_indices(torch.tensor(rows, device=device))
-    cache_mask = torch.zeros((len(rows), cache.get_seq_length()), dtype=torch.long, device=device)
-    for j, cols in enumerate(columns):
-        cache_mask[j, cols.to(device)] = 1
-    s = max(len(rest) for rest in rests)
-    ids = torch.zeros((len(rows), s), dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
+def _extend(trunk: Trunk, cache, rows, columns, prefixes, rests, device) -> list[Tensor | None]:
+    """Per row, `(len(rest), H)`: the trunk over the row's rest, attending its shared columns only
+    (None for an empty rest). Rows run in passes of similar rest length (1, 2, 3-4): the rows that
+    ended with EOS add one token, those cut at max_new_tokens their last token and two more."""
+    out: list[Tensor | None] = [None] * len(rows)
+    buckets: dict[int, list[int]] = {}
     for j, rest in enumerate(rests):
-        ids[j, :len(rest)] = torch.tensor(rest, dtype=torch.long)
-        mask[j, :len(rest)] = 1
-    return trunk.extend(cache, cache_mask, ids, mask, torch.tensor(prefixes, device=device))
+        if rest:
+            buckets.setdefault((len(rest) - 1).bit_length(), []).append(j)  # lengths 1, 2, 3-4, 5-8, ...
+    for group in buckets.values():
+        s = max(len(rests[j]) for j in group)
+        cache_mask = torch.zeros((len(group), cache.get_seq_length()), dtype=torch.long, device=device)
+        ids = torch.zeros((len(group), s), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for g, j in enumerate(group):
+            cache_mask[g, columns[j].to(device)] = 1
+            ids[g, :len(rests[j])] = torch.tensor(rests[j], dtype=torch.long)
+            mask[g, :len(rests[j])] = 1
+        tails = trunk.extend(cache, torch.tensor([rows[j] for j in group], device=device), cache_mask, ids, mask,
+                             torch.tensor([prefixes[j] for j in group], device=device))
+        for g, j in enumerate(group):
+            out[j] = tails[g, :len(rests[j])]
+    return out

@@ -316,7 +316,8 @@ def test_hosted_reward_model_scores_from_the_trunk_that_sampling_recorded(tiny_m
     """With adapters on the top block only, policy and hosted RM share the frozen bottom block: the
     RM scores each sample from that block's output kept while sampling (`trunk_reward.py`), plus
     the tokens its chat template adds, run on the sampling's cache. The step-1 scores (the same
-    samples either way) must equal those of the full pass (trunk_from_sampling off)."""
+    samples either way) must equal those of the full pass (reward_from_trunk off)."""
+    from rlhf_stack.ppo import trunk_reward
     from rlhf_stack.ppo.trunk_reward import HeldTrunk
 
     rm_dir = lora_reward_model(tiny_model_dir, tmp_path / "rm", layers=[1])
@@ -329,12 +330,14 @@ def test_hosted_reward_model_scores_from_the_trunk_that_sampling_recorded(tiny_m
         return found, scores
 
     monkeypatch.setattr(HeldTrunk, "score", spy)
+    # the tiny model's random text often retokenizes otherwise: hold those rows too (their whole rest)
+    monkeypatch.setattr(trunk_reward, "MAX_REST", 10**6)
     logs = {}
     for from_sampling in (True, False):
         out = tmp_path / f"ppo_{from_sampling}"
         result = train_ppo(config(tiny_model_dir, prompts_file, tmp_path, steps=2, output_dir=str(out),
                                   policy={"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "last_n_layers": 1}},
-                                  trunk_from_sampling=from_sampling,
+                                  reward_from_trunk=from_sampling,
                                   rewards=[{"kind": "reward_model", "path": str(rm_dir), "name": "rm"}]))
         assert result.metrics["models"]["reward_model"] == "adapter-on-shared-base"
         assert result.metrics["models"]["trunk_blocks"] == 1

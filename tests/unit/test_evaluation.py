@@ -486,15 +486,23 @@ def _reward_model_sharing_bottom_blocks(tiny_model_dir, out_dir):
     return out_dir
 
 
-def test_reward_scores_from_the_sampling_trunk_equal_the_reward_models_own(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("max_rest", [None, 10**6])
+def test_reward_scores_from_the_sampling_trunk_equal_the_reward_models_own(tiny_model_dir, tmp_path, monkeypatch,
+                                                                           max_rest):
     """The evaluation's proxy RM keeps, while a model that shares its bottom blocks samples, those
     blocks' output over the RM's own tokens (the sampled ones, then what its chat template adds,
     run on the sampling's cache), and scores from there with its top blocks only. The scores must
     equal `RewardScorer`'s full pass: rows cut at max_new_tokens and rows ended by EOS, one sample
-    a prompt and several, a response the RM tokenizes differently from how it was sampled."""
+    a prompt and several. A response whose decoded text the RM tokenizes otherwise than it was
+    sampled is not held by default (`MAX_REST`, scored by the full pass); held all the same with the
+    bound lifted, its whole rest runs on the cache."""
     from rlhf_stack.evaluation.models import LM
     from rlhf_stack.evaluation.reward_trunk import proxy_reward_model, shared_blocks
+    from rlhf_stack.ppo import trunk_reward
     from rlhf_stack.reward.scorer import RewardScorer
+
+    if max_rest is not None:
+        monkeypatch.setattr(trunk_reward, "MAX_REST", max_rest)
 
     checkpoint = str(_reward_model_sharing_bottom_blocks(tiny_model_dir, tmp_path / "rm"))
     rows = [{"prompt": p} for p in ("Tell me a long story about a cat", "Hi", "What is two plus two?")]
@@ -514,14 +522,14 @@ def test_reward_scores_from_the_sampling_trunk_equal_the_reward_models_own(tiny_
         torch.manual_seed(7)
         samples = lm.sample(rows, cfg, max_prompt_length=64, batch_size=4, source="test", n=n, trunk_depth=depth,
                             keep_trunk=False, reward=proxy)
-        assert samples.trunk is None and len(proxy.held.hidden) == len(set(zip(
-            [r["prompt"] for r in rows for _ in range(n)], samples.texts, strict=True)))
-        ended = [bool(r) and r[-1] == eos for r in samples.response_ids]
         prompts = [r["prompt"] for r in rows for _ in range(n)]
+        assert samples.trunk is None
+        ended = [bool(r) and r[-1] == eos for r in samples.response_ids]
         texts = [*samples.texts, "not sampled at all"]  # scored by the full pass
         got = proxy([*prompts, rows[0]["prompt"]], texts)
         want = reference.score([*prompts, rows[0]["prompt"]], texts)
-        assert proxy.held.reused == len(prompts)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-4)
+        # the tiny model's random text mostly retokenizes otherwise: all held only with the bound lifted
+        assert proxy.held.reused == len(prompts) if max_rest else proxy.held.reused < len(prompts)
         if n == 2:
             assert any(ended) and not all(ended)
