@@ -196,8 +196,10 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     how = {"max_prompt_length": cfg.max_prompt_length, "batch_size": cfg.generation_batch_size, "source": cfg.prompts}
 
     # 1. the baseline: s samples per prompt, and one pool of max(n) per prompt for the best-of-n curve.
-    # The proxy RM loads first: it keeps the bottom blocks' output of the samples it shares them with.
+    # The proxy RM loads first: it keeps the bottom blocks' output of the samples it shares them with,
+    # and scores each side right after it is sampled (`_rm_scores`).
     proxy = proxy_reward_model(cfg.reward_model) if cfg.reward_model else None
+    rm: dict[str, list[float] | None] = {}
     baseline = LM(cfg.baseline) if cfg.baseline else None
     reference = baseline if reference_name == cfg.baseline else (LM(reference_name) if reference_name else None)
     sides: dict[str, Samples] = {}
@@ -207,11 +209,13 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
         torch.manual_seed(cfg.seed)
         sides["baseline"] = baseline.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {cfg.baseline_label}",
                                             **_scored_by(proxy, baseline), **how)
+        rm["baseline"] = _rm_scores(proxy, prompts, sides["baseline"], cfg.samples_per_prompt)
         rows["baseline"] = _model_row(baseline, reference, sides["baseline"], corpus, cfg)
         if cfg.best_of_n:
             torch.manual_seed(cfg.seed + 1)
             pool = baseline.sample(rows_in, cfg, n=cfg.best_of_n[-1], desc=f"eval: best-of-n pool ({cfg.baseline_label})",
                                    **_scored_by(proxy, baseline), **how)
+            rm["pool"] = _rm_scores(proxy, prompts, pool, cfg.best_of_n[-1])
 
     # 2. each policy with the same seed: its samples, KL to the reference on them, perplexity
     for name, label, path in cfg.policy_specs():
@@ -220,6 +224,7 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
         torch.manual_seed(cfg.seed)
         sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}",
                                    record=reference is not None, **_scored_by(proxy, model, depth), **how)
+        rm[name] = _rm_scores(proxy, prompts, sides[name], cfg.samples_per_prompt)
         rows[name] = _model_row(model, reference, sides[name], corpus, cfg)
         del model
     del baseline, reference
@@ -229,9 +234,9 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     scores = {name: {"judge": judge(repeated, s.texts)} for name, s in sides.items()}
     if proxy is not None:
-        for name, s in sides.items():
-            scores[name]["rm"] = proxy(repeated, s.texts)
-    curve = _best_of_n_curve(prompts, pool.texts, cfg.best_of_n[-1], cfg.best_of_n, judge, proxy) if pool else {}
+        for name in sides:
+            scores[name]["rm"] = rm[name]
+    curve = _best_of_n_curve(prompts, pool.texts, cfg.best_of_n[-1], cfg.best_of_n, judge, rm.get("pool")) if pool else {}
     for picked in curve.values():
         picked["response_tokens"] = mean([len(pool.response_ids[j]) for j in picked["picks"]])
 
@@ -249,6 +254,17 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     samples = _sample_table(prompts, cfg.samples_per_prompt, sides, scores, curve)
     write_results(Path(cfg.output_dir), results, samples)
     return results
+
+
+def _rm_scores(proxy, prompts: list, samples: Samples, n: int) -> list[float] | None:
+    """The proxy RM's scores of `samples` (n a prompt); then it lets go of their trunk outputs, so it
+    holds one side's at a time (the quickstart's pool: 256 x ~70 x 576 floats, ~41 MB)."""
+    if proxy is None:
+        return None
+    scores = proxy([p for p in prompts for _ in range(n)], samples.texts)
+    if proxy.held is not None:
+        proxy.held.clear()
+    return scores
 
 
 def _scored_by(proxy, model: LM, kl_depth: int = 0) -> dict:
@@ -281,12 +297,12 @@ def _kl_row(model: LM, reference: LM, samples: Samples, cfg: EvalConfig) -> dict
 
 
 def _best_of_n_curve(prompts, texts: list[str], pool_size: int, ns: list[int], judge: ScoreFn,
-                     proxy: ScoreFn | None) -> dict[int, dict]:
+                     rm_pool: list[float] | None) -> dict[int, dict]:
     """Per n, best-of-n from one pool of `pool_size` samples per prompt (grouped by prompt): the picks
-    (indices into the pool) among the first n by the proxy RM (else the judge), their texts, and
-    their judge (and RM) scores. The judge scores each picked sample once, however many n pick it."""
+    (indices into the pool) among the first n by the proxy RM's scores `rm_pool` (None: by the
+    judge), their texts, and their judge (and RM) scores. The judge scores each picked sample
+    once, however many n pick it."""
     repeated = [p for p in prompts for _ in range(pool_size)]
-    rm_pool = proxy(repeated, texts) if proxy is not None else None
     selector = rm_pool if rm_pool is not None else judge(repeated, texts)
     judged = {} if rm_pool is not None else dict(enumerate(selector))
     picks = {n: stats.best_of_n_picks(selector, pool_size, n) for n in ns}

@@ -55,7 +55,7 @@ def test_best_of_n_picks_the_proxy_favourite_and_judges_it():
     texts = ["a", "bbb", "cc", "d"]  # prompt 0: a, bbb; prompt 1: cc, d
     proxy = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
     judge = lambda prompts, responses: [1.0 if r == "bbb" else 0.0 for r in responses]  # noqa: E731
-    scores = ev._best_of_n_curve(["p0", "p1"], texts, 2, [2], judge, proxy)[2]
+    scores = ev._best_of_n_curve(["p0", "p1"], texts, 2, [2], judge, proxy(["p0"] * 4, texts))[2]
     chosen = scores["texts"]
     assert chosen == ["bbb", "cc"]
     assert scores["judge"] == [1.0, 0.0]
@@ -75,7 +75,7 @@ def test_best_of_n_curve_uses_the_first_n_of_one_pool_and_judges_each_pick_once(
         calls.append(list(responses))
         return [float(r.count("x")) for r in responses]
 
-    curve = ev._best_of_n_curve(["p0", "p1"], texts, 4, [1, 2, 4], judge, proxy)
+    curve = ev._best_of_n_curve(["p0", "p1"], texts, 4, [1, 2, 4], judge, proxy(["p0"] * 8, texts))
     assert {n: c["texts"] for n, c in curve.items()} == {1: ["x", "yyy"], 2: ["xxxx", "yyy"], 4: ["xxxx", "xxxxx"]}
     assert curve[4]["judge"] == [4.0, 5.0] and curve[4]["rm"] == [4.0, 5.0]
     # picks over all n: indices 0, 1, 4, 6 -> the judge saw exactly those four, once, in one call
