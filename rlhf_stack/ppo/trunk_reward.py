@@ -57,10 +57,11 @@ class HeldTrunk:
                 prompts: list, prompt_ids: list, responses: list[list[int]], texts: list[str]) -> None:
         """Keep, for each row of one `generate()` call, the trunk's output over the RM's tokens.
 
-        trunk: the sampling model's
-        bottom blocks; cache: the call's key/value cache (`generate(keep_cache=...)`); query_mask `(b, W)`: the left-padded prompts; hidden `(b, W + t - 1, H)`:
-        the trunk's output recorded over the fed columns (`trunk.sampled_hidden`); per row, the
-        prompt, its token ids, the response ids up to EOS and the decoded response."""
+        trunk: the sampling model's bottom blocks; cache: the call's key/value cache
+        (`generate(keep_cache=...)`); query_mask `(b, W)`: the left-padded prompts; hidden
+        `(b, W + t - 1, H)`: the trunk's output recorded over the fed columns
+        (`trunk.sampled_hidden`); per row, the prompt, its token ids, the response ids up to EOS
+        and the decoded response."""
         width, fed = query_mask.shape[1], hidden.shape[1]
         rows, prefixes, rests, targets = [], [], [], []
         for r, (prompt, ids, response, text) in enumerate(zip(prompts, prompt_ids, responses, texts, strict=True)):
