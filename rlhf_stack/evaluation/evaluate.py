@@ -39,7 +39,7 @@ from rlhf_stack.evaluation import stats
 from rlhf_stack.evaluation.judges import JudgeConfig, ScoreFn, build_judge
 from rlhf_stack.evaluation.models import LM, Samples
 from rlhf_stack.evaluation.reward_accuracy import evaluate_reward_model
-from rlhf_stack.evaluation.reward_trunk import proxy_reward_model, shared_blocks
+from rlhf_stack.evaluation.reward_trunk import proxy_reward_model, sampling_args, scores_then_release
 from rlhf_stack.evaluation.stats import best_of_n_kl, mean, perplexity, sequence_kl
 from rlhf_stack.pipeline.layout import RESULTS_FILE, SAMPLES_FILE
 
@@ -197,7 +197,7 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
 
     # 1. the baseline: s samples per prompt, and one pool of max(n) per prompt for the best-of-n curve.
     # The proxy RM loads first: it keeps the bottom blocks' output of the samples it shares them with,
-    # and scores each side right after it is sampled (`_rm_scores`).
+    # and scores each side right after it is sampled (`reward_trunk.scores_then_release`).
     proxy = proxy_reward_model(cfg.reward_model) if cfg.reward_model else None
     rm: dict[str, list[float] | None] = {}
     baseline = LM(cfg.baseline) if cfg.baseline else None
@@ -206,16 +206,17 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     rows: dict[str, dict] = {}
     pool = None
     if baseline is not None:
+        scored = sampling_args(proxy, baseline)  # the proxy RM's use of the baseline's trunk, checked once
         torch.manual_seed(cfg.seed)
         sides["baseline"] = baseline.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {cfg.baseline_label}",
-                                            **_scored_by(proxy, baseline), **how)
-        rm["baseline"] = _rm_scores(proxy, prompts, sides["baseline"], cfg.samples_per_prompt)
+                                            **scored, **how)
+        rm["baseline"] = scores_then_release(proxy, prompts, sides["baseline"], cfg.samples_per_prompt)
         rows["baseline"] = _model_row(baseline, reference, sides["baseline"], corpus, cfg)
         if cfg.best_of_n:
             torch.manual_seed(cfg.seed + 1)
             pool = baseline.sample(rows_in, cfg, n=cfg.best_of_n[-1], desc=f"eval: best-of-n pool ({cfg.baseline_label})",
-                                   **_scored_by(proxy, baseline), **how)
-            rm["pool"] = _rm_scores(proxy, prompts, pool, cfg.best_of_n[-1])
+                                   **scored, **how)
+            rm["pool"] = scores_then_release(proxy, prompts, pool, cfg.best_of_n[-1])
 
     # 2. each policy with the same seed: its samples, KL to the reference on them, perplexity
     for name, label, path in cfg.policy_specs():
@@ -223,8 +224,8 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
         depth = model.shared_trunk_depth(reference) if reference is not None else 0  # KL pass: top blocks only
         torch.manual_seed(cfg.seed)
         sides[name] = model.sample(rows_in, cfg, n=cfg.samples_per_prompt, desc=f"eval: {label}",
-                                   record=reference is not None, **_scored_by(proxy, model, depth), **how)
-        rm[name] = _rm_scores(proxy, prompts, sides[name], cfg.samples_per_prompt)
+                                   record=reference is not None, **sampling_args(proxy, model, depth), **how)
+        rm[name] = scores_then_release(proxy, prompts, sides[name], cfg.samples_per_prompt)
         rows[name] = _model_row(model, reference, sides[name], corpus, cfg)
         del model
     del baseline, reference
@@ -254,26 +255,6 @@ def evaluate_from_config(cfg: EvalConfig) -> dict:
     samples = _sample_table(prompts, cfg.samples_per_prompt, sides, scores, curve)
     write_results(Path(cfg.output_dir), results, samples)
     return results
-
-
-def _rm_scores(proxy, prompts: list, samples: Samples, n: int) -> list[float] | None:
-    """The proxy RM's scores of `samples` (n a prompt); then it lets go of their trunk outputs, so it
-    holds one side's at a time (the quickstart's pool: 256 x ~70 x 576 floats, ~41 MB)."""
-    if proxy is None:
-        return None
-    scores = proxy([p for p in prompts for _ in range(n)], samples.texts)
-    if proxy.held is not None:
-        proxy.held.clear()
-    return scores
-
-
-def _scored_by(proxy, model: LM, kl_depth: int = 0) -> dict:
-    """`LM.sample` arguments: record the bottom `kl_depth` blocks for the KL pass (0: none), and let
-    `proxy` keep their output for scoring when it shares exactly those blocks (any, without a KL pass)."""
-    depth = shared_blocks(proxy, model) if proxy is not None else 0
-    if not depth or (kl_depth and depth != kl_depth):
-        return {"trunk_depth": kl_depth}
-    return {"trunk_depth": depth, "keep_trunk": bool(kl_depth), "reward": proxy}
 
 
 def _model_row(model: LM, reference: LM | None, samples: Samples, corpus: list[str] | None, cfg: EvalConfig) -> dict:

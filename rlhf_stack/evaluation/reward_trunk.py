@@ -43,6 +43,27 @@ def shared_blocks(scorer, lm) -> int:
     return shared_depth(lm.backbone, lm.tokenizer, backbone, scorer.tokenizer, scorer.device)
 
 
+def sampling_args(proxy, model, kl_depth: int = 0) -> dict:
+    """`LM.sample` arguments: record the bottom `kl_depth` blocks for the KL pass (0: none), and let
+    `proxy` keep their output for scoring when it shares exactly those blocks (any, without a KL pass)."""
+    depth = shared_blocks(proxy, model) if proxy is not None else 0
+    if not depth or (kl_depth and depth != kl_depth):
+        return {"trunk_depth": kl_depth}
+    return {"trunk_depth": depth, "keep_trunk": bool(kl_depth), "reward": proxy}
+
+
+def scores_then_release(proxy, prompts: list, samples, n: int) -> list[float] | None:
+    """The proxy RM's scores of `samples` (`models.Samples`, n a prompt); then it lets go of their
+    trunk outputs, so it holds one side's at a time (the quickstart's pool: 256 x ~70 x 576 floats,
+    ~41 MB). None without a proxy RM."""
+    if proxy is None:
+        return None
+    scores = proxy([p for p in prompts for _ in range(n)], samples.texts)
+    if proxy.held is not None:
+        proxy.held.clear()
+    return scores
+
+
 def _backbone(model):
     """The decoder stack of a sequence classifier with a `score` head (e.g. LlamaModel), else None."""
     inner = getattr(model, getattr(model, "base_model_prefix", ""), None)

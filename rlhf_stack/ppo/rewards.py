@@ -272,7 +272,8 @@ def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
         found = (host_reward_model(model, path, info.base_model, unpadded=cfg.unpadded_prompt_passes)
                  or reward_on_value_model(model, path, device))
         on_value_model |= isinstance(found, ValueOriginClassifier)
-        held.extend([found.held] if getattr(found, "held", None) is not None else [])
+        if getattr(found, "held", None) is not None:  # an RM hosted as an adapter
+            held.append(found.held)
         return found
 
     use_host = cfg.host_reward_model and model.shared

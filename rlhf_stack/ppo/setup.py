@@ -88,6 +88,9 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
 
         actor_critic.rebind()
         register_fsdp_forward_method(actor_critic, "call")
+    if not (cfg.reward_from_trunk and cfg.trunk_from_sampling and actor_critic.trunk is not None
+            and not distributed.is_sharded(actor_critic)):
+        held_reward = None  # the hosted RM runs its full passes (`trunk_reward.py`)
     average = policy_average(cfg, actor_critic)
     kl_ctl, moments = controllers(cfg)
     torch.manual_seed(cfg.seed + acc.process_index)  # each process samples different responses

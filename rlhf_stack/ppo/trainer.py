@@ -58,9 +58,7 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     world, rank = acc.num_processes, acc.process_index
     # Merging writes into the base weights, which FSDP2 holds only as shards outside a forward.
     merge_lora = cfg.merge_lora_for_generation and unwrapped.shared and not distributed.is_sharded(unwrapped)
-    # A hosted RM scores from the frozen trunk's output that sampling recorded (`trunk_reward.py`).
-    held = (run.held_reward if cfg.reward_from_trunk and cfg.trunk_from_sampling and unwrapped.trunk is not None
-            and not distributed.is_sharded(unwrapped) else None)
+    held = run.held_reward  # a hosted RM scoring from the trunk's output that sampling recorded
     guard = StepGuard(cfg.on_nonfinite, acc, unwrapped, run.optimizer, run.output_dir / CHECKPOINTS_DIR,
                       updates_per_step=cfg.updates_per_step)
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
@@ -72,7 +70,8 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         index = step_prompt_indices(data.prompt_stream, step, world, rank, cfg.prompts_per_step,
                                     cfg.samples_per_prompt)
         prompts = [data.prompts[i]["prompt"] for i in index]
-        query_ids, query_mask = left_pad([data.prompt_ids[i] for i in index], tokenizer.pad_token_id, acc.device)
+        prompt_ids = [data.prompt_ids[i] for i in index]
+        query_ids, query_mask = left_pad(prompt_ids, tokenizer.pad_token_id, acc.device)
 
         # 1. generate, then evaluate the samples under policy (pi_old), reference and value
         #    (through `call`: under FSDP2 that gathers the parameters the rollout's passes need).
@@ -94,10 +93,9 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
         #    then normalise / clip / penalise missing EOS
         responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         if caches and rollout.hidden is not None:  # the hosted RM then runs only the blocks above the trunk
-            held.collect(unwrapped.trunk, caches[0], query_mask, rollout.hidden, prompts,
-                         [ids[m.bool()].tolist() for ids, m in zip(query_ids, query_mask, strict=True)],
-                         [ids[m.bool()].tolist() for ids, m in zip(rollout.response_ids, rollout.response_mask,
-                                                                   strict=True)], responses)
+            held.collect(unwrapped.trunk, caches[0], query_mask, rollout.hidden, prompts, prompt_ids,
+                         [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask, strict=True)],
+                         responses)
         where = partial(_prompt_where, cfg, data.prompts, index)
         raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
         if held is not None:
