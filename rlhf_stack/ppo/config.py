@@ -229,6 +229,12 @@ class PPOConfig(Config):
     chat template shares, plus the few it adds (end of turn), run on the sampling's key/value cache;
     only the blocks above the trunk run to score (`ppo/trunk_reward.py`). The same scores up to
     float rounding; off: the RM runs every block over each scored sequence."""
+    packed_passes: bool = True
+    """With the frozen trunk (`cache_frozen_trunk`), run the blocks above it over each micro-batch
+    packed into one row: no padding columns, the start every prompt shares (a chat template's
+    system turn) once, and the LM head, the value head and the log-softmax only where their outputs
+    are used; the same for the PPO-ptx corpus rows (`ppo/flat.py`). The same results up to float
+    rounding; off: the padded `[prompt | response]` layout."""
 
     @field_validator("policy")
     @classmethod

@@ -307,6 +307,12 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return total / n_tokens
 
 
+def token_lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """`lm_loss` from the used positions alone: logits `(n, V)` each predicting targets `(n,)`;
+    the mean over them (0 when n = 0)."""
+    return F.cross_entropy(logits, targets, reduction="sum") / max(len(targets), 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # From logits
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from rlhf_stack import modeling
+from rlhf_stack.ppo import flat
+from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.trunk import Trunk, position_ids_from_mask
 from rlhf_stack.ppo.value import (
     VALUE,
@@ -51,7 +53,8 @@ class ActorCritic(nn.Module):
     one backward per micro-batch. Sequences are `[left-padded prompt | right-padded response]`;
     every method returns tensors for the last `n_response` positions only. Each takes `hidden`,
     the frozen trunk's output for `input_ids[:, :-1]` (`trunk_hidden`), when there is a trunk:
-    then only the blocks above it run.
+    then only the blocks above it run, over the micro-batch packed into one row (`flat.py`) unless
+    `packed_passes` is off.
     """
 
     def __init__(self, policy: nn.Module, value_head: ValueHead | None, *, value_backbone: nn.Module | None = None,
@@ -69,6 +72,7 @@ class ActorCritic(nn.Module):
         self.value_params: list[nn.Parameter] = []
         self._trainable_names: tuple[list[str], list[str]] = ([], [])  # the two lists, by name (`rebind`)
         self.trunk: Trunk | None = None  # set by use_trunk() once every adapter is in place
+        self.packed_passes = True  # the passes above the trunk run packed (PPOConfig.packed_passes)
         # The reward model a value model of its own was copied from (`value.lora_value_model`), kept as a
         # plain object (no nn.Module attribute: its decoder is value_backbone's, already registered)
         # so that the same RM as a reward source can score on it (`shared_reward.reward_on_value_model`).
@@ -158,28 +162,62 @@ class ActorCritic(nn.Module):
         for p in self.policy_params + self.value_params:
             p.requires_grad_(True)
 
+    def packing(self, input_ids, attention_mask, n_response: int, hidden=None) -> flat.Packing | None:
+        """The packed layout of a micro-batch's passes above the trunk; None (padded passes) without
+        the trunk's output or with `packed_passes` off."""
+        if hidden is None or not self.packs:
+            return None
+        return flat.response_packing(input_ids, attention_mask, n_response)
+
+    @property
+    def packs(self) -> bool:
+        """Whether the passes above the trunk run packed (`packed_passes`, and attention that can)."""
+        return self.packed_passes and self.trunk is not None and flat.supported(self.trunk.backbone.config)
+
     def policy_logits(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
         """Logits predicting each response token; `(b, T) -> (b, n_response, V)`."""
         if hidden is None:
             return causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
         top = self.trunk.top(hidden, attention_mask[:, :-1])
-        return self.policy.get_base_model().get_output_embeddings()(top[:, -n_response:])
+        return self._lm_head()(top[:, -n_response:])
+
+    def policy_logprobs(self, input_ids, attention_mask, response_ids, temperature: float, hidden=None,
+                        packing: flat.Packing | None = None, entropy: bool = False):
+        """(log pi of each response token, its entropy or None); `(b, t)` each. With `packing` the
+        heads run at the kept response tokens only and padding holds 0; else any value."""
+        n_response = response_ids.shape[1]
+        if packing is None:
+            logits = self.policy_logits(input_ids, attention_mask, n_response, hidden)
+            return (PF.logprobs_from_logits(logits, response_ids, temperature),
+                    PF.entropy_from_logits(logits, temperature) if entropy else None)
+        logits = self._lm_head()(self.trunk.top_packed(hidden, packing))[None]  # (1, n, V)
+        offset = hidden.shape[1] - n_response
+        tokens = response_ids[packing.rows, packing.cols - offset][None]
+        shape = tuple(response_ids.shape)
+        logprobs = packing.scatter(PF.logprobs_from_logits(logits, tokens, temperature)[0], shape, offset)
+        return logprobs, packing.scatter(PF.entropy_from_logits(logits, temperature)[0], shape, offset) if entropy else None
 
     @torch.no_grad()
-    def ref_logits(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
-        """Reference-policy logits for the response tokens; `(b, T) -> (b, n_response, V)`."""
+    def ref_logprobs(self, input_ids, attention_mask, response_ids, temperature: float, hidden=None,
+                     packing: flat.Packing | None = None) -> torch.Tensor:
+        """Reference-policy log-probs of the response tokens; `(b, t)` (as `policy_logprobs`)."""
         if self.ref_model is not None:
-            return causal_lm_logits(self.ref_model, input_ids, attention_mask, n_response)
+            logits = causal_lm_logits(self.ref_model, input_ids, attention_mask, response_ids.shape[1])
+            return PF.logprobs_from_logits(logits, response_ids, temperature)
         context = self.adapter(self.ref_adapter) if self.ref_adapter else self.policy.disable_adapter()
         with context:
-            return self.policy_logits(input_ids, attention_mask, n_response, hidden)
+            return self.policy_logprobs(input_ids, attention_mask, response_ids, temperature, hidden, packing)[0]
 
-    def values(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
+    def values(self, input_ids, attention_mask, n_response: int, hidden=None,
+               packing: flat.Packing | None = None) -> torch.Tensor:
         """V(s_t) for each response position t (state = prompt + response[:t]); `(b, n_response)`."""
-        attention_mask = attention_mask[:, :-1]  # the last token is no state
         if self.value_backbone is not None:
-            hidden = None  # a value model of its own shares no trunk with the policy's base
+            hidden = packing = None  # a value model of its own shares no trunk with the policy's base
+        attention_mask = attention_mask[:, :-1]  # the last token is no state
         with self.adapter(VALUE):
+            if packing is not None:
+                values = self.value_head(self.trunk.top_packed(hidden, packing))
+                return packing.scatter(values, (len(input_ids), n_response), hidden.shape[1] - n_response)
             if hidden is not None:
                 top = self.trunk.top(hidden, attention_mask)
             else:
@@ -188,25 +226,39 @@ class ActorCritic(nn.Module):
                                        use_cache=False).last_hidden_state
         return self.value_head(top[:, -n_response:])
 
-    def forward(self, input_ids, attention_mask, n_response: int, ptx_input_ids=None, ptx_attention_mask=None,
-                part: str = "both", hidden=None, ptx_hidden=None):
-        """Training pass: (policy logits `(b, t, V)` | None, values `(b, t)` | None, ptx logits | None).
+    def ptx_loss(self, input_ids, attention_mask, labels, hidden=None) -> torch.Tensor:
+        """The policy's LM loss on a PPO-ptx corpus batch (`data.PtxBatches`), from the rows' cached
+        trunk output `hidden` when given (packed unless `packed_passes` is off)."""
+        if hidden is None:
+            return PF.lm_loss(self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits,
+                              labels)
+        if not self.packs:
+            return PF.lm_loss(self._lm_head()(self.trunk.top(hidden, attention_mask)), labels)
+        packing = flat.corpus_packing(attention_mask, labels)
+        logits = self._lm_head()(self.trunk.top_packed(hidden, packing))
+        return PF.token_lm_loss(logits, labels[packing.rows, packing.cols + 1])
 
+    def _lm_head(self) -> nn.Module:
+        return self.policy.get_base_model().get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask, response_ids, ptx=None, part: str = "both", hidden=None,
+                temperature: float = 1.0):
+        """Training pass: (policy log-probs `(b, t)` | None, values `(b, t)` | None, ptx loss | None).
+
+        ptx: a PPO-ptx corpus batch (input_ids, attention_mask, labels, trunk output or None).
         part: "both", or "policy" / "value" alone (the split the trainer uses for a shared base
         under gradient checkpointing, see `needs_split_backward`).
         """
-        logits = values = ptx_logits = None
+        n_response = response_ids.shape[1]
+        packing = self.packing(input_ids, attention_mask, n_response, hidden)
+        logprobs = values = ptx_loss = None
         if part in ("both", "policy"):
-            logits = self.policy_logits(input_ids, attention_mask, n_response, hidden)
-            if ptx_hidden is not None:  # the corpus rows' cached trunk output (data.PtxBatches)
-                top = self.trunk.top(ptx_hidden, ptx_attention_mask)
-                ptx_logits = self.policy.get_base_model().get_output_embeddings()(top)
-            elif ptx_input_ids is not None:
-                ptx_logits = self.policy(input_ids=ptx_input_ids, attention_mask=ptx_attention_mask,
-                                         use_cache=False).logits
+            logprobs, _ = self.policy_logprobs(input_ids, attention_mask, response_ids, temperature, hidden, packing)
+            if ptx is not None:
+                ptx_loss = self.ptx_loss(*ptx)
         if part in ("both", "value"):
-            values = self.values(input_ids, attention_mask, n_response, hidden)
-        return logits, values, ptx_logits
+            values = self.values(input_ids, attention_mask, n_response, hidden, packing)
+        return logprobs, values, ptx_loss
 
     @property
     def has_value(self) -> bool:

@@ -264,16 +264,15 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
         mb = slice(start, start + micro_batch_size)
         mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
         mb_hidden = hidden[mb] if hidden is not None else actor_critic.trunk_hidden(mb_ids, mb_mask)
+        packing = actor_critic.packing(mb_ids, mb_mask, n_response, mb_hidden)
         if with_policy:
-            logits = actor_critic.policy_logits(mb_ids, mb_mask, n_response, mb_hidden)
-            logprobs.append(PF.logprobs_from_logits(logits, mb_response, temperature))
-            entropy.append(PF.entropy_from_logits(logits, temperature))
-            del logits
-        ref_logits = actor_critic.ref_logits(mb_ids, mb_mask, n_response, mb_hidden)
-        ref_logprobs.append(PF.logprobs_from_logits(ref_logits, mb_response, temperature))
-        del ref_logits
+            mb_logprobs, mb_entropy = actor_critic.policy_logprobs(mb_ids, mb_mask, mb_response, temperature, mb_hidden,
+                                                                   packing, entropy=True)
+            logprobs.append(mb_logprobs)
+            entropy.append(mb_entropy)
+        ref_logprobs.append(actor_critic.ref_logprobs(mb_ids, mb_mask, mb_response, temperature, mb_hidden, packing))
         if actor_critic.has_value:
-            values.append(actor_critic.values(mb_ids, mb_mask, n_response, mb_hidden).float())
+            values.append(actor_critic.values(mb_ids, mb_mask, n_response, mb_hidden, packing).float())
         if hidden is None and mb_hidden is not None:
             trunk_out.append(mb_hidden)
     mask = response_mask

@@ -81,6 +81,7 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
         probe = [data.prompt_ids[i] for i in range(min(2, len(data.prompt_ids)))]
         probe_ids, probe_mask = left_pad(probe, tokenizer.pad_token_id, acc.device)
         info = replace(info, trunk_blocks=actor_critic.use_trunk(probe_ids, probe_mask))
+    actor_critic.packed_passes = cfg.packed_passes
     optimizer, scheduler = optimizer_and_scheduler(cfg, actor_critic)
     model, optimizer = acc.prepare(actor_critic, optimizer)
     if distributed.is_sharded(actor_critic):  # FSDP2 shards in place: `model is actor_critic`

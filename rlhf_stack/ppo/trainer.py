@@ -244,21 +244,19 @@ def _policy_and_value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPO
     """
     acc, unwrapped = run.accelerator, run.actor_critic
     mb = mb.trimmed()
-    n_response = mb.response_ids.shape[1]
-    ptx_ids, ptx_mask, ptx_labels, ptx_hidden = ptx_batch if ptx_batch is not None else (None, None, None, None)
     stats: dict[str, torch.Tensor] = {}
     if unwrapped.needs_split_backward:
         with unwrapped.adapter("value"), nullcontext() if not last else acc.no_sync(model):
-            _, values, _ = model(mb.input_ids, mb.attention_mask, n_response, part="value", hidden=mb.hidden)
+            _, values, _ = model(mb.input_ids, mb.attention_mask, mb.response_ids, part="value", hidden=mb.hidden)
             value_loss = _value_loss(values, mb, cfg, stats)
             acc.backward(cfg.vf_coef * value_loss / cfg.grad_accum_steps)
-        logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask, part="policy",
-                                      hidden=mb.hidden, ptx_hidden=ptx_hidden)
-        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
+        logprobs, _, ptx_loss = model(mb.input_ids, mb.attention_mask, mb.response_ids, ptx_batch, part="policy",
+                                      hidden=mb.hidden, temperature=cfg.temperature)
+        loss = _policy_loss(logprobs, ptx_loss, mb, cfg, stats, aggregate)
     else:
-        logits, values, ptx_logits = model(mb.input_ids, mb.attention_mask, n_response, ptx_ids, ptx_mask,
-                                           hidden=mb.hidden, ptx_hidden=ptx_hidden)
-        loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
+        logprobs, values, ptx_loss = model(mb.input_ids, mb.attention_mask, mb.response_ids, ptx_batch,
+                                           hidden=mb.hidden, temperature=cfg.temperature)
+        loss = _policy_loss(logprobs, ptx_loss, mb, cfg, stats, aggregate)
         loss = loss + cfg.vf_coef * _value_loss(values, mb, cfg, stats)
     acc.backward(loss / cfg.grad_accum_steps)
     return stats
@@ -269,11 +267,10 @@ def _policy_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, la
     """Critic-free estimators: loss = clipped policy loss (+ ptx_coef * LM loss); backward. No value
     forward, no value loss: there is no value model."""
     mb = mb.trimmed()
-    ptx_ids, ptx_mask, ptx_labels, ptx_hidden = ptx_batch if ptx_batch is not None else (None, None, None, None)
     stats: dict[str, torch.Tensor] = {}
-    logits, _, ptx_logits = model(mb.input_ids, mb.attention_mask, mb.response_ids.shape[1], ptx_ids, ptx_mask,
-                                  part="policy", hidden=mb.hidden, ptx_hidden=ptx_hidden)
-    loss = _policy_loss(logits, ptx_logits, ptx_labels, mb, cfg, stats, aggregate)
+    logprobs, _, ptx_loss = model(mb.input_ids, mb.attention_mask, mb.response_ids, ptx_batch, part="policy",
+                                  hidden=mb.hidden, temperature=cfg.temperature)
+    loss = _policy_loss(logprobs, ptx_loss, mb, cfg, stats, aggregate)
     run.accelerator.backward(loss / cfg.grad_accum_steps)
     return stats
 
@@ -285,7 +282,7 @@ def _value_backward(run: Run, model, mb: Rollout, ptx_batch, cfg: PPOConfig, las
     mb = mb.trimmed()
     stats: dict[str, torch.Tensor] = {}
     with run.actor_critic.adapter("value"):
-        _, values, _ = model(mb.input_ids, mb.attention_mask, mb.response_ids.shape[1], part="value", hidden=mb.hidden)
+        _, values, _ = model(mb.input_ids, mb.attention_mask, mb.response_ids, part="value", hidden=mb.hidden)
         run.accelerator.backward(cfg.vf_coef * _value_loss(values, mb, cfg, stats) / cfg.grad_accum_steps)
     return stats
 
@@ -297,15 +294,13 @@ def _value_loss(values, mb: Rollout, cfg: PPOConfig, stats: dict) -> torch.Tenso
     return value_loss
 
 
-def _policy_loss(logits, ptx_logits, ptx_labels, mb: Rollout, cfg: PPOConfig, stats: dict,
+def _policy_loss(logprobs, ptx_loss, mb: Rollout, cfg: PPOConfig, stats: dict,
                  aggregate: Callable) -> torch.Tensor:
-    logprobs = PF.logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
     loss, policy_stats = PF.clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask,
                                                 cfg.clip_range, aggregate)
     stats.update(policy_loss=loss.detach(), **policy_stats)
-    if ptx_logits is not None:
+    if ptx_loss is not None:
         # PPO-ptx: + gamma * E_pretrain[log pi(x)], as a loss (InstructGPT eq. 2)
-        ptx_loss = PF.lm_loss(ptx_logits, ptx_labels)
         loss = loss + cfg.ptx_coef * ptx_loss
         stats["ptx_loss"] = ptx_loss.detach()
     return loss

@@ -74,12 +74,22 @@ class Trunk:
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                                  position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
 
-    def top(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    def top(self, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         """`(b, T, H) -> (b, T, H)`: the remaining blocks and the final norm, from `hidden`, with
-        whatever adapter is active (the backbone's last_hidden_state of a full pass)."""
+        whatever adapter is active (the backbone's last_hidden_state of a full pass). attention_mask:
+        `(b, T)` (positions then skip its left padding), or a `(b, 1, T, T)` boolean one with
+        `position_ids` (a packed row, `flat.pack`)."""
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
         with _only_blocks(self.backbone, self.depth, None, final_norm=True):
             return self.backbone(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False,
-                                 position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+                                 position_ids=position_ids).last_hidden_state
+
+    def top_packed(self, hidden: Tensor, packing) -> Tensor:
+        """`(b, W, H) -> (n, H)`: the remaining blocks over the packed row of `hidden` (`flat.Packing`),
+        their outputs at the used positions only."""
+        mask = packing.attention_mask(self.backbone.config, hidden.dtype)
+        return self.top(packing.gather(hidden), mask, packing.positions)[0, packing.out]
 
     @torch.no_grad()
     def extend(self, cache, rows: Tensor, cache_mask: Tensor, input_ids: Tensor, input_mask: Tensor,

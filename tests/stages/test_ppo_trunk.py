@@ -29,40 +29,84 @@ def word_count(prompts, responses):
     return [float(len(r.split())) for r in responses]
 
 
-def test_trunk_passes_equal_full_passes(tiny_model_dir, prompts_file, tmp_path):
+@pytest.mark.parametrize(("packed", "attention"), [(True, "sdpa"), (True, "eager"), (False, "sdpa")])
+def test_trunk_passes_equal_full_passes(tiny_model_dir, prompts_file, tmp_path, packed, attention):
+    """Above the trunk, packed (`flat.py`: one row, the shared start once, heads at the used outputs
+    only; its mask boolean for sdpa, additive for eager attention) or padded, the rollout's and the
+    update's passes equal full passes: log-probs, entropy, values, the ptx loss, and the gradients
+    of all of them."""
     cfg = config(tiny_model_dir, prompts_file, tmp_path)
     tokenizer = policy_tokenizer(cfg)
     model, _ = build_actor_critic(cfg, tokenizer, torch.device("cpu"))
+    model.policy.get_base_model().set_attn_implementation(attention)
+    model.packed_passes = packed
     with torch.no_grad():  # make every adapter differ from zero, so a wrong adapter would show
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    query_ids, query_mask = left_pad([[5, 6, 7], [8, 9]], tokenizer.pad_token_id, torch.device("cpu"))
+    pad = tokenizer.pad_token_id
+    # rows that share a 2-token start, prompts of 4, 3 and 6 tokens; responses of 3, 4 and 1 tokens
+    query_ids, query_mask = left_pad([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7, 8, 10, 11]], pad, torch.device("cpu"))
     assert model.use_trunk(query_ids, query_mask) == 1  # block 0 has no adapter, block 1 has all of them
-    response_ids = torch.tensor([[11, 12, 13, tokenizer.pad_token_id], [14, 15, 16, 17]])
-    response_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert model.packs == packed
+    response_ids = torch.tensor([[11, 12, 13, pad], [14, 15, 16, 17], [18, pad, pad, pad]])
+    response_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     with_trunk = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
-                                   temperature=0.7, micro_batch_size=1)
+                                   temperature=0.7, micro_batch_size=3)
     trunk, model.trunk = model.trunk, None
     full = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
                              temperature=0.7, micro_batch_size=2)
-    assert with_trunk[4].shape == (2, 3 + 4 - 1, model.policy.config.hidden_size) and full[4] is None
+    assert with_trunk[4].shape == (3, 6 + 4 - 1, model.policy.config.hidden_size) and full[4] is None
     for a, b in zip(with_trunk[:4], full[:4], strict=True):  # logprobs, entropy, ref_logprobs, values
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # the training pass with gradients: policy logits and values from the trunk match too
+    # the training pass with gradients: policy log-probs, values and the ptx loss from the trunk match too
     model.trunk = trunk
     input_ids = torch.cat([query_ids, response_ids], 1)
     mask = torch.cat([query_mask, response_mask.long()], 1)
-    logits, values, _ = model(input_ids, mask, 4, hidden=model.trunk_hidden(input_ids, mask))
-    (logits.sum() + values.sum()).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
+    ptx_ids = torch.tensor([[20, 21, 22, 23, 2], [24, 25, 2, pad, pad]])
+    ptx_mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
+    ptx_labels = ptx_ids.masked_fill(ptx_mask == 0, -100)
+
+    def losses(hidden, ptx_hidden):
+        logprobs, values, ptx_loss = model(input_ids, mask, response_ids, (ptx_ids, ptx_mask, ptx_labels, ptx_hidden),
+                                           hidden=hidden, temperature=0.7)
+        logprobs, values = logprobs * response_mask, values * response_mask
+        ((logprobs * torch.arange(1.0, 5.0)).sum() + values.sum() + ptx_loss).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        return logprobs, values, ptx_loss, grads
+
+    *outputs, grads = losses(model.trunk_hidden(input_ids, mask), trunk.hidden(ptx_ids, ptx_mask))
     model.trunk = None
-    logits_full, values_full, _ = model(input_ids, mask, 4)
-    (logits_full.sum() + values_full.sum()).backward()
-    torch.testing.assert_close(logits, logits_full, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(values, values_full, atol=1e-5, rtol=1e-5)
-    assert grads and all(torch.allclose(g, dict(model.named_parameters())[n].grad, atol=1e-4) for n, g in grads.items())
+    *outputs_full, grads_full = losses(None, None)
+    for a, b in zip(outputs, outputs_full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert grads and grads.keys() == grads_full.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_full[name], atol=1e-4, rtol=1e-4)
+
+
+def test_packing_shares_the_start_and_drops_padding():
+    """`flat.pack` on a hand-made batch: which tokens the packed row holds, in which order, at which
+    positions, and what each may attend."""
+    from rlhf_stack.ppo.flat import response_packing
+
+    # two rows [prompt | response], prompt left-padded: tokens 1 2 3 | 7 8 and 1 2 | 9 (0 = padding)
+    input_ids = torch.tensor([[1, 2, 3, 7, 8], [0, 1, 2, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    packing = response_packing(input_ids, mask, n_response=2)
+    # the passes read columns 0-3; used: the outputs predicting each response token (row 0: cols 2, 3;
+    # row 1: col 2). The rows share "1", not "1 2": row 1's first used output is at its position 1.
+    assert input_ids[:, :-1].reshape(-1)[packing.take].tolist() == [1, 2, 3, 7, 2]
+    assert packing.positions.tolist() == [[0, 1, 2, 3, 1]]
+    assert packing.out.tolist() == [2, 3, 4] and packing.rows.tolist() == [0, 0, 1] and packing.cols.tolist() == [2, 3, 2]
+    allowed = packing.mask[0, 0].long().tolist()
+    assert allowed == [[1, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0],
+                       [1, 1, 1, 0, 0],
+                       [1, 1, 1, 1, 0],
+                       [1, 0, 0, 0, 1]]  # row 1's "2" sees the shared "1" and itself, not row 0's tokens
+    assert packing.scatter(torch.tensor([1.0, 2.0, 3.0]), (2, 2), offset=2).tolist() == [[1.0, 2.0], [3.0, 0.0]]
 
 
 @pytest.mark.parametrize("unpadded", [True, False])

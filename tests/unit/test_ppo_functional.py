@@ -276,6 +276,10 @@ def test_lm_loss_matches_shifted_cross_entropy():
     # uniform logits: every kept token costs log V = log 11
     close(PF.lm_loss(torch.zeros(2, 6, 11), labels), math.log(11))
     close(PF.lm_loss(logits, torch.full((2, 6), -100)), 0.0)
+    # from the used positions alone (the packed ptx pass): the same loss
+    used = labels[:, 1:] != -100
+    close(PF.token_lm_loss(logits[:, :-1][used], labels[:, 1:][used]), expected)
+    close(PF.token_lm_loss(torch.zeros(0, 11), torch.zeros(0, dtype=torch.long)), 0.0)
 
 
 # --- from logits -----------------------------------------------------------------------------
