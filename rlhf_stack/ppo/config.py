@@ -230,11 +230,14 @@ class PPOConfig(Config):
     only the blocks above the trunk run to score (`ppo/trunk_reward.py`). The same scores up to
     float rounding; off: the RM runs every block over each scored sequence."""
     packed_passes: bool = True
-    """With the frozen trunk (`cache_frozen_trunk`), run the blocks above it over each micro-batch
-    packed into one row: no padding columns, the start every prompt shares (a chat template's
-    system turn) once, and the LM head, the value head and the log-softmax only where their outputs
-    are used; the same for the PPO-ptx corpus rows (`ppo/flat.py`). The same results up to float
-    rounding; off: the padded `[prompt | response]` layout."""
+    """Run the passes over a rollout micro-batch (reference and value in the rollout, policy and
+    value in each PPO epoch; the blocks above the frozen trunk, or every block without one) over
+    the micro-batch packed into one row: no padding columns, the start every prompt shares (a chat
+    template's system turn) once, and the LM head, the value head and the log-softmax only where
+    their outputs are used; the same for the PPO-ptx corpus rows (`ppo/flat.py`). The same results
+    up to float rounding. On the quickstart a step's PPO epochs took 3.22 s instead of 4.49 s
+    (benchmarks/RESULTS.md). Off, or with attention that takes no custom mask (flash-attention
+    kernels): the padded `[prompt | response]` layout."""
 
     @field_validator("policy")
     @classmethod

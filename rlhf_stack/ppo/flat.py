@@ -1,4 +1,4 @@
-"""The passes above the trunk over one packed row: no padding, the rows' shared start once.
+"""Stage 3's passes over one packed row: no padding, the rows' shared start once.
 
 Stage 3 lays a batch of rollouts out `[left-padded prompt | right-padded response]`. Above the
 frozen trunk (`trunk.py`) every pass over a micro-batch (reference and value in the rollout,
@@ -15,6 +15,9 @@ without the padding. A row's tokens after the last output anything reads are lef
 is causal: nothing used depends on them). The blocks above the trunk run over that row
 (`Trunk.top` with the mask); the heads (LM head, value head) and the log-softmax run only at the
 outputs used, and `Packing.scatter` puts those back in the `(b, t)` layout, 0 elsewhere.
+
+Without a trunk (full tuning, adapters on every block) the whole decoder runs over the packed
+row of tokens (`decoder_pass`), the same way.
 
 The results equal the padded passes' up to float rounding (tests: log-probs, values, the ptx loss
 and the gradients of all three). PPOConfig.packed_passes turns it off. Only attention that takes a
@@ -119,3 +122,11 @@ def corpus_packing(attention_mask: Tensor, labels: Tensor) -> Packing:
     used = torch.zeros_like(attention_mask, dtype=torch.bool)
     used[:, :-1] = labels[:, 1:] != -100
     return pack(attention_mask.bool(), used)
+
+
+def decoder_pass(decoder, ids: Tensor, packing: Packing) -> Tensor:
+    """`(n, H)`: every block of `decoder` (e.g. a LlamaModel) over the packed row of the tokens
+    `ids` `(b, W)`, its last hidden state at the used outputs."""
+    mask = packing.attention_mask(decoder.config, decoder.get_input_embeddings().weight.dtype)
+    return decoder(input_ids=packing.gather(ids), attention_mask=mask, position_ids=packing.positions,
+                   use_cache=False).last_hidden_state[0, packing.out]

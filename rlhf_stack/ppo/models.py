@@ -162,48 +162,59 @@ class ActorCritic(nn.Module):
         for p in self.policy_params + self.value_params:
             p.requires_grad_(True)
 
-    def packing(self, input_ids, attention_mask, n_response: int, hidden=None) -> flat.Packing | None:
-        """The packed layout of a micro-batch's passes above the trunk; None (padded passes) without
-        the trunk's output or with `packed_passes` off."""
-        if hidden is None or not self.packs:
-            return None
-        return flat.response_packing(input_ids, attention_mask, n_response)
+    def packing(self, input_ids, attention_mask, n_response: int) -> flat.Packing | None:
+        """The packed layout of a micro-batch's passes (`flat.py`); None: the padded passes run."""
+        return flat.response_packing(input_ids, attention_mask, n_response) if self.packs else None
 
     @property
     def packs(self) -> bool:
-        """Whether the passes above the trunk run packed (`packed_passes`, and attention that can)."""
-        return self.packed_passes and self.trunk is not None and flat.supported(self.trunk.backbone.config)
+        """Whether the passes run packed: `packed_passes`, and attention that applies the packed mask."""
+        return self.packed_passes and flat.supported(self._policy_lm().config)
 
-    def policy_logits(self, input_ids, attention_mask, n_response: int, hidden=None) -> torch.Tensor:
-        """Logits predicting each response token; `(b, T) -> (b, n_response, V)`."""
-        if hidden is None:
-            return causal_lm_logits(self.policy, input_ids, attention_mask, n_response)
-        top = self.trunk.top(hidden, attention_mask[:, :-1])
-        return self._lm_head()(top[:, -n_response:])
+    def _policy_lm(self) -> nn.Module:
+        """The policy's causal LM (under peft, the base model its adapters are injected into)."""
+        return self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
 
-    def policy_logprobs(self, input_ids, attention_mask, response_ids, temperature: float, hidden=None,
-                        packing: flat.Packing | None = None, entropy: bool = False):
-        """(log pi of each response token, its entropy or None); `(b, t)` each. With `packing` the
-        heads run at the kept response tokens only and padding holds 0; else any value."""
+    def _last_hidden(self, decoder: nn.Module, ids, hidden, packing: flat.Packing) -> torch.Tensor:
+        """`(n, H)` at the packed row's used outputs: the blocks above the trunk from its output
+        `hidden` over the pass's columns, else every block of `decoder` over their tokens `ids`."""
+        if hidden is not None:
+            return self.trunk.top_packed(hidden, packing)
+        return flat.decoder_pass(decoder, ids, packing)
+
+    def _response_logprobs(self, lm: nn.Module, input_ids, attention_mask, response_ids, temperature: float,
+                           hidden=None, packing: flat.Packing | None = None, entropy: bool = False):
+        """(log pi of each response token under the causal LM `lm`, its entropy or None); `(b, t)` each.
+        Packed, the LM head runs at the kept response tokens only and padding holds 0; else any value."""
         n_response = response_ids.shape[1]
-        if packing is None:
-            logits = self.policy_logits(input_ids, attention_mask, n_response, hidden)
+        if packing is None or not flat.supported(lm.config):
+            if hidden is None:
+                logits = causal_lm_logits(lm, input_ids, attention_mask, n_response)
+            else:
+                logits = lm.get_output_embeddings()(self.trunk.top(hidden, attention_mask[:, :-1])[:, -n_response:])
             return (PF.logprobs_from_logits(logits, response_ids, temperature),
                     PF.entropy_from_logits(logits, temperature) if entropy else None)
-        logits = self._lm_head()(self.trunk.top_packed(hidden, packing))[None]  # (1, n, V)
-        offset = hidden.shape[1] - n_response
+        top = self._last_hidden(lm.base_model, input_ids[:, :-1], hidden, packing)
+        logits = lm.get_output_embeddings()(top)[None]  # (1, n, V)
+        offset = input_ids.shape[1] - 1 - n_response
         tokens = response_ids[packing.rows, packing.cols - offset][None]
         shape = tuple(response_ids.shape)
         logprobs = packing.scatter(PF.logprobs_from_logits(logits, tokens, temperature)[0], shape, offset)
         return logprobs, packing.scatter(PF.entropy_from_logits(logits, temperature)[0], shape, offset) if entropy else None
 
+    def policy_logprobs(self, input_ids, attention_mask, response_ids, temperature: float, hidden=None,
+                        packing: flat.Packing | None = None, entropy: bool = False):
+        """(log pi of each response token, its entropy or None); `(b, t)` each (`_response_logprobs`)."""
+        return self._response_logprobs(self._policy_lm(), input_ids, attention_mask, response_ids, temperature,
+                                       hidden, packing, entropy)
+
     @torch.no_grad()
     def ref_logprobs(self, input_ids, attention_mask, response_ids, temperature: float, hidden=None,
                      packing: flat.Packing | None = None) -> torch.Tensor:
         """Reference-policy log-probs of the response tokens; `(b, t)` (as `policy_logprobs`)."""
-        if self.ref_model is not None:
-            logits = causal_lm_logits(self.ref_model, input_ids, attention_mask, response_ids.shape[1])
-            return PF.logprobs_from_logits(logits, response_ids, temperature)
+        if self.ref_model is not None:  # a model of its own: no trunk
+            return self._response_logprobs(self.ref_model, input_ids, attention_mask, response_ids, temperature,
+                                           None, packing)[0]
         context = self.adapter(self.ref_adapter) if self.ref_adapter else self.policy.disable_adapter()
         with context:
             return self.policy_logprobs(input_ids, attention_mask, response_ids, temperature, hidden, packing)[0]
@@ -211,35 +222,36 @@ class ActorCritic(nn.Module):
     def values(self, input_ids, attention_mask, n_response: int, hidden=None,
                packing: flat.Packing | None = None) -> torch.Tensor:
         """V(s_t) for each response position t (state = prompt + response[:t]); `(b, n_response)`."""
+        decoder = self._backbone()
         if self.value_backbone is not None:
-            hidden = packing = None  # a value model of its own shares no trunk with the policy's base
+            hidden = None  # a value model of its own shares no trunk with the policy's base
+        if packing is not None and not flat.supported(decoder.config):
+            packing = None
         attention_mask = attention_mask[:, :-1]  # the last token is no state
         with self.adapter(VALUE):
             if packing is not None:
-                values = self.value_head(self.trunk.top_packed(hidden, packing))
-                return packing.scatter(values, (len(input_ids), n_response), hidden.shape[1] - n_response)
+                values = self.value_head(self._last_hidden(decoder, input_ids[:, :-1], hidden, packing))
+                return packing.scatter(values, (len(input_ids), n_response), attention_mask.shape[1] - n_response)
             if hidden is not None:
                 top = self.trunk.top(hidden, attention_mask)
             else:
-                top = self._backbone()(input_ids=input_ids[:, :-1], attention_mask=attention_mask,
-                                       position_ids=position_ids_from_mask(attention_mask),
-                                       use_cache=False).last_hidden_state
+                top = decoder(input_ids=input_ids[:, :-1], attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
         return self.value_head(top[:, -n_response:])
 
     def ptx_loss(self, input_ids, attention_mask, labels, hidden=None) -> torch.Tensor:
         """The policy's LM loss on a PPO-ptx corpus batch (`data.PtxBatches`), from the rows' cached
-        trunk output `hidden` when given (packed unless `packed_passes` is off)."""
-        if hidden is None:
-            return PF.lm_loss(self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits,
-                              labels)
+        trunk output `hidden` when given; packed unless `packs` is False."""
+        lm = self._policy_lm()
         if not self.packs:
-            return PF.lm_loss(self._lm_head()(self.trunk.top(hidden, attention_mask)), labels)
+            if hidden is None:
+                logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            else:
+                logits = lm.get_output_embeddings()(self.trunk.top(hidden, attention_mask))
+            return PF.lm_loss(logits, labels)
         packing = flat.corpus_packing(attention_mask, labels)
-        logits = self._lm_head()(self.trunk.top_packed(hidden, packing))
+        logits = lm.get_output_embeddings()(self._last_hidden(lm.base_model, input_ids, hidden, packing))
         return PF.token_lm_loss(logits, labels[packing.rows, packing.cols + 1])
-
-    def _lm_head(self) -> nn.Module:
-        return self.policy.get_base_model().get_output_embeddings()
 
     def forward(self, input_ids, attention_mask, response_ids, ptx=None, part: str = "both", hidden=None,
                 temperature: float = 1.0):
@@ -250,7 +262,7 @@ class ActorCritic(nn.Module):
         under gradient checkpointing, see `needs_split_backward`).
         """
         n_response = response_ids.shape[1]
-        packing = self.packing(input_ids, attention_mask, n_response, hidden)
+        packing = self.packing(input_ids, attention_mask, n_response)
         logprobs = values = ptx_loss = None
         if part in ("both", "policy"):
             logprobs, _ = self.policy_logprobs(input_ids, attention_mask, response_ids, temperature, hidden, packing)

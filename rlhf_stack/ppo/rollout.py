@@ -264,7 +264,7 @@ def score_with_models(actor_critic, query_ids, query_mask, response_ids, respons
         mb = slice(start, start + micro_batch_size)
         mb_ids, mb_mask, mb_response = input_ids[mb], attention_mask[mb], response_ids[mb]
         mb_hidden = hidden[mb] if hidden is not None else actor_critic.trunk_hidden(mb_ids, mb_mask)
-        packing = actor_critic.packing(mb_ids, mb_mask, n_response, mb_hidden)
+        packing = actor_critic.packing(mb_ids, mb_mask, n_response)
         if with_policy:
             mb_logprobs, mb_entropy = actor_critic.policy_logprobs(mb_ids, mb_mask, mb_response, temperature, mb_hidden,
                                                                    packing, entropy=True)

@@ -159,6 +159,30 @@ def full_reward_model(tiny_model_dir, rm_dir):
     return rm.eval()
 
 
+@pytest.mark.parametrize("layout", ["separate-models", "lora-shared-base+lora-value-model"])
+def test_packed_passes_equal_padded_ones_in_every_layout(tiny_model_dir, prompts_file, tmp_path, layout):
+    """Full tuning (policy, reference and value models of their own) and a LoRA policy whose value is a
+    copy of a full RM: the packed passes (`flat.decoder_pass`) equal the padded ones, gradients too."""
+    from rlhf_stack.modeling import load_tokenizer
+    from rlhf_stack.ppo.models import build_actor_critic
+    from tests.conftest import assert_same_passes, stage3_passes
+
+    if layout == "separate-models":
+        cfg = config(tiny_model_dir, prompts_file, tmp_path, policy={"tuning": "full"})
+    else:
+        full_reward_model(tiny_model_dir, tmp_path / "rm")
+        cfg = config(tiny_model_dir, prompts_file, tmp_path, value_init=str(tmp_path / "rm"))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model, info = build_actor_critic(cfg, tokenizer, torch.device("cpu"))
+    assert info.layout == layout and model.trunk is None
+    with torch.no_grad():  # the policy and the value away from their starts, so a wrong model would show
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_A" not in name:
+                param.add_(0.3 * torch.randn_like(param))
+    assert_same_passes(stage3_passes(model, tokenizer.pad_token_id, True),
+                       stage3_passes(model, tokenizer.pad_token_id, False))
+
+
 def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prompts_file, tmp_path):
     """value_init from a full RM with a LoRA policy: the value model starts AS the RM (InstructGPT),
     on a copy of it with LoRA (only adapters + head train), and the metrics say which layout ran."""

@@ -8,8 +8,9 @@ import torch
 from rlhf_stack.config import load_config
 from rlhf_stack.ppo import PPOConfig, train_ppo
 from rlhf_stack.ppo.models import build_actor_critic
-from rlhf_stack.ppo.rollout import left_pad, score_with_models
+from rlhf_stack.ppo.rollout import left_pad
 from rlhf_stack.ppo.setup import policy_tokenizer
+from tests.conftest import assert_same_passes, stage3_passes
 
 pytestmark = pytest.mark.slow
 
@@ -29,61 +30,32 @@ def word_count(prompts, responses):
     return [float(len(r.split())) for r in responses]
 
 
-@pytest.mark.parametrize(("packed", "attention"), [(True, "sdpa"), (True, "eager"), (False, "sdpa")])
-def test_trunk_passes_equal_full_passes(tiny_model_dir, prompts_file, tmp_path, packed, attention):
-    """Above the trunk, packed (`flat.py`: one row, the shared start once, heads at the used outputs
-    only; its mask boolean for sdpa, additive for eager attention) or padded, the rollout's and the
-    update's passes equal full passes: log-probs, entropy, values, the ptx loss, and the gradients
-    of all of them."""
+@pytest.mark.parametrize(("trunk", "packed", "attention"),
+                         [(True, True, "sdpa"), (True, True, "eager"), (True, False, "sdpa"), (False, True, "sdpa"),
+                          (False, True, "eager")])
+def test_packed_and_trunk_passes_equal_padded_full_passes(tiny_model_dir, prompts_file, tmp_path, trunk, packed,
+                                                          attention):
+    """The rollout's and the update's passes, above the trunk or over every block, packed (`flat.py`:
+    one row, the shared start once, heads at the used outputs only; the mask boolean for sdpa,
+    additive for eager attention) or padded, equal padded passes over every block: log-probs,
+    entropy, values, the ptx loss, and the gradients of all of them."""
     cfg = config(tiny_model_dir, prompts_file, tmp_path)
     tokenizer = policy_tokenizer(cfg)
     model, _ = build_actor_critic(cfg, tokenizer, torch.device("cpu"))
     model.policy.get_base_model().set_attn_implementation(attention)
-    model.packed_passes = packed
     with torch.no_grad():  # make every adapter differ from zero, so a wrong adapter would show
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    pad = tokenizer.pad_token_id
-    # rows that share a 2-token start, prompts of 4, 3 and 6 tokens; responses of 3, 4 and 1 tokens
-    query_ids, query_mask = left_pad([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7, 8, 10, 11]], pad, torch.device("cpu"))
+    query_ids, query_mask = left_pad([[5, 6, 7, 8], [5, 6, 9]], tokenizer.pad_token_id, torch.device("cpu"))
     assert model.use_trunk(query_ids, query_mask) == 1  # block 0 has no adapter, block 1 has all of them
-    assert model.packs == packed
-    response_ids = torch.tensor([[11, 12, 13, pad], [14, 15, 16, 17], [18, pad, pad, pad]])
-    response_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
-    with_trunk = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
-                                   temperature=0.7, micro_batch_size=3)
-    trunk, model.trunk = model.trunk, None
-    full = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
-                             temperature=0.7, micro_batch_size=2)
-    assert with_trunk[4].shape == (3, 6 + 4 - 1, model.policy.config.hidden_size) and full[4] is None
-    for a, b in zip(with_trunk[:4], full[:4], strict=True):  # logprobs, entropy, ref_logprobs, values
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # the training pass with gradients: policy log-probs, values and the ptx loss from the trunk match too
-    model.trunk = trunk
-    input_ids = torch.cat([query_ids, response_ids], 1)
-    mask = torch.cat([query_mask, response_mask.long()], 1)
-    ptx_ids = torch.tensor([[20, 21, 22, 23, 2], [24, 25, 2, pad, pad]])
-    ptx_mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
-    ptx_labels = ptx_ids.masked_fill(ptx_mask == 0, -100)
+    frozen = model.trunk
 
-    def losses(hidden, ptx_hidden):
-        logprobs, values, ptx_loss = model(input_ids, mask, response_ids, (ptx_ids, ptx_mask, ptx_labels, ptx_hidden),
-                                           hidden=hidden, temperature=0.7)
-        logprobs, values = logprobs * response_mask, values * response_mask
-        ((logprobs * torch.arange(1.0, 5.0)).sum() + values.sum() + ptx_loss).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad()
-        return logprobs, values, ptx_loss, grads
+    def passes(with_trunk: bool, with_packing: bool):
+        model.trunk = frozen if with_trunk else None
+        return stage3_passes(model, tokenizer.pad_token_id, with_packing)
 
-    *outputs, grads = losses(model.trunk_hidden(input_ids, mask), trunk.hidden(ptx_ids, ptx_mask))
-    model.trunk = None
-    *outputs_full, grads_full = losses(None, None)
-    for a, b in zip(outputs, outputs_full, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    assert grads and grads.keys() == grads_full.keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, grads_full[name], atol=1e-4, rtol=1e-4)
+    assert_same_passes(passes(trunk, packed), passes(False, False))
 
 
 def test_packing_shares_the_start_and_drops_padding():
