@@ -34,7 +34,10 @@ alternating so that a drift of the machine's speed lands on both sides; CPU, flo
    (`local_rollout_forward_batch_size` 64) and keeps the generation logits, `(b, t, V)`, ours runs
    them in micro-batches of 8 and records log-probs while sampling, one `(b, V)` row at a time;
    TRL's RM scores the policy's token ids, ours decodes the responses and applies the chat
-   template again.
+   template again; TRL runs its forwards over padded `[prompt | response]` batches, ours over
+   each micro-batch packed into one row (`ppo/flat.py`: no padding, the chat template's shared
+   system turn once per micro-batch, the LM head only at the response tokens read;
+   `--ours-set packed_passes=false` gives the padded layout).
 2. config-built (second, labelled, NOT representative): a Llama of 4 layers x 256 (random init,
    the SmolLM2 tokenizer: 49,152 tokens, so the LM head is ~80% of the compute) and a reward
    model of the same shape with a random head; full fine-tuning on both sides, separate reference,

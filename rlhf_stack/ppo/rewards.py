@@ -252,7 +252,7 @@ def build_reward(cfg, reward_fns: list[Callable] | None, device, model, info):
     """(CombinedReward, info, held): `cfg.rewards` plus the Python callables `reward_fns` (weight 1
     each), where a LoRA RM over the policy's own base is hosted on the shared base as one more
     adapter, and the RM a LoRA value model was copied from scores on that copy (`shared_reward`);
-    `info` (models.ModelInfo) says where the RM went; `held`: the hosted RM's `HeldTrunk`, which
+    `info` (assembly.ModelInfo) says where the RM went; `held`: the hosted RM's `HeldTrunk`, which
     the trainer fills after sampling (`trunk_reward.py`), or None. Call `check_reward_config` first
     (train_ppo does, before it loads any model)."""
     from dataclasses import replace

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlhf_stack.pipeline.layout import PPO_LOG, SAMPLES_FILE
+from rlhf_stack.ppo.assembly import ModelInfo
 from rlhf_stack.ppo.averaging import PolicyAverage
 from rlhf_stack.ppo.control import AdaptiveKLController, FixedKLController, RunningMoments
 from rlhf_stack.ppo.data import PPOData
 from rlhf_stack.ppo.logs import RunLog
-from rlhf_stack.ppo.models import ActorCritic, ModelInfo
+from rlhf_stack.ppo.models import ActorCritic
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -61,7 +62,7 @@ class Run:
 
 def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     from rlhf_stack import distributed, training
-    from rlhf_stack.ppo import models
+    from rlhf_stack.ppo.assembly import build_actor_critic
     from rlhf_stack.ppo.checkpoint import CHECKPOINTS_DIR, resume_latest
     from rlhf_stack.ppo.data import load_data
     from rlhf_stack.ppo.rewards import build_reward, check_reward_config
@@ -75,7 +76,7 @@ def build_run(cfg: PPOConfig, reward_fns: list[Callable] | None) -> Run:
     tokenizer = policy_tokenizer(cfg)
     data = load_data(cfg, tokenizer)
     check_reward_config(cfg, reward_fns)  # first: a config error costs no model load
-    actor_critic, info = models.build_actor_critic(cfg, tokenizer, acc.device)
+    actor_critic, info = build_actor_critic(cfg, tokenizer, acc.device)
     reward, info, held_reward = build_reward(cfg, reward_fns, acc.device, actor_critic, info)
     if cfg.cache_frozen_trunk:  # after the last adapter (the hosted reward model's) is in place
         probe = [data.prompt_ids[i] for i in range(min(2, len(data.prompt_ids)))]

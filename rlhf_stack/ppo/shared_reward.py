@@ -1,6 +1,6 @@
 """The reward model as one more adapter on PPO's shared base: one copy of the base weights in all.
 
-With a LoRA policy, one base already serves policy, reference and value (`models.py`). When the
+With a LoRA policy, one base already serves policy, reference and value (`assembly.py`). When the
 reward model is itself a LoRA adapter (+ score head) over that same base, as the quickstart's
 is, loading it on its own would add a second full copy of the base: instead its adapter joins
 the others as "reward" and its score head becomes a small Linear. It scores with its own
@@ -10,7 +10,7 @@ Any other reward model (full weights, another base, extra trained modules) loads
 unless the value model is a LoRA copy of it (`value_init`, `value.ValueOrigin`): then it scores on
 that copy with the value's adapters disabled (`reward_on_value_model`), again no second copy.
 `read_reward_adapter` reads such an RM from its files; the value function's initialisation from
-the RM (`models.py`) uses it too.
+the RM (`assembly.py`, `value.py`) uses it too.
 """
 
 from __future__ import annotations

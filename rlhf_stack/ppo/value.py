@@ -1,5 +1,5 @@
 """The value function's parts: its head, where it starts (`value_init`) and, when it has a decoder
-of its own, that model. `models.build_actor_critic` assembles them with the policy.
+of its own, that model. `assembly.build_actor_critic` assembles them with the policy.
 
 The value starts as the reward model when `value_init` names one whose tokenizer is the policy's
 (InstructGPT: "we initialize the value function from the RM"), else from the policy's base with

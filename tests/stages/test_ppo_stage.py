@@ -83,7 +83,7 @@ def test_lora_shares_one_base_and_saves_a_plain_adapter(tiny_model_dir, prompts_
 
 def test_models_hold_one_base_copy_with_lora_and_three_when_full(tiny_model_dir, prompts_file, tmp_path):
     from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.assembly import build_actor_critic
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     n_base = sum(p.numel() for p in
@@ -164,7 +164,7 @@ def test_packed_passes_equal_padded_ones_in_every_layout(tiny_model_dir, prompts
     """Full tuning (policy, reference and value models of their own) and a LoRA policy whose value is a
     copy of a full RM: the packed passes (`flat.decoder_pass`) equal the padded ones, gradients too."""
     from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.assembly import build_actor_critic
     from tests.conftest import assert_same_passes, stage3_passes
 
     if layout == "separate-models":
@@ -187,7 +187,7 @@ def test_full_reward_model_initialises_the_value_under_lora(tiny_model_dir, prom
     """value_init from a full RM with a LoRA policy: the value model starts AS the RM (InstructGPT),
     on a copy of it with LoRA (only adapters + head train), and the metrics say which layout ran."""
     from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.assembly import build_actor_critic
 
     rm_dir = tmp_path / "rm"
     rm = full_reward_model(tiny_model_dir, rm_dir)
@@ -213,7 +213,7 @@ def test_reward_model_scores_on_the_value_model_copied_from_it(tiny_model_dir, p
     model's decoder with the value's adapters disabled (no third copy of the weights), with the
     scores of the RM loaded on its own, even after the value's adapters have moved."""
     from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.assembly import build_actor_critic
     from rlhf_stack.ppo.rewards import build_reward
     from rlhf_stack.reward.scorer import RewardScorer
 
@@ -302,7 +302,7 @@ def test_lora_reward_model_is_hosted_on_the_shared_base(tiny_model_dir, prompts_
     """A LoRA RM over the policy's base becomes one more adapter: no second base copy, the same
     scores (bias included) as the RM loaded on its own, and the policy's adapter stays active."""
     from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.assembly import build_actor_critic
     from rlhf_stack.ppo.shared_reward import host_reward_model
     from rlhf_stack.reward.scorer import RewardScorer
 
@@ -419,7 +419,7 @@ def test_critic_free_runs_hold_no_value_parameters(tiny_model_dir, prompts_file,
     from safetensors.torch import load_file
 
     from rlhf_stack.modeling import load_tokenizer
-    from rlhf_stack.ppo.models import build_actor_critic
+    from rlhf_stack.ppo.assembly import build_actor_critic
     from rlhf_stack.ppo.setup import optimizer_and_scheduler
 
     tokenizer = load_tokenizer(str(tiny_model_dir))

@@ -7,7 +7,7 @@ import torch
 
 from rlhf_stack.config import load_config
 from rlhf_stack.ppo import PPOConfig, train_ppo
-from rlhf_stack.ppo.models import build_actor_critic
+from rlhf_stack.ppo.assembly import build_actor_critic
 from rlhf_stack.ppo.rollout import left_pad
 from rlhf_stack.ppo.setup import policy_tokenizer
 from tests.conftest import assert_same_passes, stage3_passes
