@@ -46,6 +46,7 @@ def stage3_passes(model, pad: int, packed: bool):
     ptx_ids = torch.tensor([[20, 21, 22, 23, 2], [24, 25, 2, pad, pad]])
     ptx_mask = (torch.arange(5) < torch.tensor([[5], [3]])).long()
     ptx_labels = ptx_ids.masked_fill(ptx_mask == 0, -100)
+    assert (model.packing(input_ids, mask, response_ids.shape[1]) is not None) == packed  # this batch packs
     scored = score_with_models(model, query_ids, query_mask, response_ids, response_mask,
                                temperature=0.7, micro_batch_size=3)
     assert (scored[4] is not None) == (model.trunk is not None)

@@ -19,6 +19,11 @@ outputs used, and `Packing.scatter` puts those back in the `(b, t)` layout, 0 el
 Without a trunk (full tuning, adapters on every block) the whole decoder runs over the packed
 row of tokens (`decoder_pass`), the same way.
 
+One row's attention grows with the square of its length, so a micro-batch packs only when the
+packed row costs less than the padded batch (`_pays`, counting each block's products per token and
+its attention per query-key pair): the CPU-sized micro-batches here (4-8 rows of ~100 tokens) pack,
+a GPU's large ones (64 rows of 512 tokens) stay padded.
+
 The results equal the padded passes' up to float rounding (tests: log-probs, values, the ptx loss
 and the gradients of all three). PPOConfig.packed_passes turns it off. Only attention that takes a
 custom `(N, N)` mask packs (transformers' "sdpa", boolean, and "eager", additive); with another
@@ -68,10 +73,11 @@ class Packing:
         return values.new_zeros(shape).index_put((self.rows, self.cols - offset), values)
 
 
-def pack(keep: Tensor, used: Tensor, ids: Tensor | None = None) -> Packing:
+def pack(keep: Tensor, used: Tensor, ids: Tensor | None = None, config=None) -> Packing | None:
     """The packed layout of a batch: keep `(b, W)` marks the columns that hold tokens, used `(b, W)`
     the columns whose outputs are read (all kept), ids `(b, W)` the tokens, to find the start every
-    row shares (None: share nothing). The shared start ends before any row's first used output."""
+    row shares (None: share nothing). The shared start ends before any row's first used output.
+    With the model's `config`: None when the packed row would cost more than the padded batch."""
     b, width = keep.shape
     device = keep.device
     column = torch.arange(width, device=device)
@@ -86,6 +92,8 @@ def pack(keep: Tensor, used: Tensor, ids: Tensor | None = None) -> Packing:
     row_of = torch.arange(1, b + 1, device=device)[:, None].expand(b, width)
     segment = torch.cat([torch.zeros(shared, dtype=torch.long, device=device), row_of[rest]])
     n = len(take)
+    if config is not None and not _pays(n, b, width, config):
+        return None
     mask = (torch.ones(n, n, dtype=torch.bool, device=device).tril()
             & ((segment[:, None] == segment[None, :]) | (segment[None, :] == 0)))
     index = torch.full((b * width,), -1, dtype=torch.long, device=device)
@@ -100,28 +108,38 @@ def _shared_start(keep: Tensor, used: Tensor, position: Tensor, ids: Tensor) -> 
     limit = int(torch.where(used, position, keep.shape[1]).amin())
     if limit <= 0:
         return 0
-    aligned = torch.full((keep.shape[0], keep.shape[1] + 1), -1, dtype=ids.dtype, device=ids.device)
+    aligned = torch.full(keep.shape, -1, dtype=ids.dtype, device=ids.device)
     rows, cols = keep.nonzero(as_tuple=True)
     aligned[rows, position[rows, cols]] = ids[rows, cols]  # each row's tokens from position 0
     same = (aligned[:, :limit] == aligned[:1, :limit]).all(0) & (aligned[0, :limit] >= 0)
     return int(same.long().cumprod(0).sum())
 
 
-def response_packing(input_ids: Tensor, attention_mask: Tensor, n_response: int) -> Packing:
+def _pays(n: int, rows: int, width: int, config) -> bool:
+    """Whether one packed row of `n` tokens costs less than `rows` padded rows of `width`: a block's
+    products cost ~2 x its weights per token, its attention ~4 x the hidden size per query-key pair
+    (SDPA computes every pair a mask allows or not)."""
+    hidden = config.hidden_size
+    per_token = 2 * (4 * hidden * hidden + 3 * hidden * getattr(config, "intermediate_size", 4 * hidden))
+    per_pair = 4 * hidden
+    return n * per_token + n * n * per_pair < rows * width * (per_token + width * per_pair)
+
+
+def response_packing(input_ids: Tensor, attention_mask: Tensor, n_response: int, config=None) -> Packing | None:
     """A rollout micro-batch `[prompt | response]` `(b, T)`: the passes run over its first T - 1
-    columns, and the outputs used are those predicting each kept response token."""
+    columns, and the outputs used are those predicting each kept response token (None: `pack`)."""
     keep = attention_mask[:, :-1].bool()
     used = torch.zeros_like(keep)
     used[:, -n_response:] = attention_mask[:, -n_response:].bool()
-    return pack(keep, used, input_ids[:, :-1])
+    return pack(keep, used, input_ids[:, :-1], config)
 
 
-def corpus_packing(attention_mask: Tensor, labels: Tensor) -> Packing:
-    """PPO-ptx corpus rows `(b, T)`, right-padded: the outputs used predict each labelled next token.
-    Corpus rows share no start worth finding (and the first output is used from position 0)."""
+def corpus_packing(attention_mask: Tensor, labels: Tensor, config=None) -> Packing | None:
+    """PPO-ptx corpus rows `(b, T)`, right-padded: the outputs used predict each labelled next token
+    (None: `pack`). Corpus rows share no start worth finding (the first output is read at position 0)."""
     used = torch.zeros_like(attention_mask, dtype=torch.bool)
     used[:, :-1] = labels[:, 1:] != -100
-    return pack(attention_mask.bool(), used)
+    return pack(attention_mask.bool(), used, config=config)
 
 
 def decoder_pass(decoder, ids: Tensor, packing: Packing) -> Tensor:

@@ -142,7 +142,9 @@ class ActorCritic(nn.Module):
 
     def packing(self, input_ids, attention_mask, n_response: int) -> flat.Packing | None:
         """The packed layout of a micro-batch's passes (`flat.py`); None: the padded passes run."""
-        return flat.response_packing(input_ids, attention_mask, n_response) if self.packs else None
+        if not self.packs:
+            return None
+        return flat.response_packing(input_ids, attention_mask, n_response, self._policy_lm().config)
 
     @property
     def packs(self) -> bool:
@@ -221,13 +223,13 @@ class ActorCritic(nn.Module):
         """The policy's LM loss on a PPO-ptx corpus batch (`data.PtxBatches`), from the rows' cached
         trunk output `hidden` when given; packed unless `packs` is False."""
         lm = self._policy_lm()
-        if not self.packs:
+        packing = flat.corpus_packing(attention_mask, labels, lm.config) if self.packs else None
+        if packing is None:
             if hidden is None:
                 logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             else:
                 logits = lm.get_output_embeddings()(self.trunk.top(hidden, attention_mask))
             return PF.lm_loss(logits, labels)
-        packing = flat.corpus_packing(attention_mask, labels)
         logits = lm.get_output_embeddings()(self._last_hidden(lm.base_model, input_ids, hidden, packing))
         return PF.token_lm_loss(logits, labels[packing.rows, packing.cols + 1])
 

@@ -77,8 +77,8 @@ class Trunk:
     def top(self, hidden: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         """`(b, T, H) -> (b, T, H)`: the remaining blocks and the final norm, from `hidden`, with
         whatever adapter is active (the backbone's last_hidden_state of a full pass). attention_mask:
-        `(b, T)` (positions then skip its left padding), or a `(b, 1, T, T)` boolean one with
-        `position_ids` (a packed row, `flat.pack`)."""
+        `(b, T)` (positions then skip its left padding), or a packed row's `(1, 1, T, T)` one with its
+        `position_ids` (`flat.Packing`)."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         with _only_blocks(self.backbone, self.depth, None, final_norm=True):

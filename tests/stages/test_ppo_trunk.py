@@ -162,3 +162,20 @@ def test_ptx_rows_are_cached_once_and_only_when_the_corpus_fits():
     small = PtxBatches(rows, batch_size=2, micro_per_step=2, pad_id=0, seed=0, cache_bytes=16)
     assert small.batch(1, 0, acc, FakeTrunk())[3] is None  # 10 tokens x 3 floats x 4 bytes > 16
     assert small.batch(1, 1, acc, FakeTrunk())[3] is None and small._hidden is None
+
+
+def test_a_packed_row_is_used_only_where_it_costs_less():
+    """One row's attention grows with the square of its length: a GPU-sized micro-batch stays padded,
+    a CPU-sized one with padding packs, one without padding (or a shared start) stays padded."""
+    from types import SimpleNamespace
+
+    from rlhf_stack.ppo.flat import pack
+
+    config = SimpleNamespace(hidden_size=576, intermediate_size=1536)  # SmolLM2-135M's
+    keep = torch.ones(64, 100, dtype=torch.bool)
+    keep[::2, :30] = False  # every other row left-padded by 30
+    used = keep.clone()
+    used[:, :40] = False
+    assert pack(keep[:4], used[:4], None, config) is not None  # 4 rows: 340 tokens packed against 400 padded
+    assert pack(keep, used, None, config) is None  # 64 rows: one row of 5,440 tokens, its attention outweighs
+    assert pack(torch.ones(4, 100, dtype=torch.bool), used[1:8:2], None, config) is None  # no padding to remove
