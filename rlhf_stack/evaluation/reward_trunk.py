@@ -25,8 +25,8 @@ def proxy_reward_model(checkpoint: str):
     scorer = RewardScorer(checkpoint)
     backbone = _backbone(scorer.model)
     if backbone is not None:
-        scorer.held = HeldTrunk(partial(_top_scores, scorer.model, backbone), scorer.tokenizer.pad_token_id,
-                                scorer.batch_size, scorer.encode)
+        scorer.hold(HeldTrunk(partial(_top_scores, scorer.model, backbone), scorer.tokenizer.pad_token_id,
+                              scorer.batch_size))
     return scorer
 
 

@@ -105,14 +105,10 @@ def pack(keep: Tensor, used: Tensor, ids: Tensor | None = None, config=None) -> 
 
 def _shared_start(keep: Tensor, used: Tensor, position: Tensor, ids: Tensor) -> int:
     """How many first tokens every row has in common, up to the first used output of any row."""
+    from rlhf_stack.ppo.prefill import common_prefix_length
+
     limit = int(torch.where(used, position, keep.shape[1]).amin())
-    if limit <= 0:
-        return 0
-    aligned = torch.full(keep.shape, -1, dtype=ids.dtype, device=ids.device)
-    rows, cols = keep.nonzero(as_tuple=True)
-    aligned[rows, position[rows, cols]] = ids[rows, cols]  # each row's tokens from position 0
-    same = (aligned[:, :limit] == aligned[:1, :limit]).all(0) & (aligned[0, :limit] >= 0)
-    return int(same.long().cumprod(0).sum())
+    return common_prefix_length([row[kept][:limit].tolist() for row, kept in zip(ids, keep, strict=True)])
 
 
 def _pays(n: int, rows: int, width: int, config) -> bool:

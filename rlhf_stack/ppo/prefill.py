@@ -77,12 +77,18 @@ def plan_sequences(model, sequences: list[list[int]], width: int, group: int, de
         return None
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return None
-    shared = 0
-    while all(len(s) > shared for s in sequences) and len({s[shared] for s in sequences}) == 1:
-        shared += 1
+    shared = common_prefix_length(sequences)
     rests = [s[shared:] for s in sequences]
     cost = PASS_COST_ROWS_CPU if torch.device(device).type == "cpu" else PASS_COST_ROWS_ACCELERATOR
     return PromptPlan(width, group, sequences[0][:shared], rests, _passes(rests, cost))
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """How many first tokens all `sequences` (token lists) have in common."""
+    shared, shortest = 0, min(map(len, sequences), default=0)
+    while shared < shortest and all(s[shared] == sequences[0][shared] for s in sequences):
+        shared += 1
+    return shared
 
 
 def _passes(rests: list[list[int]], pass_cost: int) -> list[list[int]]:

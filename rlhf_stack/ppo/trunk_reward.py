@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from rlhf_stack.ppo.prefill import common_prefix_length
 from rlhf_stack.ppo.trunk import Trunk
 
 Tensor = torch.Tensor
@@ -39,12 +40,12 @@ TopScores = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 class HeldTrunk:
     """The bottom blocks' output over RM token sequences, kept by `collect`, scored by `score`."""
 
-    def __init__(self, top: TopScores, pad_id: int, batch_size: int = 16, encode: Callable | None = None) -> None:
+    def __init__(self, top: TopScores, pad_id: int, batch_size: int = 16) -> None:
         self.top = top  # the RM's blocks above the trunk, its final norm and score head
         self.pad_id = pad_id  # the RM's: it reads the last token that is not padding
         self.batch_size = batch_size
-        # (prompt, response text) -> the RM's token ids, None when not held (RewardScorer.encode; it sets this)
-        self.encode = encode
+        # (prompt, response text) -> the RM's token ids, None when not held (`RewardScorer.hold` sets it)
+        self.encode: Callable | None = None
         self.hidden: dict[tuple[int, ...], Tensor] = {}  # RM token ids -> (n, H) the trunk's output over them
         self.depth = 0  # the blocks the held outputs come from
         self.reused = 0  # sequences scored from held outputs so far
@@ -70,9 +71,7 @@ class HeldTrunk:
                 continue
             target = self._key(target)
             sampled = list(ids) + list(response[:max(0, fed - width)])  # the row's own tokens, as fed
-            shared = 0
-            while shared < min(len(sampled), len(target)) and sampled[shared] == target[shared]:
-                shared += 1
+            shared = common_prefix_length([sampled, target])
             if len(target) - shared > MAX_REST:
                 continue  # the decoded text retokenizes otherwise: the full pass is cheaper than small ones
             rows.append(r)

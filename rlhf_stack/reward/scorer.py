@@ -160,9 +160,9 @@ class RewardScorer:
         prompt once (`score_sequences` groups) when the model is loaded here, a transformers
         classifier with a key/value cache, or a given `model` that says it is one
         (`shares_prompts`); any other given `model` scores every sequence whole.
-        `held` (a `ppo.trunk_reward.HeldTrunk`, from a given `model` or set by the caller): the
-        bottom blocks' output over sequences that a model sharing those blocks sampled; those
-        sequences run only the blocks above."""
+        `held` (a `ppo.trunk_reward.HeldTrunk`, from a given `model` or `hold`): the bottom
+        blocks' output over sequences that a model sharing those blocks sampled; those sequences
+        run only the blocks above."""
         from rlhf_stack import modeling
         from rlhf_stack.config import ModelConfig
 
@@ -174,9 +174,9 @@ class RewardScorer:
         self.tokenizer = modeling.load_tokenizer(self.checkpoint)
         self.shares_prompts = model is None or bool(getattr(model, "shares_prompts", False))
         # the bottom blocks' output over sequences sampled by a model that shares them (`ppo.trunk_reward`)
-        self.held = getattr(model, "held", None)
-        if self.held is not None:
-            self.held.encode = self.encode
+        self.held = None
+        if getattr(model, "held", None) is not None:
+            self.hold(model.held)
         if model is None:
             cfg = ModelConfig(name_or_path=self.checkpoint, tuning="full", dtype=dtype)
             model = modeling.load_sequence_classifier(cfg, merge=True, device=self.device)
@@ -191,6 +191,11 @@ class RewardScorer:
         """The token ids this RM reads for (prompt, response); None when they were cut to max_length."""
         ids, truncated = encode_conversation(self.tokenizer, prompt, response, self.max_length)
         return None if truncated else ids
+
+    def hold(self, held) -> None:
+        """Score from `held` (a `ppo.trunk_reward.HeldTrunk`) the sequences it keeps, encoded as here."""
+        held.encode = self.encode
+        self.held = held
 
     def score_tensor(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         """(b,) float32 CPU rewards, `bias` added when `apply_bias`."""

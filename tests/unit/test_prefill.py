@@ -108,3 +108,12 @@ def _tiny_config():
 
     return LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1)
+
+
+def test_common_prefix_length():
+    from rlhf_stack.ppo.prefill import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2]]) == 2  # one sequence may be the whole shared start
+    assert common_prefix_length([[5, 1], [1, 5]]) == 0
+    assert common_prefix_length([[1, 2, 3]]) == 3 and common_prefix_length([]) == 0
