@@ -8,7 +8,7 @@ Where to look:
   the frontier and a policy's position against it;
 - `judges.py`   the judge registry (a reward model, a Python scorer, or a judge registered by name);
 - `models.py`   the models under test, sampled and scored through stage 3's own rollout path;
-- `report.py`   RUN_DIR/report.md; `plots.py` its figures.
+- `report.py`   RUN_DIR/report.md; `markdown.py` how its cells and tables are written; `plots.py` its figures.
 
 Names are imported on first use.
 """

@@ -17,11 +17,11 @@ import os
 from pathlib import Path
 
 from rlhf_stack.errors import RlhfStackError
+from rlhf_stack.evaluation.markdown import fmt, frontier_sentence, image, prompt_text, table, win_text
 from rlhf_stack.evaluation.plots import frontier_plot, histogram, line_plot, use_file_backend
-from rlhf_stack.pipeline.layout import PLOTS_DIR, PPO_LOG, SAMPLES_FILE, TRAIN_LOG, RunLayout
+from rlhf_stack.pipeline.layout import PPO_LOG, SAMPLES_FILE, TRAIN_LOG, RunLayout
 
 N_SAMPLE_ROWS = 8
-CELL_CHARS = 400
 # Under the placement sentences: what a point below the curve does and does not mean.
 FRONTIER_READING = (
     "How to read this: best-of-n's KL is the analytic log n - (n-1)/n, an upper bound on its true KL "
@@ -100,71 +100,6 @@ def series(log: list[dict], keys: tuple[str, ...] | str, step_key: str = "step")
         if isinstance(value, int | float) and math.isfinite(value):
             points[entry.get(step_key, n)] = value
     return list(points), list(points.values())
-
-
-# ---- formatting ---------------------------------------------------------------------------------
-
-
-def fmt(value, digits: int = 3) -> str:
-    """A table cell: numbers to `digits` significant digits, None as an em dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return "nan" if math.isnan(value) else f"{value:.{digits}g}"
-
-
-def cell(text, limit: int = CELL_CHARS) -> str:
-    """Text made safe for one Markdown table cell (pipes escaped, newlines as <br>)."""
-    if not isinstance(text, str):
-        text = json.dumps(text, ensure_ascii=False) if not isinstance(text, int | float) else fmt(text)
-    text = text if len(text) <= limit else text[:limit].rstrip() + " …"
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def win_text(row: dict) -> str | float | None:
-    """A win rate as `64.1% [55.2, 72.7]` (with its interval, in percent); a bare number when the
-    results predate intervals; None when there is none."""
-    win, low, high = row.get("win_rate"), row.get("win_rate_low"), row.get("win_rate_high")
-    if win is None or low is None or high is None:
-        return win
-    return f"{100 * win:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
-
-
-def frontier_sentence(placed: dict, last: dict | None) -> str:
-    """Where one policy lies against the best-of-n curve (`frontier.policies` of results.json)."""
-    label, kl, position = placed["label"], placed.get("kl"), placed["position"]
-    if position in ("above", "below", "on"):
-        where = "on" if position == "on" else f"{100 * abs(placed['margin']):.1f} points {position}"
-        text = (f"{label} lies {where} best-of-n at its KL (KL {fmt(kl)} nats; best-of-n interpolated at "
-                f"that KL: {100 * placed['curve_win_rate']:.1f}%).")
-        if placed.get("intervals_overlap"):
-            text += " Its interval overlaps the curve's there: not a clear separation."
-        return text
-    if position == "beyond the curve" and last is not None:
-        return (f"{label}'s KL ({fmt(kl)} nats) is beyond the best-of-n curve, which ends at best-of-{last['n']} "
-                f"({fmt(last['kl'])} nats): no best-of-n point at its KL.")
-    if position == "before the curve":
-        return f"{label}'s KL ({fmt(kl)} nats) is below the first best-of-n point: no best-of-n point at its KL."
-    return f"{label}: no KL to the reference, so no place against the best-of-n curve."
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
-def _image(run_dir: Path, name: str, alt: str) -> str:
-    return f"![{alt}]({PLOTS_DIR}/{name})"
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -273,7 +208,7 @@ def _sft_section(run_dir: Path) -> str:
     drawn = line_plot(RunLayout(run_dir).plots / "sft_loss.png", [
         ("loss", [("train", *series(log, "loss")), ("eval", *series(log, "eval_loss"))])])
     if drawn:
-        out.append(_image(run_dir, "sft_loss.png", "SFT train and eval loss"))
+        out.append(image(run_dir, "sft_loss.png", "SFT train and eval loss"))
     return "\n\n".join(out)
 
 
@@ -297,10 +232,10 @@ def _reward_section(run_dir: Path, results: dict | None) -> str:
         ("eval accuracy", [(accuracy_key or "", *series(log, accuracy_key or "-"))]),
     ])
     if drawn:
-        out.append(_image(run_dir, "reward_training.png", "reward model loss and eval accuracy"))
+        out.append(image(run_dir, "reward_training.png", "reward model loss and eval accuracy"))
     if histogram(RunLayout(run_dir).plots / "reward_margins.png", rm_eval.get("margins") or [],
                  "reward margin, better - worse", "r(better) - r(worse)"):
-        out.append(_image(run_dir, "reward_margins.png", "reward margin histogram"))
+        out.append(image(run_dir, "reward_margins.png", "reward margin histogram"))
     return "\n\n".join(out)
 
 
@@ -329,12 +264,12 @@ def _ppo_section(run_dir: Path, stage: str = "ppo") -> str:
         ("kl_coef", [("kl_coef", *s["kl_coef"])]),
     ])
     if drawn:
-        out.append(_image(run_dir, f"{stage}_reward_kl.png", f"{stage}: score, reward, KL and kl_coef"))
+        out.append(image(run_dir, f"{stage}_reward_kl.png", f"{stage}: score, reward, KL and kl_coef"))
     if line_plot(RunLayout(run_dir).plots / f"{stage}_policy.png", [
         ("entropy", [("entropy", *s["entropy"])]),
         ("response length (tokens)", [("length", *s["response_length"])]),
     ]):
-        out.append(_image(run_dir, f"{stage}_policy.png", f"{stage}: entropy and response length"))
+        out.append(image(run_dir, f"{stage}_policy.png", f"{stage}: entropy and response length"))
     return "\n\n".join(out)
 
 
@@ -394,7 +329,7 @@ def _frontier_section(run_dir: Path, results: dict, baseline: str, judge: str) -
                 for m in models if m["name"] not in ("baseline", "best_of_n")]
     if frontier_plot(RunLayout(run_dir).plots / "eval_win_rate_kl.png", curve, policies, "KL to reference (nats)",
                      f"{judge} win rate vs {baseline}", f"best-of-n ({baseline})"):
-        out.append(_image(run_dir, "eval_win_rate_kl.png", "win rate against KL: best-of-n curve and policies"))
+        out.append(image(run_dir, "eval_win_rate_kl.png", "win rate against KL: best-of-n curve and policies"))
     return "\n\n".join(out)
 
 
@@ -406,7 +341,7 @@ def _samples_section(run_dir: Path, results: dict | None) -> str:
     labels = {m["name"]: m["label"] for m in results.get("models", [])}
     sides = [name for name in labels if name != "best_of_n" and name in rows[0]]
     header = ["prompt"] + [f"{labels.get(name, name)} (score)" for name in sides]
-    body = [[_prompt_text(r["prompt"])] + [f"{r[name]}\n\n*({fmt(r.get(name + '_judge'))})*" for name in sides]
+    body = [[prompt_text(r["prompt"])] + [f"{r[name]}\n\n*({fmt(r.get(name + '_judge'))})*" for name in sides]
             for r in rows]
     return "## Samples\n\nThe same held-out prompts, the first sample from each model, with the judge's score.\n\n" + \
         table(header, body)

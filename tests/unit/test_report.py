@@ -6,7 +6,7 @@ import re
 import pytest
 
 from rlhf_stack.errors import RlhfStackError
-from rlhf_stack.evaluation import report
+from rlhf_stack.evaluation import markdown, report
 
 
 def _jsonl(path, rows):
@@ -96,11 +96,11 @@ def test_series_takes_the_first_present_key_and_skips_gaps():
 
 
 def test_fmt_and_cell():
-    assert report.fmt(None) == "—"
-    assert report.fmt(0.123456) == "0.123"
-    assert report.fmt(7) == "7"
-    assert report.cell("a|b\nc") == "a\\|b<br>c"
-    assert report.cell("x" * 500).endswith("…")
+    assert markdown.fmt(None) == "—"
+    assert markdown.fmt(0.123456) == "0.123"
+    assert markdown.fmt(7) == "7"
+    assert markdown.cell("a|b\nc") == "a\\|b<br>c"
+    assert markdown.cell("x" * 500).endswith("…")
 
 
 def _frontier_run(run_dir):
