@@ -59,8 +59,19 @@ def frontier_sentence(placed: dict, last: dict | None) -> str:
             text += " Its interval overlaps the curve's there: not a clear separation."
         return text
     if position == "beyond the curve" and last is not None:
-        return (f"{label}'s KL ({fmt(kl)} nats) is beyond the best-of-n curve, which ends at best-of-{last['n']} "
-                f"({fmt(last['kl'])} nats): no best-of-n point at its KL.")
+        text = (f"{label}'s KL ({fmt(kl)} nats) is beyond the best-of-n curve, which ends at best-of-{last['n']} "
+                f"({fmt(last['kl'])} nats)")
+        if placed.get("margin") is None:  # results.json from before the margin was kept beyond the curve
+            return text + ": no best-of-n point at its KL."
+        n, curve_win, points = placed["between_n"][0], 100 * placed["curve_win_rate"], 100 * abs(placed["margin"])
+        if placed["margin"] < 0:
+            text += (f", and best-of-{n} wins {points:.1f} points more at less KL ({curve_win:.1f}%): {label} lies "
+                     f"below the curve.")
+            if placed.get("intervals_overlap"):
+                text += " Its interval overlaps best-of-n's there: not a clear separation."
+            return text
+        return (text + f"; {label} wins {points:.1f} points more than the best best-of-n point (best-of-{n}, "
+                f"{curve_win:.1f}%), but the curve does not reach its KL: not placed.")
     if position == "before the curve":
         return f"{label}'s KL ({fmt(kl)} nats) is below the first best-of-n point: no best-of-n point at its KL."
     return f"{label}: no KL to the reference, so no place against the best-of-n curve."

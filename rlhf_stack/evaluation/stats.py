@@ -155,7 +155,8 @@ class FrontierPosition:
     """Where a policy lies against the best-of-n curve at its own KL."""
 
     position: str  # "above" | "below" | "on" | "beyond the curve" | "before the curve" | "no KL" | "no curve"
-    curve_win_rate: float | None  # best-of-n win rate interpolated at the policy's KL
+    curve_win_rate: float | None  # best-of-n win rate interpolated at the policy's KL; beyond the curve: the
+    # highest win rate of any best-of-n point (all of them at less KL than the policy's)
     margin: float | None  # policy win rate - curve_win_rate (positive: above the curve)
     curve_low: float | None  # the curve's interval, interpolated the same way
     curve_high: float | None
@@ -168,7 +169,10 @@ def frontier_position(policy_kl: float | None, policy_win: float, curve: Sequenc
 
     A KL past the last point is "beyond the curve" and one before the first point "before the
     curve" (no extrapolation), except that a KL below a best-of-1 point at KL 0 counts as 0: the true
-    KL is >= 0 and the sampled k1 estimate of a barely moved policy can dip below it."""
+    KL is >= 0 and the sampled k1 estimate of a barely moved policy can dip below it. Beyond the
+    curve the margin is taken against the best-of-n point that wins most (`between` = (n, n)): a
+    negative margin means best-of-n wins more at less KL, so the policy lies below the curve
+    whatever the curve does further right; a positive one places it nowhere."""
     if policy_kl is None or not curve:
         return FrontierPosition("no KL" if policy_kl is None else "no curve", None, None, None, None, None)
     points = sorted(curve, key=lambda p: p.kl)
@@ -178,7 +182,9 @@ def frontier_position(policy_kl: float | None, policy_win: float, curve: Sequenc
     if policy_kl < first.kl:
         return FrontierPosition("before the curve", None, None, None, None, None)
     if policy_kl > last.kl:
-        return FrontierPosition("beyond the curve", None, None, None, None, None)
+        best = max(points, key=lambda p: p.win_rate)
+        return FrontierPosition("beyond the curve", best.win_rate, policy_win - best.win_rate, best.low, best.high,
+                                (best.n, best.n))
     right = next(i for i, p in enumerate(points) if p.kl >= policy_kl)
     a, b = points[max(right - 1, 0)], points[right]
     t = 0.0 if b.kl == a.kl else (policy_kl - a.kl) / (b.kl - a.kl)

@@ -245,8 +245,13 @@ def test_frontier_position_at_the_ends():
     # a sampled k1 KL just below 0 counts as the best-of-1 point's KL 0
     at = stats.frontier_position(-0.05, 0.45, _curve())
     assert at.position == "below" and at.curve_win_rate == pytest.approx(0.5) and at.margin == pytest.approx(-0.05)
-    assert stats.frontier_position(1.0, 0.9, _curve()).position == "beyond the curve"
-    assert stats.frontier_position(1.0, 0.9, _curve()).margin is None
+    # past the last point: the margin against the point that wins most (n=4's 0.70), not an extrapolation
+    beyond = stats.frontier_position(1.0, 0.9, _curve())
+    assert beyond.position == "beyond the curve" and beyond.between == (4, 4)
+    assert beyond.margin == pytest.approx(0.2) and (beyond.curve_low, beyond.curve_high) == (0.60, 0.80)
+    worse = [stats.FrontierPoint(p.n, p.kl, w, w - 0.1, w + 0.1) for p, w in zip(_curve(), (0.5, 0.75, 0.7), strict=True)]
+    at = stats.frontier_position(1.0, 0.65, worse)  # best-of-2 wins more at less KL: below, whatever comes after
+    assert at.between == (2, 2) and at.margin == pytest.approx(-0.1)
     assert stats.frontier_position(0.1, 0.9, _curve()[1:]).position == "before the curve"  # no best-of-1
     assert stats.frontier_position(None, 0.9, _curve()).position == "no KL"
     only_4 = _curve()[2:]  # a one-point curve: its own KL is on it, anything else off it
@@ -359,8 +364,9 @@ def test_policies_take_stage_references_in_a_recipe():
     quickstart = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
     recipe = yaml.safe_load(quickstart.read_text())
     recipe["evaluation"]["policies"] = [{"name": "sft_again", "path": "@sft"}]
+    recipe["evaluation"]["best_of_n"] = 4
     loaded, _ = runner.load_recipe(recipe)
-    assert loaded.evaluation.best_of_n == [4]  # the quickstart's `best_of_n: 4`, read as a list
+    assert loaded.evaluation.best_of_n == [4]  # one n, read as a list
     stage = runner.stage_dict(loaded, plan(loaded)[-1])
     assert ("evaluation.policies.0.path", "sft") in list(staleness.iter_references(stage, "evaluation"))
     resolved = staleness.resolve_references(stage, {"sft": "/r/sft", "ppo": "/r/ppo", "reward": "/r/reward"})

@@ -157,6 +157,20 @@ def test_frontier_report_shows_intervals_the_curve_and_each_policy_against_it(tm
     assert "b00" in samples and "b01" not in samples
 
 
+def test_a_policy_beyond_the_curve_is_placed_against_the_point_that_wins_most():
+    last = {"n": 16, "kl": 1.8420}
+    beyond = {"label": "PPO", "kl": 5.7483, "position": "beyond the curve", "between_n": [8, 8],
+              "curve_win_rate": 0.770, "margin": 0.719 - 0.770, "intervals_overlap": True}
+    assert markdown.frontier_sentence(beyond, last) == (
+        "PPO's KL (5.75 nats) is beyond the best-of-n curve, which ends at best-of-16 (1.84 nats), and best-of-8 "
+        "wins 5.1 points more at less KL (77.0%): PPO lies below the curve. Its interval overlaps best-of-n's "
+        "there: not a clear separation.")
+    ahead = {**beyond, "margin": 0.82 - 0.770, "intervals_overlap": False}
+    assert markdown.frontier_sentence(ahead, last).endswith(
+        "; PPO wins 5.0 points more than the best best-of-n point (best-of-8, 77.0%), but the curve does not reach "
+        "its KL: not placed.")
+
+
 def test_frontier_plot_needs_something_to_draw(tmp_path):
     from rlhf_stack.evaluation import plots
 
