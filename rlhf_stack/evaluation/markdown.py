@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from rlhf_stack.pipeline.layout import PLOTS_DIR
 
@@ -84,6 +83,6 @@ def prompt_text(prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
-def image(run_dir: Path, name: str, alt: str) -> str:
+def image(name: str, alt: str) -> str:
     """A Markdown image of the run's plot `name`, linked relative to report.md."""
     return f"![{alt}]({PLOTS_DIR}/{name})"

@@ -208,7 +208,7 @@ def _sft_section(run_dir: Path) -> str:
     drawn = line_plot(RunLayout(run_dir).plots / "sft_loss.png", [
         ("loss", [("train", *series(log, "loss")), ("eval", *series(log, "eval_loss"))])])
     if drawn:
-        out.append(image(run_dir, "sft_loss.png", "SFT train and eval loss"))
+        out.append(image("sft_loss.png", "SFT train and eval loss"))
     return "\n\n".join(out)
 
 
@@ -232,10 +232,10 @@ def _reward_section(run_dir: Path, results: dict | None) -> str:
         ("eval accuracy", [(accuracy_key or "", *series(log, accuracy_key or "-"))]),
     ])
     if drawn:
-        out.append(image(run_dir, "reward_training.png", "reward model loss and eval accuracy"))
+        out.append(image("reward_training.png", "reward model loss and eval accuracy"))
     if histogram(RunLayout(run_dir).plots / "reward_margins.png", rm_eval.get("margins") or [],
                  "reward margin, better - worse", "r(better) - r(worse)"):
-        out.append(image(run_dir, "reward_margins.png", "reward margin histogram"))
+        out.append(image("reward_margins.png", "reward margin histogram"))
     return "\n\n".join(out)
 
 
@@ -264,12 +264,12 @@ def _ppo_section(run_dir: Path, stage: str = "ppo") -> str:
         ("kl_coef", [("kl_coef", *s["kl_coef"])]),
     ])
     if drawn:
-        out.append(image(run_dir, f"{stage}_reward_kl.png", f"{stage}: score, reward, KL and kl_coef"))
+        out.append(image(f"{stage}_reward_kl.png", f"{stage}: score, reward, KL and kl_coef"))
     if line_plot(RunLayout(run_dir).plots / f"{stage}_policy.png", [
         ("entropy", [("entropy", *s["entropy"])]),
         ("response length (tokens)", [("length", *s["response_length"])]),
     ]):
-        out.append(image(run_dir, f"{stage}_policy.png", f"{stage}: entropy and response length"))
+        out.append(image(f"{stage}_policy.png", f"{stage}: entropy and response length"))
     return "\n\n".join(out)
 
 
@@ -329,7 +329,7 @@ def _frontier_section(run_dir: Path, results: dict, baseline: str, judge: str) -
                 for m in models if m["name"] not in ("baseline", "best_of_n")]
     if frontier_plot(RunLayout(run_dir).plots / "eval_win_rate_kl.png", curve, policies, "KL to reference (nats)",
                      f"{judge} win rate vs {baseline}", f"best-of-n ({baseline})"):
-        out.append(image(run_dir, "eval_win_rate_kl.png", "win rate against KL: best-of-n curve and policies"))
+        out.append(image("eval_win_rate_kl.png", "win rate against KL: best-of-n curve and policies"))
     return "\n\n".join(out)
 
 

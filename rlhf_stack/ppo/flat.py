@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_stack.ppo.prefill import common_prefix_length
+
 Tensor = torch.Tensor
 
 MASKED_ATTENTION = ("sdpa", "eager")  # transformers' attention implementations that apply a 4D mask as given
@@ -105,8 +107,6 @@ def pack(keep: Tensor, used: Tensor, ids: Tensor | None = None, config=None) -> 
 
 def _shared_start(keep: Tensor, used: Tensor, position: Tensor, ids: Tensor) -> int:
     """How many first tokens every row has in common, up to the first used output of any row."""
-    from rlhf_stack.ppo.prefill import common_prefix_length
-
     limit = int(torch.where(used, position, keep.shape[1]).amin())
     return common_prefix_length([row[kept][:limit].tolist() for row, kept in zip(ids, keep, strict=True)])
 
