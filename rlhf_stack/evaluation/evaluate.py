@@ -118,8 +118,9 @@ class EvalConfig(Config):
     top_k: int = 0
     """Sample among the k most likely tokens (0: off)."""
     pack_weights_for_sampling: bool = True
-    """CPU, float32: sample through oneDNN-packed copies of the linear weights, made and freed per
-    `generate()` call; see PPOConfig.pack_weights_for_sampling (`ppo/packed.py`)."""
+    """CPU, float32: sample through oneDNN-packed copies of the linear weights, made once for all
+    of a model's sampling batches and freed after; see PPOConfig.pack_weights_for_sampling
+    (`ppo/packed.py`)."""
     unpadded_prompt_passes: bool = True
     """Run each `generate()` call's prompt pass unpadded, the prompts' shared start once; see
     PPOConfig.unpadded_prompt_passes (`ppo/prefill.py`)."""

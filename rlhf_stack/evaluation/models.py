@@ -80,6 +80,7 @@ class LM:
 
         from tqdm.auto import tqdm
 
+        from rlhf_stack.ppo.packed import packed_linears
         from rlhf_stack.ppo.prefill import plan_prompts
         from rlhf_stack.ppo.rollout import (
             encode_prompts,
@@ -103,34 +104,37 @@ class LM:
         kept: list[torch.Tensor] | None = [torch.zeros(0)] * len(responses) if trunk and keep_trunk else None
         texts = [""] * len(responses)
         bar = tqdm(total=len(responses), desc=desc, unit="resp", leave=False)
-        for start in range(0, len(order), per_batch):
-            chosen = order[start:start + per_batch]
-            ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
-            sampler = RolloutSampler(record=True) if record else None  # global RNG, as without it
-            plan = plan_prompts(self.model, ids, mask, n) if sampling.unpadded_prompt_passes else None
-            caches = [] if trunk and reward is not None else None
-            with trunk.record() if trunk else nullcontext() as chunks:
-                raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler,
-                               pack_weights=sampling.pack_weights_for_sampling,
-                               unpadded=sampling.unpadded_prompt_passes, plan=plan, keep_cache=caches)
-            out, out_mask, _ = truncate_at_eos(raw, eos, pad)
-            recorded = sampler.result(raw)[0].float().cpu() if sampler else None
-            hidden = sampled_hidden(chunks, len(ids), ids.shape[1] + out.shape[1] - 1, plan).cpu() if trunk else None
-            for row in range(out.shape[0]):
-                i = chosen[row // n] * n + row % n
-                responses[i] = out[row][out_mask[row].bool()].tolist()
-                texts[i] = self.tokenizer.decode(responses[i], skip_special_tokens=True).strip()
-                if logprobs is not None:
-                    logprobs[i] = recorded[row, :len(responses[i])]
-                if kept is not None:  # the prompt's positions, then the response's but its last
-                    kept[i] = torch.cat([hidden[row, :ids.shape[1]][mask[row].bool().cpu()],
-                                         hidden[row, ids.shape[1]:ids.shape[1] + len(responses[i]) - 1]])
-            if caches:
-                batch = [chosen[row // n] * n + row % n for row in range(out.shape[0])]
-                reward.held.collect(trunk, caches[0], mask, hidden, [rows[i // n]["prompt"] for i in batch],
-                                    [encoded[i // n] for i in batch], [responses[i] for i in batch],
-                                    [texts[i] for i in batch])
-            bar.update(out.shape[0])
+        # The weights are packed for sampling once for all batches, not at each generate() call
+        # (`ppo/packed.py`): nothing changes them meanwhile.
+        with packed_linears(self.model, enabled=sampling.pack_weights_for_sampling):
+            for start in range(0, len(order), per_batch):
+                chosen = order[start:start + per_batch]
+                ids, mask = left_pad([encoded[i] for i in chosen for _ in range(n)], pad, self.device)
+                sampler = RolloutSampler(record=True) if record else None  # global RNG, as without it
+                plan = plan_prompts(self.model, ids, mask, n) if sampling.unpadded_prompt_passes else None
+                caches = [] if trunk and reward is not None else None
+                with trunk.record() if trunk else nullcontext() as chunks:
+                    raw = generate(self.model, ids, mask, gen, group=n, sampler=sampler,
+                                   pack_weights=sampling.pack_weights_for_sampling,
+                                   unpadded=sampling.unpadded_prompt_passes, plan=plan, keep_cache=caches)
+                out, out_mask, _ = truncate_at_eos(raw, eos, pad)
+                recorded = sampler.result(raw)[0].float().cpu() if sampler else None
+                hidden = sampled_hidden(chunks, len(ids), ids.shape[1] + out.shape[1] - 1, plan).cpu() if trunk else None
+                for row in range(out.shape[0]):
+                    i = chosen[row // n] * n + row % n
+                    responses[i] = out[row][out_mask[row].bool()].tolist()
+                    texts[i] = self.tokenizer.decode(responses[i], skip_special_tokens=True).strip()
+                    if logprobs is not None:
+                        logprobs[i] = recorded[row, :len(responses[i])]
+                    if kept is not None:  # the prompt's positions, then the response's but its last
+                        kept[i] = torch.cat([hidden[row, :ids.shape[1]][mask[row].bool().cpu()],
+                                             hidden[row, ids.shape[1]:ids.shape[1] + len(responses[i]) - 1]])
+                if caches:
+                    batch = [chosen[row // n] * n + row % n for row in range(out.shape[0])]
+                    reward.held.collect(trunk, caches[0], mask, hidden, [rows[i // n]["prompt"] for i in batch],
+                                        [encoded[i // n] for i in batch], [responses[i] for i in batch],
+                                        [texts[i] for i in batch])
+                bar.update(out.shape[0])
         bar.close()
         return Samples(texts, [ids for ids in encoded for _ in range(n)], responses, logprobs, kept, trunk_depth)
 

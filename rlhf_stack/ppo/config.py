@@ -194,10 +194,15 @@ class PPOConfig(Config):
     """Held-out prompts scored at the end for `eval_score` (0: skip)."""
     pack_weights_for_sampling: bool = True
     """CPU, float32: sample through copies of the linear weights reordered for oneDNN
-    (`ppo/packed.py`), made when each `generate()` call starts and freed when it ends (one more set
-    of the weights meanwhile). Outputs equal the plain products up to float rounding. On the 2-core
-    AMD EPYC here, decoding SmolLM2-135M at batch 8 ran 1.5x faster (benchmarks/RESULTS.md). No
-    effect on GPU, in other dtypes, or where this torch build lacks the ops."""
+    (`ppo/packed.py`). The frozen layers' copies (the shared base, the reference and reward
+    adapters) are made once and kept for the whole run, one more set of those weights (SmolLM2-135M:
+    ~540 MB), and serve every pass without gradient (sampling, the rollout's reference / value /
+    reward passes, the PPO-ptx corpus rows' trunk pass); the trainable layers' are made at each
+    `generate()` call and freed when it ends. With `merge_lora_for_generation` (which writes into the
+    base) every call packs all layers. Outputs equal the plain products up to float rounding. On the
+    2-core AMD EPYC here, decoding SmolLM2-135M at batch 8 ran 1.5x faster, and keeping the frozen
+    copies saved ~0.3 s of reordering a step (benchmarks/RESULTS.md). No effect on GPU, in other
+    dtypes, or where this torch build lacks the ops."""
     unpadded_prompt_passes: bool = True
     """Run the prompt pass before sampling, and the reward model when it is hosted on the shared
     base (`host_reward_model`), without padding: each distinct prompt (or scored sequence) once,

@@ -66,6 +66,8 @@ class PtxBatches:
     row is drawn and kept (the corpus and the trunk never change), when the whole corpus fits in
     `cache_bytes` (the quickstart's: 257 rows x <= 64 tokens x 576 floats, ~38 MB); the ptx pass
     then runs only the blocks above the trunk. A larger corpus runs the full model every time.
+    `prefetch` computes a whole step's new rows in one pass before its updates (the trainer runs
+    it through the sampling's packed weights); `batch` computes any still missing.
     """
 
     def __init__(self, token_ids: list[list[int]], batch_size: int, micro_per_step: int, pad_id: int,
@@ -75,34 +77,50 @@ class PtxBatches:
         self.cache_bytes = cache_bytes
         self._hidden: dict[int, torch.Tensor] | None = {}  # row -> (len, H) trunk output; None: too big
 
+    def _rows(self, step: int, micro_index: int, acc) -> list[int]:
+        k = ((step - 1) * self.micro_per_step + micro_index) * acc.num_processes + acc.process_index
+        return self.stream.take(k * self.batch_size, self.batch_size)
+
     def batch(self, step: int, micro_index: int, acc, trunk=None) -> tuple[torch.Tensor, ...]:
         """(input_ids, attention_mask, labels, hidden): the first three `(batch_size, T)`, right-padded,
         labels -100 on padding; hidden `(batch_size, T, H)` the trunk's output (0 on padding) when
         `trunk` (a `Trunk`) is given and the corpus fits the cache, else None."""
-        k = ((step - 1) * self.micro_per_step + micro_index) * acc.num_processes + acc.process_index
-        rows = self.stream.take(k * self.batch_size, self.batch_size)
+        rows = self._rows(step, micro_index, acc)
         ids, mask = pad_right([self.token_ids[i] for i in rows], self.pad_id, acc.device)
         labels = ids.masked_fill(mask == 0, -100)
         if trunk is None or self._hidden is None:
             return ids, mask, labels, None
-        return ids, mask, labels, self._trunk_hidden(rows, ids, mask, trunk)
-
-    def _trunk_hidden(self, rows: list[int], ids: torch.Tensor, mask: torch.Tensor, trunk) -> torch.Tensor:
-        missing = sorted({n for n, row in enumerate(rows) if row not in self._hidden})
-        if missing:
-            # Right padding and causal attention: a row's outputs do not depend on the other rows.
-            fresh = trunk.hidden(ids[missing], mask[missing])
-            whole_corpus = sum(map(len, self.token_ids)) * fresh.shape[-1] * fresh.element_size()
-            if whole_corpus > self.cache_bytes:
-                self._hidden = None  # the full model serves every ptx pass from now on
-                return None
-            for j, n in enumerate(missing):
-                self._hidden[rows[n]] = fresh[j, :len(self.token_ids[rows[n]])].clone()
+        self._fill(rows, trunk, acc.device)
+        if self._hidden is None:
+            return ids, mask, labels, None
         out = torch.zeros((*ids.shape, self._hidden[rows[0]].shape[-1]), dtype=self._hidden[rows[0]].dtype,
                           device=ids.device)
         for n, row in enumerate(rows):
             out[n, :len(self.token_ids[row])] = self._hidden[row]
-        return out
+        return ids, mask, labels, out
+
+    def prefetch(self, step: int, acc, trunk) -> None:
+        """Compute the trunk's output of every corpus row `step` will draw and lacks, in one pass (the
+        caller may run it through packed weights: `ppo.packed`), so the step's batches find them kept."""
+        if self._hidden is not None:
+            self._fill([row for micro in range(self.micro_per_step) for row in self._rows(step, micro, acc)],
+                       trunk, acc.device)
+
+    def _fill(self, rows: list[int], trunk, device) -> None:
+        """Keep the trunk's output of those of `rows` not kept yet; drop the cache (None) when the
+        whole corpus would not fit `cache_bytes`."""
+        missing = sorted({row for row in rows if row not in self._hidden})
+        if not missing:
+            return
+        # Right padding and causal attention: a row's outputs do not depend on the other rows.
+        ids, mask = pad_right([self.token_ids[row] for row in missing], self.pad_id, device)
+        fresh = trunk.hidden(ids, mask)
+        whole_corpus = sum(map(len, self.token_ids)) * fresh.shape[-1] * fresh.element_size()
+        if whole_corpus > self.cache_bytes:
+            self._hidden = None  # the full model serves every ptx pass from now on
+            return
+        for j, row in enumerate(missing):
+            self._hidden[row] = fresh[j, :len(self.token_ids[row])].clone()
 
 
 def load_data(cfg, tokenizer) -> PPOData:

@@ -25,6 +25,7 @@ from rlhf_stack.config import StageResult
 from rlhf_stack.ppo import estimators
 from rlhf_stack.ppo import functional as PF
 from rlhf_stack.ppo.config import PPOConfig
+from rlhf_stack.ppo.packed import packed_linears
 from rlhf_stack.ppo.rollout import Rollout
 from rlhf_stack.ppo.setup import Run
 
@@ -63,110 +64,114 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
                       updates_per_step=cfg.updates_per_step)
     bar = tqdm(total=cfg.steps, initial=run.start_step, desc="ppo",
                disable=not (acc.is_main_process and cfg.progress_bar))
-    started = time.perf_counter()
-    for step in range(run.start_step + 1, cfg.steps + 1):
-        t_start = time.perf_counter()
-        # batch_size / samples_per_prompt prompts, each samples_per_prompt times in adjacent rows
-        index = step_prompt_indices(data.prompt_stream, step, world, rank, cfg.prompts_per_step,
-                                    cfg.samples_per_prompt)
-        prompts = [data.prompts[i]["prompt"] for i in index]
-        prompt_ids = [data.prompt_ids[i] for i in index]
-        query_ids, query_mask = left_pad(prompt_ids, tokenizer.pad_token_id, acc.device)
+    # The frozen weights (the shared base, reference and reward adapters) are packed for sampling once
+    # for the whole run (`ppo/packed.py`); each generate() call packs only the trainable layers. A
+    # merged adapter changes the base at every call, so then every call packs everything.
+    with packed_linears(unwrapped, enabled=cfg.pack_weights_for_sampling and not merge_lora, frozen_only=True):
+        started = time.perf_counter()
+        for step in range(run.start_step + 1, cfg.steps + 1):
+            t_start = time.perf_counter()
+            # batch_size / samples_per_prompt prompts, each samples_per_prompt times in adjacent rows
+            index = step_prompt_indices(data.prompt_stream, step, world, rank, cfg.prompts_per_step,
+                                        cfg.samples_per_prompt)
+            prompts = [data.prompts[i]["prompt"] for i in index]
+            prompt_ids = [data.prompt_ids[i] for i in index]
+            query_ids, query_mask = left_pad(prompt_ids, tokenizer.pad_token_id, acc.device)
 
-        # 1. generate, then evaluate the samples under policy (pi_old), reference and value
-        #    (through `call`: under FSDP2 that gathers the parameters the rollout's passes need).
-        #    The sampler's draws are a function of (seed, step, row of the global batch): the same
-        #    samples on any number of processes, and after a resume.
-        phases: dict[str, float] = {}
-        draws = (cfg.seed * 100_003 + step, rank * cfg.batch_size, world * cfg.batch_size)
-        caches = [] if held is not None else None  # the sampling's key/value cache, for the hosted RM
-        rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
-                                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                 temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
-                                 merge_lora=merge_lora, draws=draws, timings=phases,
-                                 samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
-                                 pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes,
-                                 keep_cache=caches)
-        t_generate = time.perf_counter()
+            # 1. generate, then evaluate the samples under policy (pi_old), reference and value
+            #    (through `call`: under FSDP2 that gathers the parameters the rollout's passes need).
+            #    The sampler's draws are a function of (seed, step, row of the global batch): the same
+            #    samples on any number of processes, and after a resume.
+            phases: dict[str, float] = {}
+            draws = (cfg.seed * 100_003 + step, rank * cfg.batch_size, world * cfg.batch_size)
+            caches = [] if held is not None else None  # the sampling's key/value cache, for the hosted RM
+            rollout = unwrapped.call(collect_rollout, unwrapped, unwrapped.policy, query_ids, query_mask, run.gen_config,
+                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                     temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
+                                     merge_lora=merge_lora, draws=draws, timings=phases,
+                                     samples_per_prompt=cfg.samples_per_prompt, trunk_from_sampling=cfg.trunk_from_sampling,
+                                     pack_weights=cfg.pack_weights_for_sampling, unpadded=cfg.unpadded_prompt_passes,
+                                     keep_cache=caches)
+            t_generate = time.perf_counter()
 
-        # 2. score the decoded text (a failing reward source stops the run, naming the prompt),
-        #    then normalise / clip / penalise missing EOS
-        responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        if caches and rollout.hidden is not None:  # the hosted RM then runs only the blocks above the trunk
-            held.collect(unwrapped.trunk, caches[0], query_mask, rollout.hidden, prompts, prompt_ids,
-                         [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask, strict=True)],
-                         responses)
-        where = partial(_prompt_where, cfg, data.prompts, index)
-        raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
-        if held is not None:
-            held.clear()
-        raw_scores = raw_scores.to(acc.device)
-        moments = run.moments.state_dict()  # put back if the step is dropped (on_nonfinite: skip_step)
-        scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)
-        t_score = time.perf_counter()
+            # 2. score the decoded text (a failing reward source stops the run, naming the prompt),
+            #    then normalise / clip / penalise missing EOS
+            responses = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+            if caches and rollout.hidden is not None:  # the hosted RM then runs only the blocks above the trunk
+                held.collect(unwrapped.trunk, caches[0], query_mask, rollout.hidden, prompts, prompt_ids,
+                             [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask, strict=True)],
+                             responses)
+            where = partial(_prompt_where, cfg, data.prompts, index)
+            raw_scores, parts = _score(run, unwrapped, step, prompts, responses, where, guard)
+            if held is not None:
+                held.clear()
+            raw_scores = raw_scores.to(acc.device)
+            moments = run.moments.state_dict()  # put back if the step is dropped (on_nonfinite: skip_step)
+            scores = process_scores(raw_scores, rollout.has_eos, acc.gather(raw_scores), cfg, run.moments)
+            t_score = time.perf_counter()
 
-        # 3. KL-penalised per-token rewards (Ziegler 2019 eq. 2; InstructGPT eq. 2)
-        mask = rollout.response_mask
-        kl = kl_fn(rollout.logprobs, rollout.ref_logprobs) * mask  # (b, t)
-        kl_coef = run.kl_ctl.kl_coef
-        rewards = PF.kl_penalized_rewards(scores, kl, mask, kl_coef)
+            # 3. KL-penalised per-token rewards (Ziegler 2019 eq. 2; InstructGPT eq. 2)
+            mask = rollout.response_mask
+            kl = kl_fn(rollout.logprobs, rollout.ref_logprobs) * mask  # (b, t)
+            kl_coef = run.kl_ctl.kl_coef
+            rewards = PF.kl_penalized_rewards(scores, kl, mask, kl_coef)
 
-        # 4. advantages: GAE (+ returns, whitened when configured), or a critic-free group
-        #    baseline over each prompt's samples (estimators.py), over the global batch
-        advantages, returns = _global_advantages(acc, advantage_fn, rewards, rollout.values, mask)
-        rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
+            # 4. advantages: GAE (+ returns, whitened when configured), or a critic-free group
+            #    baseline over each prompt's samples (estimators.py), over the global batch
+            advantages, returns = _global_advantages(acc, advantage_fn, rewards, rollout.values, mask)
+            rollout = replace(rollout, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
 
-        # 5. PPO epochs over mini-batches of the trained rows (+ ptx_coef * LM loss on a corpus
-        #    batch); during value_warmup_steps only the value function learns (the policy is
-        #    frozen). A NaN/inf score, reward or advantage drops the whole step under skip_step
-        #    (and stops under stop).
-        dropped = guard.check_batch(step, parts, responses, where, rollout)
-        train_stats = {}
-        if dropped:
-            run.moments.load_state_dict(moments)
-        else:
-            backward = _value_backward if step <= cfg.value_warmup_steps else update
-            train_stats = _ppo_epochs(run, cfg, trained_rows(rollout), step, backward, guard)
-        t_train = time.perf_counter()
+            # 5. PPO epochs over mini-batches of the trained rows (+ ptx_coef * LM loss on a corpus
+            #    batch); during value_warmup_steps only the value function learns (the policy is
+            #    frozen). A NaN/inf score, reward or advantage drops the whole step under skip_step
+            #    (and stops under stop).
+            dropped = guard.check_batch(step, parts, responses, where, rollout)
+            train_stats = {}
+            if dropped:
+                run.moments.load_state_dict(moments)
+            else:
+                backward = _value_backward if step <= cfg.value_warmup_steps else update
+                train_stats = _ppo_epochs(run, cfg, trained_rows(rollout), step, backward, guard)
+            t_train = time.perf_counter()
+            if run.average is not None:
+                run.average.update()
+
+            # 6. KL controller (on the mean KL of every process), logs, checkpoint
+            seq_kl = acc.reduce(kl.sum(1).mean(), "mean").item()
+            if not dropped:
+                run.kl_ctl.update(seq_kl, cfg.batch_size * world)
+            n_tokens = mask.sum()
+            rollout_stats = {
+                "score": raw_scores.mean(), "score_processed": scores.mean(), "reward": rewards.sum(1).mean(),
+                "kl": kl.sum(1).mean(), "response_length": mask.sum(1).mean(), "eos_fraction": rollout.has_eos.float().mean(),
+                **_value_stats(rollout), "entropy": PF.masked_mean(rollout.entropy, mask),  # of the sampling policy
+                **{f"reward/{name}": v.to(acc.device).mean() for name, v in parts.items()},
+            }
+            record = {"step": step, **_mean_over_processes(acc, {**rollout_stats, **train_stats}), "kl_coef": kl_coef,
+                      "lr": run.scheduler.get_last_lr()[0],
+                      "time_generate_s": t_generate - t_start, "time_sample_s": phases["sample_s"],
+                      "time_rollout_forward_s": phases["forward_s"], "time_score_s": t_score - t_generate,
+                      "time_train_s": t_train - t_score, "time_step_s": t_train - t_start,
+                      "elapsed_s": t_train - started,
+                      "tokens_per_s": acc.reduce(n_tokens, "sum").item() / max(t_train - t_start, 1e-9),
+                      "peak_memory_mb": peak_memory_mb(acc.device), **guard.record()}
+            if acc.is_main_process:
+                run.log.write(record)
+                if step % cfg.sample_every_steps == 0 or step == cfg.steps:
+                    run.log.write_samples(step, _sample_rows(prompts, responses, raw_scores, scores, cfg.samples_per_log))
+            if cfg.report_to != ["none"]:
+                acc.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            bar.update(1)
+            bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.3f}")
+            if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < cfg.steps:
+                save_checkpoint_state(run.output_dir / CHECKPOINTS_DIR, step, model=unwrapped, optimizer=run.optimizer,
+                                      scheduler=run.scheduler, controllers=run.controllers, accelerator=acc,
+                                      average=run.average)
+        bar.close()
         if run.average is not None:
-            run.average.update()
-
-        # 6. KL controller (on the mean KL of every process), logs, checkpoint
-        seq_kl = acc.reduce(kl.sum(1).mean(), "mean").item()
-        if not dropped:
-            run.kl_ctl.update(seq_kl, cfg.batch_size * world)
-        n_tokens = mask.sum()
-        rollout_stats = {
-            "score": raw_scores.mean(), "score_processed": scores.mean(), "reward": rewards.sum(1).mean(),
-            "kl": kl.sum(1).mean(), "response_length": mask.sum(1).mean(), "eos_fraction": rollout.has_eos.float().mean(),
-            **_value_stats(rollout), "entropy": PF.masked_mean(rollout.entropy, mask),  # of the sampling policy
-            **{f"reward/{name}": v.to(acc.device).mean() for name, v in parts.items()},
-        }
-        record = {"step": step, **_mean_over_processes(acc, {**rollout_stats, **train_stats}), "kl_coef": kl_coef,
-                  "lr": run.scheduler.get_last_lr()[0],
-                  "time_generate_s": t_generate - t_start, "time_sample_s": phases["sample_s"],
-                  "time_rollout_forward_s": phases["forward_s"], "time_score_s": t_score - t_generate,
-                  "time_train_s": t_train - t_score, "time_step_s": t_train - t_start,
-                  "elapsed_s": t_train - started,
-                  "tokens_per_s": acc.reduce(n_tokens, "sum").item() / max(t_train - t_start, 1e-9),
-                  "peak_memory_mb": peak_memory_mb(acc.device), **guard.record()}
-        if acc.is_main_process:
-            run.log.write(record)
-            if step % cfg.sample_every_steps == 0 or step == cfg.steps:
-                run.log.write_samples(step, _sample_rows(prompts, responses, raw_scores, scores, cfg.samples_per_log))
-        if cfg.report_to != ["none"]:
-            acc.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        bar.update(1)
-        bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.3f}")
-        if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < cfg.steps:
-            save_checkpoint_state(run.output_dir / CHECKPOINTS_DIR, step, model=unwrapped, optimizer=run.optimizer,
-                                  scheduler=run.scheduler, controllers=run.controllers, accelerator=acc,
-                                  average=run.average)
-    bar.close()
-    if run.average is not None:
-        run.average.copy_to_policy()  # the stage's policy is the average (policy_ema)
-    runtime = time.perf_counter() - started
-    return _finish(run, cfg, unwrapped, runtime)
+            run.average.copy_to_policy()  # the stage's policy is the average (policy_ema)
+        runtime = time.perf_counter() - started
+        return _finish(run, cfg, unwrapped, runtime)
 
 
 # ---- step 5: the PPO update ---------------------------------------------------------------------
@@ -184,8 +189,10 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
     """
     from rlhf_stack import distributed
 
-    acc, model = run.accelerator, run.model
+    acc, model, unwrapped = run.accelerator, run.model, run.actor_critic
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    if run.data.ptx is not None and unwrapped.trunk is not None:  # the step's new corpus rows, one pass
+        unwrapped.call(run.data.ptx.prefetch, step, acc, unwrapped.trunk)
     stats: dict[str, list[torch.Tensor]] = {}
     micro_index = 0
     model.train()  # dropout is 0 everywhere; train mode only turns gradient checkpointing on
@@ -196,7 +203,7 @@ def _ppo_epochs(run: Run, cfg: PPOConfig, rollout: Rollout, step: int, backward:
             mb_stats: dict[str, list[torch.Tensor]] = {}
             for k, micro_start in enumerate(range(0, cfg.mini_batch_size, cfg.micro_batch_size)):
                 micro = rollout.select(mb_order[micro_start:micro_start + cfg.micro_batch_size])
-                ptx_batch = (run.actor_critic.call(run.data.ptx.batch, step, micro_index, acc, run.actor_critic.trunk)
+                ptx_batch = (unwrapped.call(run.data.ptx.batch, step, micro_index, acc, unwrapped.trunk)
                              if run.data.ptx is not None else None)
                 micro_index += 1
                 last = k == cfg.grad_accum_steps - 1

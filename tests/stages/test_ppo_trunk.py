@@ -164,6 +164,42 @@ def test_ptx_rows_are_cached_once_and_only_when_the_corpus_fits():
     assert small.batch(1, 1, acc, FakeTrunk())[3] is None and small._hidden is None
 
 
+
+
+def test_prefetch_computes_a_steps_new_corpus_rows_in_one_pass():
+    """`prefetch(step)` runs the trunk once over the rows the step's micro-batches will draw and it
+    lacks; the step's batches then run no trunk pass and get what they get without it."""
+    from types import SimpleNamespace
+
+    from rlhf_stack.ppo.data import PtxBatches
+
+    class FakeTrunk:  # hidden state of a token = its id, in 3 channels; counts the rows it ran
+        def __init__(self):
+            self.calls = []
+
+        def hidden(self, ids, mask):
+            self.calls.append(ids.shape[0])
+            return ids[..., None].float().expand(*ids.shape, 3).clone()
+
+    acc = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"))
+    rows = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10], [11, 12], [13]]
+    prefetched = PtxBatches(rows, batch_size=2, micro_per_step=2, pad_id=0, seed=0)
+    lazy = PtxBatches(rows, batch_size=2, micro_per_step=2, pad_id=0, seed=0)
+    ahead, during = FakeTrunk(), FakeTrunk()
+    for step in (1, 2, 3):
+        before = len(ahead.calls)
+        prefetched.prefetch(step, acc, ahead)
+        assert len(ahead.calls) - before <= 1  # one pass a step at most
+        for micro in (0, 1):
+            got = prefetched.batch(step, micro, acc, during)
+            want = lazy.batch(step, micro, acc, FakeTrunk())
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a, b)
+    assert ahead.calls[0] == 4  # step 1 draws 4 distinct rows
+    assert during.calls == []  # every batch found its rows kept
+    assert sum(ahead.calls) == len(rows) == len(prefetched._hidden)  # each row through the trunk once
+
+
 def test_a_packed_row_is_used_only_where_it_costs_less():
     """One row's attention grows with the square of its length: a GPU-sized micro-batch stays padded,
     a CPU-sized one with padding packs, one without padding (or a shared start) stays padded."""

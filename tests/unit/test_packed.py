@@ -75,3 +75,42 @@ def test_a_nested_context_leaves_the_outer_ones_layers_packed(tiny_causal_lm):
         assert all(m.__dict__["forward"] is forwards[m] for m in linears(model))
         model(input_ids=ids)
     assert [m for m in linears(model) if "forward" in m.__dict__] == [hooked]
+
+
+
+def test_frozen_layers_packed_once_for_a_run_and_the_trainable_ones_at_each_call(tiny_causal_lm):
+    """PPO's layout: an outer `frozen_only` context packs the frozen base for the whole run, and each
+    call's context packs only the trainable LoRA matrices, afresh: an optimizer change to a
+    trainable weight between calls shows in the next call's logits as in the unpacked model."""
+    model = tiny_causal_lm(lora=True)
+    trainable = [m for name, m in model.named_modules() if type(m) is nn.Linear and "lora_" in name]
+    frozen = [m for m in linears(model) if m not in trainable]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in trainable:
+        m.weight.requires_grad_(True)
+    ids = torch.randint(3, 200, (4, 9))
+
+    def optimizer_step(sign=1.0):
+        with torch.no_grad():
+            for m in trainable:
+                m.weight.add_(sign * 0.05)
+
+    want = []
+    with torch.no_grad():
+        for _ in range(2):
+            want.append(model(input_ids=ids).logits)
+            optimizer_step()
+    optimizer_step(-2.0)
+    with torch.no_grad(), packed_linears(model, frozen_only=True) as outer:
+        assert outer == len(frozen) > 0 and all("forward" not in m.__dict__ for m in trainable)
+        forwards = {m: m.__dict__["forward"] for m in frozen}
+        for expected in want:
+            with packed_linears(model) as inner:
+                assert inner == len(trainable)
+                got = model(input_ids=ids).logits
+            assert all(m.__dict__["forward"] is forwards[m] for m in frozen)  # kept, not packed again
+            assert all("forward" not in m.__dict__ for m in trainable)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            optimizer_step()
+    assert all("forward" not in m.__dict__ for m in linears(model))
