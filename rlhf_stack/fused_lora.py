@@ -31,7 +31,9 @@ layer takes the fused path only for the plain case, checked at every call: one a
 vanilla LoRA (no DoRA, no bias on B), not merged, no dropout while training, a plain `nn.Linear`
 base with frozen weights, no autocast, no extra arguments. Anything else runs peft's own forward.
 Without gradients (sampling, scoring) the base layer runs as it is (packed weights included,
-`ppo/packed.py`) and the adapter's product is added into its output.
+`ppo/packed.py`) and the adapter's product is added into its output. With gradients, a base layer
+running through packed weights (PPO packs the frozen base for its whole run) lends its packed
+product and input gradient (`PackedProduct`) to the fused step; otherwise torch's GEMM computes them.
 """
 
 from __future__ import annotations
@@ -50,15 +52,17 @@ class FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor,
-                scaling: float) -> Tensor:
+                scaling: float, product=None) -> Tensor:
+        """product: the base's `x W^T + b` and its input gradient through packed weights
+        (`ppo.packed.PackedProduct`), or None (torch's GEMM)."""
         rows = x.reshape(-1, x.shape[-1])
         down = rows @ lora_a.t()  # (tokens, r)
-        out = F.linear(rows, weight, bias)
+        out = F.linear(rows, weight, bias) if product is None else product(rows)
         out.addmm_(down, lora_b.t(), alpha=scaling)
         needs_x, needs_a, needs_b = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         ctx.save_for_backward(x if needs_a else None, weight if needs_x else None, lora_a if needs_x else None,
                               lora_b, down if needs_b else None)
-        ctx.scaling = scaling
+        ctx.scaling, ctx.product = scaling, product
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -74,8 +78,9 @@ class FusedLoRALinear(torch.autograd.Function):
             if needs_a:
                 grad_a = grad_down.t() @ x.reshape(-1, x.shape[-1])
             if needs_x:
-                grad_x = (grad_rows @ weight).addmm_(grad_down, lora_a).view(*grad.shape[:-1], weight.shape[1])
-        return grad_x, None, None, grad_a, grad_b, None
+                base_grad = grad_rows @ weight if ctx.product is None else ctx.product.input_grad(grad_rows)
+                grad_x = base_grad.addmm_(grad_down, lora_a).view(*grad.shape[:-1], weight.shape[1])
+        return grad_x, None, None, grad_a, grad_b, None, None
 
 
 def _plain_adapter(layer: nn.Module, x: Tensor, args: tuple, kwargs: dict) -> str | None:
@@ -109,7 +114,10 @@ def _fused_forward(self: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
         out.view(-1, out.shape[-1]).addmm_(rows @ lora_a.t(), lora_b.t(), alpha=scaling)
         return out
     base = self.base_layer
-    return FusedLoRALinear.apply(x, base.weight, base.bias, lora_a, lora_b, scaling)
+    product = getattr(base.__dict__.get("forward"), "product", None)  # packed weights (`ppo/packed.py`)
+    if product is not None and x.dtype != torch.float32:
+        product = None
+    return FusedLoRALinear.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, product)
 
 
 def _switch_lora_layers(block: nn.Module, _args) -> None:

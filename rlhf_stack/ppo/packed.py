@@ -1,4 +1,4 @@
-"""Sampling on CPU through oneDNN-packed linear weights.
+"""Sampling (and frozen layers' products in training) on CPU through oneDNN-packed linear weights.
 
 A decoding step multiplies a handful of rows (the batch) by every weight matrix of the model.
 At those shapes torch's default CPU GEMM (MKL) is far from this hardware's bound: on the 2-core
@@ -21,9 +21,14 @@ context inside it packs only what is left, the trainable layers, whose weights t
 changes between calls. Whoever holds the outer context must not change a frozen weight meanwhile
 (merging an adapter into the base does: PPO skips the outer context then).
 
-Inside it, a layer runs the packed product only with autograd off (the oneDNN op has no
-backward) and otherwise its own forward, so a stray training pass stays correct. Outputs equal
-`F.linear`'s up to float rounding (tested to 1e-5).
+Inside it, with autograd off a layer runs the packed product. With autograd on, a trainable layer
+runs its own forward (the oneDNN op has no backward), so a stray training pass stays correct; a
+frozen one runs the packed product and its input gradient `g W` through a packed copy of W^T,
+made at its first backward (`PackedProduct`; a fused LoRA layer borrows it for its base product,
+`fused_lora.py`). At PPO's training shapes (300-540 rows) oneDNN took 0.4-0.5x MKL's time for
+both products on this CPU, the LM head's included (benchmarks/RESULTS.md, twenty-seventh
+session), and PPO's update passes are mostly frozen products. Outputs and gradients equal the
+plain ones up to float rounding (tested).
 """
 
 from __future__ import annotations
@@ -87,12 +92,50 @@ def packing_available() -> bool:
         return False
 
 
-def _packed_forward(module: nn.Linear, packed: Tensor):
-    def forward(x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or x.dtype != torch.float32:
-            return F.linear(x, module.weight, module.bias)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, module.bias, "none", [], "")
+class PackedProduct:
+    """`x W^T (+ b)` of a layer through the packed copy of W, and the input gradient `g W` of that
+    product through a packed copy of W^T, made at the first backward and kept while this lives."""
 
+    def __init__(self, module: nn.Linear, packed: Tensor, rows: int) -> None:
+        self.module, self.packed, self.rows = module, packed, rows
+        self._transposed: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.module.bias, "none", [], "")
+
+    def input_grad(self, grad: Tensor) -> Tensor:
+        if self._transposed is None:
+            weight_t = self.module.weight.detach().t().contiguous()
+            self._transposed = torch.ops.mkldnn._reorder_linear_weight(weight_t, self.rows)
+        return torch.ops.mkldnn._linear_pointwise(grad.contiguous(), self._transposed, None, "none", [], "")
+
+
+class _FrozenPackedLinear(torch.autograd.Function):
+    """A frozen layer's product with autograd on: forward and input gradient both packed."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, product: PackedProduct) -> Tensor:
+        ctx.product = product
+        return product(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.product.input_grad(grad), None
+
+
+def _trains(module: nn.Linear) -> bool:
+    return module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad)
+
+
+def _packed_forward(module: nn.Linear, product: PackedProduct):
+    def forward(x: Tensor) -> Tensor:
+        if x.dtype != torch.float32 or (torch.is_grad_enabled() and _trains(module)):
+            return F.linear(x, module.weight, module.bias)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FrozenPackedLinear.apply(x, product)
+        return product(x)
+
+    forward.product = product  # what a fused LoRA layer over this base computes with (`fused_lora.py`)
     return forward
 
 
@@ -122,7 +165,7 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8, frozen
             release_free_heap()  # what the last update freed, so the copies do not come on top of it
         for module in patched:
             packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
-            module.forward = _packed_forward(module, packed)
+            module.forward = _packed_forward(module, PackedProduct(module, packed, rows))
         yield len(patched)
     finally:
         for module in patched:
