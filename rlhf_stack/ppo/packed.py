@@ -23,12 +23,14 @@ changes between calls. Whoever holds the outer context must not change a frozen 
 
 Inside it, with autograd off a layer runs the packed product. With autograd on, a trainable layer
 runs its own forward (the oneDNN op has no backward), so a stray training pass stays correct; a
-frozen one runs the packed product and its input gradient `g W` through a packed copy of W^T,
-made at its first backward (`PackedProduct`; a fused LoRA layer borrows it for its base product,
-`fused_lora.py`). At PPO's training shapes (300-540 rows) oneDNN took 0.4-0.5x MKL's time for
-both products on this CPU, the LM head's included (benchmarks/RESULTS.md, twenty-seventh
-session), and PPO's update passes are mostly frozen products. Outputs and gradients equal the
-plain ones up to float rounding (tested).
+frozen one runs the packed product (`PackedProduct`; a fused LoRA layer borrows it for its base
+product, `fused_lora.py`), and the layers the caller names (`transpose`: PPO names the LM head)
+their input gradient `g W` too, through a packed copy of W^T made at the first backward. At PPO's
+training shapes (300-540 rows) oneDNN took 0.4-0.5x MKL's time for both products on this CPU
+(benchmarks/RESULTS.md, twenty-seventh session). The W^T copies of every adapted block saved
+only ~5% more of the quickstart's PPO epochs, and with LoRA on every block they cost one more copy
+of the model (the real-model PPO benchmark's peak rose to 0.62x TRL's): only the LM head's, the
+largest product, is made. Outputs and gradients equal the plain ones up to float rounding (tested).
 """
 
 from __future__ import annotations
@@ -94,16 +96,19 @@ def packing_available() -> bool:
 
 class PackedProduct:
     """`x W^T (+ b)` of a layer through the packed copy of W, and the input gradient `g W` of that
-    product through a packed copy of W^T, made at the first backward and kept while this lives."""
+    product: through a packed copy of W^T, made at the first backward and kept while this lives,
+    when `transpose`; else through torch's GEMM (no copy)."""
 
-    def __init__(self, module: nn.Linear, packed: Tensor, rows: int) -> None:
-        self.module, self.packed, self.rows = module, packed, rows
+    def __init__(self, module: nn.Linear, packed: Tensor, rows: int, transpose: bool = False) -> None:
+        self.module, self.packed, self.rows, self.transpose = module, packed, rows, transpose
         self._transposed: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.module.bias, "none", [], "")
 
     def input_grad(self, grad: Tensor) -> Tensor:
+        if not self.transpose:
+            return grad @ self.module.weight
         if self._transposed is None:
             weight_t = self.module.weight.detach().t().contiguous()
             self._transposed = torch.ops.mkldnn._reorder_linear_weight(weight_t, self.rows)
@@ -140,7 +145,8 @@ def _packed_forward(module: nn.Linear, product: PackedProduct):
 
 
 @contextmanager
-def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8, frozen_only: bool = False):
+def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8, frozen_only: bool = False,
+                   transpose: tuple[nn.Module, ...] = ()):
     """Run `model`'s plain float32 `nn.Linear` layers through packed weights for the duration.
 
     Yields the number of layers packed (0 when disabled, off the CPU, or unavailable). `rows`:
@@ -149,7 +155,8 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8, frozen
     (quantised layers) and sharded (DTensor) weights keep their own forward, and so does a layer
     whose `forward` something else already replaced (an enclosing `packed_linears`, an accelerate
     hook): it is neither packed nor, at the end, stripped of that forward. frozen_only: only the
-    layers whose weight requires no gradient (module doc).
+    layers whose weight requires no gradient (module doc). transpose: the frozen layers whose input
+    gradient runs through a packed W^T (one more copy of their weight once a backward reaches them).
     """
     patched: list[nn.Linear] = []
     large = False  # copies worth handing glibc's free pages back for (a few adapters' are not)
@@ -165,7 +172,8 @@ def packed_linears(model: nn.Module, enabled: bool = True, rows: int = 8, frozen
             release_free_heap()  # what the last update freed, so the copies do not come on top of it
         for module in patched:
             packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows)
-            module.forward = _packed_forward(module, PackedProduct(module, packed, rows))
+            product = PackedProduct(module, packed, rows, transpose=any(module is t for t in transpose))
+            module.forward = _packed_forward(module, product)
         yield len(patched)
     finally:
         for module in patched:

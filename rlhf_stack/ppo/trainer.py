@@ -67,7 +67,9 @@ def train_ppo(cfg: PPOConfig, reward_fns: list[Callable] | None = None) -> Stage
     # The frozen weights (the shared base, reference and reward adapters) are packed for sampling once
     # for the whole run (`ppo/packed.py`); each generate() call packs only the trainable layers. A
     # merged adapter changes the base at every call, so then every call packs everything.
-    with packed_linears(unwrapped, enabled=cfg.pack_weights_for_sampling and not merge_lora, frozen_only=True):
+    # The LM head's input gradient runs packed too (a packed copy of its transpose; module doc).
+    with packed_linears(unwrapped, enabled=cfg.pack_weights_for_sampling and not merge_lora, frozen_only=True,
+                        transpose=(unwrapped.policy.get_output_embeddings(),)):
         started = time.perf_counter()
         for step in range(run.start_step + 1, cfg.steps + 1):
             t_start = time.perf_counter()

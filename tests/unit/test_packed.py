@@ -118,9 +118,11 @@ def test_frozen_layers_packed_once_for_a_run_and_the_trainable_ones_at_each_call
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_a_training_pass_through_packed_frozen_weights_gives_the_plain_gradients(tiny_causal_lm, fused):
-    """With autograd on, a frozen layer's product and its input gradient run through packed copies
-    of W and W^T (the fused LoRA step borrows them for its base product): the LoRA gradients equal
-    the plain ones to float rounding, and the W^T copies exist where a backward ran."""
+    """With autograd on, a frozen layer's product runs through its packed W (the fused LoRA step
+    borrows it for its base product), and a layer named in `transpose` its input gradient through a
+    packed W^T: the LoRA gradients equal the plain ones to float rounding, and W^T copies exist only
+    for the named layers a backward reached. Unfused: only the LM head is named (PPO's choice);
+    fused: every layer, so the fused step's base input gradients must go through them."""
     from rlhf_stack.fused_lora import fuse_lora_linears
 
     model = tiny_causal_lm(lora=True)
@@ -128,6 +130,7 @@ def test_a_training_pass_through_packed_frozen_weights_gives_the_plain_gradients
         p.requires_grad_("lora_" in name)
     if fused:
         assert fuse_lora_linears(model) > 0
+    head = model.get_output_embeddings()
     ids = torch.randint(3, 200, (3, 10))
 
     def grads():
@@ -136,17 +139,18 @@ def test_a_training_pass_through_packed_frozen_weights_gives_the_plain_gradients
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     plain = grads()
-    with packed_linears(model, frozen_only=True) as n:
+    with packed_linears(model, frozen_only=True, transpose=tuple(linears(model)) if fused else (head,)) as n:
         assert n > 0
         packed = grads()
-        products = [m.__dict__["forward"].product for m in linears(model) if "forward" in m.__dict__]
+        products = {m: m.__dict__["forward"].product for m in linears(model) if "forward" in m.__dict__}
         bases = {name: m.base_layer.__dict__["forward"].product for name, m in model.named_modules()
                  if hasattr(m, "base_layer") and "forward" in m.base_layer.__dict__}
-    # every LoRA base layer's input gradient ran packed, but the first block's q/k/v: their input
-    # (the frozen embeddings, normed) needs none
-    without = sorted(name.split(".")[-1] for name, p in bases.items() if p._transposed is None)
-    assert len(bases) > 3 and without == ["k_proj", "q_proj", "v_proj"]
-    assert all(".layers.0." in name for name, p in bases.items() if p._transposed is None)
-    assert any(p._transposed is not None for p in products if p not in bases.values())  # the LM head's too
+    assert products[head]._transposed is not None
+    if fused:  # every base layer's input gradient ran packed, but the first block's q/k/v (no input gradient)
+        without = sorted(name.split(".")[-1] for name, p in bases.items() if p._transposed is None)
+        assert len(bases) > 3 and without == ["k_proj", "q_proj", "v_proj"]
+        assert all(".layers.0." in name for name, p in bases.items() if p._transposed is None)
+    else:
+        assert [m for m, p in products.items() if p._transposed is not None] == [head]
     for name, grad in plain.items():
         torch.testing.assert_close(packed[name], grad, atol=1e-5 * grad.norm().item() + 1e-7, rtol=1e-4)
