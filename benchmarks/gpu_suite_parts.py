@@ -266,9 +266,9 @@ def step_clock(cuda: bool):
 def timed_ppo_updates(times: list[float], cuda: bool):
     """Wall time of each step's PPO epochs, a device sync on both sides. The log's `time_train_s`
     is stamped while CUDA may still run the last micro-batch's backward (no sync there)."""
-    from rlhf_stack.ppo import trainer
+    from rlhf_stack.ppo import update
 
-    original = trainer._ppo_epochs
+    original = update.ppo_epochs
 
     def timed(*args, **kwargs):
         synchronize(cuda)
@@ -278,11 +278,11 @@ def timed_ppo_updates(times: list[float], cuda: bool):
         times.append(time.perf_counter() - start)
         return result
 
-    trainer._ppo_epochs = timed
+    update.ppo_epochs = timed
     try:
         yield times
     finally:
-        trainer._ppo_epochs = original
+        update.ppo_epochs = original
 
 
 @contextmanager

@@ -6,7 +6,7 @@
 One step of `train_ppo`'s loop, taken apart: a rollout of `--prompts` prompts x `--samples`
 samples from the SFT checkpoint (LoRA on the SFT adapter's blocks, the frozen trunk as in the
 quickstart), scored by a Python reward from `unseen_reward.py`, advantages from the chosen
-estimator, then the trainer's own PPO epochs (`trainer._ppo_epochs`, the same update code). Before
+estimator, then the trainer's own PPO epochs (`update.ppo_epochs`, the same update code). Before
 the update it also draws `--fresh` more samples of each prompt, which the update never sees.
 
 Printed:
@@ -61,7 +61,7 @@ def main() -> None:
     import torch
 
     from rlhf_stack.config import validate
-    from rlhf_stack.ppo import estimators, trainer
+    from rlhf_stack.ppo import estimators, update
     from rlhf_stack.ppo import functional as PF
     from rlhf_stack.ppo.config import PPOConfig
     from rlhf_stack.ppo.data import step_prompt_indices
@@ -113,14 +113,14 @@ def main() -> None:
     advantages, returns = advantage_fn(rewards, ro.values, mask)
     ro = replace(ro, scores=scores, rewards=rewards, advantages=advantages, returns=returns)
     aggregate = PF.loss_aggregation(cfg.loss_aggregation, cfg.max_new_tokens)
-    backward = partial(trainer._policy_and_value_backward if ac.has_value else trainer._policy_backward,
+    backward = partial(update.policy_and_value_backward if ac.has_value else update.policy_backward,
                        aggregate=aggregate)
 
     class NoGuard:
         def check_update(self, *_):
             return False
 
-    stats = trainer._ppo_epochs(run, cfg, ro, 1, backward, NoGuard())
+    stats = update.ppo_epochs(run, cfg, ro, 1, backward, NoGuard())
 
     change = ((logprobs(ro) - before) * mask).sum(1)
     advantage = (advantages * mask).sum(1) / mask.sum(1)

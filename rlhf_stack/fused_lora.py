@@ -114,9 +114,8 @@ def _fused_forward(self: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
         out.view(-1, out.shape[-1]).addmm_(rows @ lora_a.t(), lora_b.t(), alpha=scaling)
         return out
     base = self.base_layer
-    product = getattr(base.__dict__.get("forward"), "product", None)  # packed weights (`ppo/packed.py`)
-    if product is not None and x.dtype != torch.float32:
-        product = None
+    # packed weights (`ppo/packed.py`): float32 only, as x is (`_plain_adapter` matched their dtypes)
+    product = getattr(base.__dict__.get("forward"), "product", None)
     return FusedLoRALinear.apply(x, base.weight, base.bias, lora_a, lora_b, scaling, product)
 
 
