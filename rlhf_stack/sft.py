@@ -69,7 +69,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None) -> StageResult:
     resume = training.resume_checkpoint(trainer, output_dir, "sft")
     if trainer.eval_dataset is not None and cfg.eval_before_training and resume is None:
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    result = trainer.train(resume_from_checkpoint=resume)
+    with training.frozen_weights_packed(cfg.train, trainer.model):
+        result = trainer.train(resume_from_checkpoint=resume)
     runtime = max(result.metrics["train_runtime"], 1e-9)
     tokens_seen = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
     metrics.update(train_loss=result.training_loss, train_runtime_s=runtime, resumed_from=resume,

@@ -1,5 +1,6 @@
 """What the Trainer-based stages (SFT, reward model, DPO) share: arguments, checkpoints and resume,
-evals, logs and stage.json (`on_nonfinite` for them: `trainer_guard.NonFiniteCallback`).
+evals, logs and stage.json (`on_nonfinite` for them: `trainer_guard.NonFiniteCallback`), and the
+frozen weights packed for oneDNN around `trainer.train` on CPU (`frozen_weights_packed`).
 
 A stage's `output_dir` is its checkpoint: model files + tokenizer + `checkpoint_manifest.json` +
 `stage.json` (written last, the commit marker), with Trainer states for resume under
@@ -13,6 +14,7 @@ import functools
 import json
 import platform
 import shutil
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,23 @@ def ranking_trainer_setup(train: TrainingConfig, output_dir: Path, *, has_eval: 
     if has_eval and train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
     return args, callbacks
+
+
+@contextmanager
+def frozen_weights_packed(train: TrainingConfig, *models):
+    """Around `trainer.train`: each model's frozen float32 CPU linear layers run through oneDNN-packed
+    copies made once for the run (`train.pack_frozen_weights`; `ppo/packed.py`), and a frozen LM
+    head's input gradient through a packed copy of its transpose. Yields the layers packed."""
+    from rlhf_stack.ppo.packed import packed_linears
+
+    with ExitStack() as stack:
+        packed = 0
+        for model in models:
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            transpose = (head,) if head is not None and not head.weight.requires_grad else ()
+            packed += stack.enter_context(packed_linears(model, enabled=train.pack_frozen_weights,
+                                                         frozen_only=True, transpose=transpose))
+        yield packed
 
 
 def train_metrics(result, trainer, resumed_from: str | None) -> dict[str, Any]:

@@ -134,8 +134,9 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
                      "share_prompt": cfg.shares_prompt,
                      "models": {"layout": info.layout, "reference": info.reference, "base_model": info.base_model}}
     resume = training.resume_checkpoint(trainer, output_dir, "dpo")
-    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume),
-                   **guard.metrics())
+    with training.frozen_weights_packed(cfg.train, trainer.model, *filter(None, [reference.ref_model])):
+        result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(training.train_metrics(result, trainer, resume), **guard.metrics())
 
     # 5. final eval (the best model), checkpoint (the policy alone) + stage.json
     if has_eval:

@@ -183,8 +183,9 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None) -> StageResul
     resume = training.resume_checkpoint(trainer, output_dir, "reward")
     if has_eval and cfg.eval_before_training and resume is None:
         metrics.update({f"{k}_before": v for k, v in training.eval_metrics(trainer).items()})
-    metrics.update(training.train_metrics(trainer.train(resume_from_checkpoint=resume), trainer, resume),
-                   **guard.metrics())
+    with training.frozen_weights_packed(cfg.train, trainer.model):
+        result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(training.train_metrics(result, trainer, resume), **guard.metrics())
 
     # 5. final eval (best model), normalisation bias, checkpoint + stage.json
     if has_eval:
