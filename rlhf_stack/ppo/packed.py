@@ -19,7 +19,8 @@ whose frozen weights stay as they are for longer packs those once: `packed_linea
 frozen_only=True)` around the whole run (PPO's steps, an evaluation's batches), and each call's
 context inside it packs only what is left, the trainable layers, whose weights the optimizer
 changes between calls. Whoever holds the outer context must not change a frozen weight meanwhile
-(merging an adapter into the base does: PPO skips the outer context then).
+(merging an adapter into the base does: PPO skips the outer context then). The Trainer stages (SFT,
+reward model, DPO) hold one around `trainer.train` (`training.frozen_weights_packed`).
 
 Inside it, with autograd off a layer runs the packed product. With autograd on, a trainable layer
 runs its own forward (the oneDNN op has no backward), so a stray training pass stays correct; a
