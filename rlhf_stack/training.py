@@ -91,12 +91,13 @@ def ranking_trainer_setup(train: TrainingConfig, output_dir: Path, *, has_eval: 
 def frozen_weights_packed(train: TrainingConfig, *models):
     """Around `trainer.train`: each model's frozen float32 CPU linear layers run through oneDNN-packed
     copies made once for the run (`train.pack_frozen_weights`; `ppo/packed.py`), and a frozen LM
-    head's input gradient through a packed copy of its transpose. Yields the layers packed."""
+    head's input gradient through a packed copy of its transpose. A None model is skipped. Yields the
+    layers packed."""
     from rlhf_stack.ppo.packed import packed_linears
 
     with ExitStack() as stack:
         packed = 0
-        for model in models:
+        for model in (model for model in models if model is not None):
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             transpose = (head,) if head is not None and not head.weight.requires_grad else ()
             packed += stack.enter_context(packed_linears(model, enabled=train.pack_frozen_weights,

@@ -134,7 +134,7 @@ def train_dpo(cfg: DPOConfig, callbacks: list | None = None) -> StageResult:
                      "share_prompt": cfg.shares_prompt,
                      "models": {"layout": info.layout, "reference": info.reference, "base_model": info.base_model}}
     resume = training.resume_checkpoint(trainer, output_dir, "dpo")
-    with training.frozen_weights_packed(cfg.train, trainer.model, *filter(None, [reference.ref_model])):
+    with training.frozen_weights_packed(cfg.train, trainer.model, reference.ref_model):
         result = trainer.train(resume_from_checkpoint=resume)
     metrics.update(training.train_metrics(result, trainer, resume), **guard.metrics())
 
