@@ -34,18 +34,10 @@ RECIPE = {"sft": "recipes/quickstart.yaml", "reward": "recipes/quickstart.yaml",
 def stage_config(stage: str, run_dir: Path, steps: int, pack: bool, out: Path) -> dict:
     """The recipe's section for `stage`, `@stage` references resolved into `run_dir`, trained for
     `steps` steps with no held-out evaluation and `pack_frozen_weights` set."""
+    from rlhf_stack.pipeline.staleness import resolve_references
+
     section = yaml.safe_load((ROOT / RECIPE[stage]).read_text())[stage]
-
-    def resolve(node):
-        if isinstance(node, dict):
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        if isinstance(node, str) and node.startswith("@"):
-            return str(run_dir / node[1:])
-        return node
-
-    section = resolve(section)
+    section = resolve_references(section, {name: str(run_dir / name) for name in ("sft", "reward")})
     section["data"] = {**section["data"], "eval_path": None, "eval_fraction": 0.0}
     section["train"] = {**section["train"], "max_steps": steps, "pack_frozen_weights": pack,
                         "logging_steps": 1, "eval_every_steps": None, "early_stopping_patience": None}

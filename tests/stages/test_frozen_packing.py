@@ -2,6 +2,7 @@
 runs, the frozen linear layers (and only those) compute through packed weights, the losses equal
 the unpacked run's up to float rounding, and every layer is plain again afterwards."""
 
+import json
 from contextlib import contextmanager
 
 import pytest
@@ -28,21 +29,40 @@ def _one_thread(one_thread):
 class PackedLayers(TrainerCallback):
     """At every step: how many linear layers of the model run packed, and whether any of them trains."""
 
-    def __init__(self, *extra_models: nn.Module) -> None:
-        self.extra_models = extra_models
+    def __init__(self) -> None:
         self.packed: list[int] = []
         self.trainable_packed = False
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        layers = [m for root in (model, *self.extra_models) for m in root.modules()
-                  if type(m) is nn.Linear and "forward" in m.__dict__]
+        layers = packed_layers(model)
         self.packed.append(len(layers))
         self.trainable_packed |= any(m.weight.requires_grad for m in layers)
 
 
-def losses(out) -> list[float]:
-    import json
+def packed_layers(*models: nn.Module) -> list[nn.Linear]:
+    return [m for model in models for m in model.modules() if type(m) is nn.Linear and "forward" in m.__dict__]
 
+
+@pytest.fixture
+def packing_calls(monkeypatch) -> list[dict]:
+    """Each `training.frozen_weights_packed` call of a stage: its models, the layers it packed, and
+    the layers still packed once it ended."""
+    from rlhf_stack import training
+
+    calls, real = [], training.frozen_weights_packed
+
+    @contextmanager
+    def spying(train, *models):
+        with real(train, *models) as n:
+            yield n
+        present = [model for model in models if model is not None]
+        calls.append({"models": len(present), "packed": n, "left_packed": len(packed_layers(*present))})
+
+    monkeypatch.setattr(training, "frozen_weights_packed", spying)
+    return calls
+
+
+def losses(out) -> list[float]:
     rows = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     return [row["loss"] for row in rows if "loss" in row]
 
@@ -79,38 +99,26 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
-def test_frozen_layers_train_packed_with_the_same_losses(stage, tiny_model_dir, tmp_path, data):
+def test_frozen_layers_train_packed_with_the_same_losses(stage, tiny_model_dir, tmp_path, data, packing_calls):
     packed_spy, packed_losses = run(stage, tiny_model_dir, tmp_path, data, pack=True)
     plain_spy, plain_losses = run(stage, tiny_model_dir, tmp_path, data, pack=False)
     assert len(packed_spy.packed) == 4 and min(packed_spy.packed) > 0
     assert not packed_spy.trainable_packed
     assert plain_spy.packed == [0, 0, 0, 0]
+    assert [call["left_packed"] for call in packing_calls] == [0, 0]  # plain layers again after training
     assert len(packed_losses) == 4
     assert packed_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
 
 
-def test_dpo_full_tuning_packs_its_frozen_reference_model(tiny_model_dir, tmp_path, data, monkeypatch):
+def test_dpo_full_tuning_packs_its_frozen_reference_model(tiny_model_dir, tmp_path, data, packing_calls):
     """Full tuning: nothing of the policy is frozen, the reference is a model of its own, packed."""
-    from rlhf_stack import training
-
-    counts = []
-    real = training.frozen_weights_packed
-
-    def spying(train, *models):
-        with real(train, *models) as n:
-            counts.append((len(models), n))
-            yield n
-
-    monkeypatch.setattr(training, "frozen_weights_packed", contextmanager(spying))
-    spy, packed_losses = run("dpo", tiny_model_dir, tmp_path, data, pack=True, tuning="full")
-    _, plain_losses = run("dpo", tiny_model_dir, tmp_path, data, pack=False, tuning="full")
-    n_linear = sum(type(m) is nn.Linear for m in spy_model_layers(tiny_model_dir))
-    assert counts == [(2, n_linear), (2, 0)]  # every linear layer of the reference, none of the policy
-    assert spy.packed == [0, 0, 0, 0]
-    assert packed_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
-
-
-def spy_model_layers(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).modules()
+    spy, packed_losses = run("dpo", tiny_model_dir, tmp_path, data, pack=True, tuning="full")
+    _, plain_losses = run("dpo", tiny_model_dir, tmp_path, data, pack=False, tuning="full")
+    n_linear = sum(type(m) is nn.Linear for m in AutoModelForCausalLM.from_pretrained(tiny_model_dir).modules())
+    # every linear layer of the reference, none of the policy; both plain again afterwards
+    assert packing_calls == [{"models": 2, "packed": n_linear, "left_packed": 0},
+                             {"models": 2, "packed": 0, "left_packed": 0}]
+    assert spy.packed == [0, 0, 0, 0]
+    assert packed_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
