@@ -37,7 +37,7 @@ def converted(tmp_path, source, name, kind):
 
 @pytest.mark.parametrize("source,name", SFT_CASES, ids=[s for s, _ in SFT_CASES])
 def test_converted_instructions_train_sft(tmp_path, tiny_model_dir, source, name):
-    sft = pytest.importorskip("rlhf_stack.sft", reason="the SFT stage module")
+    from rlhf_stack import sft
     data = converted(tmp_path, source, name, "instructions")
     cfg = load_config(sft.SFTConfig, {
         "model": {"name_or_path": str(tiny_model_dir), **TINY_LORA},
@@ -51,7 +51,7 @@ def test_converted_instructions_train_sft(tmp_path, tiny_model_dir, source, name
 
 @pytest.mark.parametrize("source,name", REWARD_CASES, ids=[s for s, _ in REWARD_CASES])
 def test_converted_rankings_train_the_reward_model(tmp_path, tiny_model_dir, source, name):
-    reward = pytest.importorskip("rlhf_stack.reward", reason="the reward stage module")
+    from rlhf_stack import reward
     data = converted(tmp_path, source, name, "rankings")
     cfg = load_config(reward.RewardConfig, {
         "model": {"name_or_path": str(tiny_model_dir), **TINY_LORA},
